@@ -1,0 +1,97 @@
+"""Accounts and their API keys: create, authenticate, revoke. Keys are stored as hashes.
+
+A key is 256 random bits, so a fast SHA-256 is a safe digest (no password stretching
+is needed for high-entropy secrets) and lets every request authenticate in one lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from kreaserve import ledger
+from kreaserve.db.models import Account, ApiKey
+
+KEY_PREFIX = "ks_"
+#: how many characters of a key may be shown and logged
+SHOWN_PREFIX_LEN = 11
+#: last_used_at is refreshed at most this often, so reads stay reads
+LAST_USED_RESOLUTION = 60.0
+
+
+def hash_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the account and the key used."""
+
+    account_id: int
+    key_id: int
+    user_group: str
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly created key; `secret` is shown once and never stored."""
+
+    account_id: int
+    key_id: int
+    name: str
+    prefix: str
+    secret: str
+
+
+def create_account(session: Session, name: str, credits_units: int = 0,
+                   user_group: str = "default") -> int:
+    """A new account, with an opening grant when `credits_units` > 0."""
+    account = Account(name=name, user_group=user_group, balance_units=0, reserved_units=0,
+                      created_at=time.time())
+    session.add(account)
+    session.flush()
+    if credits_units:
+        ledger.grant(session, account.id, credits_units, note="opening grant")
+    return account.id
+
+
+def create_key(session: Session, account_id: int, name: str) -> NewKey:
+    """Issue a key for an account."""
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    prefix = secret[:SHOWN_PREFIX_LEN]
+    key = ApiKey(account_id=account_id, name=name, prefix=prefix, key_hash=hash_key(secret),
+                 created_at=time.time())
+    session.add(key)
+    session.flush()
+    return NewKey(account_id=account_id, key_id=key.id, name=name, prefix=prefix, secret=secret)
+
+
+def authenticate(session: Session, raw_key: str) -> Principal | None:
+    """The principal behind a key, or None when unknown or revoked."""
+    row = session.execute(
+        select(ApiKey.id, ApiKey.account_id, ApiKey.revoked_at, ApiKey.last_used_at,
+               Account.user_group)
+        .join(Account, Account.id == ApiKey.account_id)
+        .where(ApiKey.key_hash == hash_key(raw_key))
+    ).one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    now = time.time()
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+    return Principal(account_id=row.account_id, key_id=row.id, user_group=row.user_group)
+
+
+def revoke_key(session: Session, prefix_or_id: str) -> bool:
+    """Revoke a key by id or shown prefix; False when no such live key."""
+    condition = (ApiKey.id == int(prefix_or_id)) if prefix_or_id.isdigit() else (
+        ApiKey.prefix == prefix_or_id)
+    result = session.execute(
+        update(ApiKey).where(condition, ApiKey.revoked_at.is_(None)).values(revoked_at=time.time())
+    )
+    return result.rowcount > 0

@@ -1,0 +1,56 @@
+"""create_app: the FastAPI application over a database and a storage, nothing global."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from kreaserve.api import errors
+from kreaserve.api.deps import Services
+from kreaserve.api.routes import credits, files, health, images, tasks
+from kreaserve.config import Settings
+from kreaserve.db import Database
+from kreaserve.storage import LocalStorage, Storage
+
+log = logging.getLogger("kreaserve.api")
+
+
+class Background(Protocol):
+    """Something that runs beside the API for its lifetime (the embedded worker)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def create_app(settings: Settings, *, db: Database | None = None,
+               storage: Storage | None = None,
+               background: Sequence[Background] = ()) -> FastAPI:
+    """Build the app; `background` services start and stop with it."""
+    db = db or Database(settings.resolved_database_url)
+    storage = storage or LocalStorage(settings.images_dir)
+    services = Services(settings=settings, db=db, storage=storage,
+                        url_secret=settings.hmac_key())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        for item in background:
+            await run_in_threadpool(item.start)
+        try:
+            yield
+        finally:
+            for item in reversed(background):
+                await run_in_threadpool(item.stop)
+
+    app = FastAPI(title="kreaserve", version="0.1.0", lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.services = services
+    errors.install(app)
+    for module in (images, tasks, credits, files, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,87 @@
+"""Request-scoped dependencies: the services, the caller's account, the JSON body."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from kreaserve import accounts
+from kreaserve.api.errors import APIError
+from kreaserve.config import Settings
+from kreaserve.db import Database
+from kreaserve.storage import Storage
+
+
+@dataclass
+class Services:
+    """What the routes work with; built once by create_app."""
+
+    settings: Settings
+    db: Database
+    storage: Storage
+    url_secret: bytes
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_principal(request: Request, services: ServicesDep) -> accounts.Principal:
+    """The caller, from `Authorization: Bearer <key>`; 401 when absent or not valid."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise APIError(401, "missing_api_key",
+                       "No API key: send it as 'Authorization: Bearer <key>'.")
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key or " " in key:
+        raise APIError(401, "invalid_authorization_header",
+                       "The Authorization header must be 'Bearer <key>'.")
+
+    def lookup() -> accounts.Principal | None:
+        with services.db.transaction() as session:
+            return accounts.authenticate(session, key)
+
+    principal = await run_in_threadpool(lookup)
+    if principal is None:
+        raise APIError(401, "invalid_api_key", "The API key is not valid or has been revoked.")
+    return principal
+
+
+PrincipalDep = Annotated[accounts.Principal, Depends(get_principal)]
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The decoded JSON body; 413 past `limit` bytes (also for chunked bodies), 400 when
+    it is not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise APIError(413, "request_too_large",
+                               f"The request body is larger than {limit} bytes.")
+        except ValueError:
+            raise APIError(400, "invalid_content_length", "Content-Length is not a number.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, "request_too_large",
+                           f"The request body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise APIError(400, "invalid_json", "The request body is empty; send a JSON object.")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise APIError(400, "invalid_json", f"The request body is not valid JSON: {exc}.")
+    except RecursionError:
+        raise APIError(400, "invalid_json", "The request body is nested too deeply.")

@@ -1,0 +1,80 @@
+"""The contract's one error shape, and handlers that put every failure into it."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kreaserve.contract import ERROR_TYPES
+
+log = logging.getLogger("kreaserve.api")
+
+
+class APIError(Exception):
+    """A request error: HTTP status, machine code, human message and the field at fault."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.param = status, code, message, param
+        self.headers = headers
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict:
+    error: dict[str, object] = {
+        "code": code,
+        "message": message,
+        "type": ERROR_TYPES.get(status, "invalid_request_error" if status < 500
+                                else "internal_server_error"),
+    }
+    if param is not None:
+        error["param"] = param
+    return {"error": error}
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(error_body(exc.status, exc.code, exc.message, exc.param),
+                        status_code=exc.status, headers=exc.headers)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def install(app: FastAPI) -> None:
+    """Register handlers so that no answer leaves without the error envelope."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            message = f"No such endpoint: {request.method} {request.url.path}"
+        return JSONResponse(error_body(exc.status_code, code, message),
+                            status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+        param = loc[0] if loc else None
+        return JSONResponse(
+            error_body(400, "invalid_parameter", f"{param or 'request'}: {first.get('msg')}",
+                       param),
+            status_code=400,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body(500, "internal_error", "The server failed to handle this request."),
+            status_code=500,
+        )

@@ -1,0 +1,43 @@
+"""GET /healthz (the API is up) and GET /readyz (an engine is warm and taking work)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from kreaserve import queue
+from kreaserve.api.deps import ServicesDep
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """200 once any live worker reports a warm engine; 503 with the reasons otherwise.
+    Warnings (such as noise-only tiny-random weights) are shown either way."""
+    workers = await run_in_threadpool(queue.live_workers, services.db)
+    engines: list[dict[str, Any]] = [
+        {"worker": w.id, "state": w.state, "weights": w.weights, "device": w.device,
+         "warning": w.warning, "message": w.message}
+        for w in workers
+    ]
+    warnings = sorted({w.warning for w in workers if w.warning})
+    ready = any(w.state == "ready" for w in workers)
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "engines": engines,
+                            "warnings": warnings}
+    if not ready:
+        body["error"] = {
+            "code": "engine_not_ready",
+            "message": "No engine is ready yet: the weights may still be loading, or no "
+            "worker is running (start one with `kreaserve worker`).",
+            "type": "service_unavailable_error",
+        }
+    return JSONResponse(body, status_code=200 if ready else 503)

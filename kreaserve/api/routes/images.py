@@ -1,0 +1,51 @@
+"""POST /v1/images/generations: validate, price, reserve and enqueue a task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from kreaserve import ledger, queue, schemas
+from kreaserve.api.deps import PrincipalDep, ServicesDep, read_json_body
+from kreaserve.api.errors import APIError
+from kreaserve.api.presenters import task_object
+
+router = APIRouter()
+
+
+def price_units(services: ServicesDep, quality: str) -> int:
+    settings = services.settings
+    return ledger.to_units(settings.price_2k if quality == "2K" else settings.price_1k)
+
+
+@router.post("/v1/images/generations")
+async def create_generation(request: Request, services: ServicesDep,
+                            principal: PrincipalDep) -> dict[str, Any]:
+    payload = await read_json_body(request, services.settings.max_body_bytes)
+    try:
+        body = await run_in_threadpool(schemas.parse_create_request, payload)
+    except schemas.RequestError as exc:
+        raise APIError(400, exc.code, exc.message, exc.param) from None
+    params = queue.NewTask(
+        prompt=body.prompt, size=body.size or "1:1", quality=body.quality or "1K",
+        seed=body.seed or None, nsfw_check=bool(body.nsfw_check), callback_url=body.callback_url,
+        model=body.model,
+    )
+    price = price_units(services, params.quality)
+
+    def create() -> dict[str, Any]:
+        try:
+            task = queue.create(services.db, principal.account_id, principal.key_id,
+                                principal.user_group, params, price)
+        except queue.InsufficientCredits:
+            raise APIError(
+                402, "insufficient_credits",
+                f"This task costs {ledger.to_credits(price)} credits, more than the account's "
+                "available balance (see GET /v1/credits).",
+            ) from None
+        return task_object(services, task)
+
+    return await run_in_threadpool(create)
+

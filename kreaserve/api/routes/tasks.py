@@ -1,0 +1,58 @@
+"""GET /v1/tasks/{id} and POST /v1/tasks/{id}/cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from kreaserve import contract, queue
+from kreaserve.api.deps import PrincipalDep, ServicesDep
+from kreaserve.api.errors import APIError
+from kreaserve.api.presenters import task_object
+
+router = APIRouter()
+
+
+def check_task_id(task_id: str) -> None:
+    """400 for ids that cannot be ours; well-formed unknown ids get 404 later."""
+    if not task_id.startswith(contract.TASK_ID_PREFIX):
+        raise APIError(400, "invalid_task_id",
+                       f"Task ids start with '{contract.TASK_ID_PREFIX}'.", "task_id")
+
+
+def not_found(task_id: str) -> APIError:
+    return APIError(404, "task_not_found", f"No task {task_id} for this account.", "task_id")
+
+
+@router.get("/v1/tasks/{task_id}")
+async def get_task(task_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    check_task_id(task_id)
+
+    def load() -> dict[str, Any]:
+        task = queue.get(services.db, principal.account_id, task_id)
+        if task is None:
+            raise not_found(task_id)
+        return task_object(services, task)
+
+    return await run_in_threadpool(load)
+
+
+@router.post("/v1/tasks/{task_id}/cancel")
+async def cancel_task(task_id: str, services: ServicesDep,
+                      principal: PrincipalDep) -> dict[str, Any]:
+    """Pending: cancelled at once. Processing: stopped before its next denoising step
+    (the answer then still says processing, with can_cancel false). Ended: 400."""
+    check_task_id(task_id)
+
+    def cancel() -> dict[str, Any]:
+        task = queue.cancel(services.db, principal.account_id, task_id)
+        if task is None:
+            raise not_found(task_id)
+        if task.status in (contract.COMPLETED, contract.FAILED):
+            raise APIError(400, "task_not_cancellable",
+                           f"Task {task_id} has already ended ({task.status}).", "task_id")
+        return task_object(services, task)
+
+    return await run_in_threadpool(cancel)

@@ -1,0 +1,295 @@
+"""The `kreaserve` command: serve, worker, keys, credits, generate, db.
+
+Every command builds the same Settings (flags override KREASERVE_* variables), so a
+command run beside a server works on that server's database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kreaserve.config import Settings
+
+app = typer.Typer(help="kreaserve: self-hosted Krea 2 Turbo behind the krea-2-turbo task API.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+credits_app = typer.Typer(help="Grant and inspect credits.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(credits_app, name="credits")
+app.add_typer(db_app, name="db")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="[env KREASERVE_DATA_DIR]")]
+DatabaseUrl = Annotated[str | None, typer.Option("--database-url",
+                                                 help="[env KREASERVE_DATABASE_URL]")]
+Weights = Annotated[str | None, typer.Option(
+    "--weights", help="krea/Krea-2-Turbo, a local directory, tiny-random or auto "
+    "[env KREASERVE_WEIGHTS]")]
+
+
+def settings_from(**overrides: Any) -> Settings:
+    """Settings from the environment, with the flags that were given on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def open_database(settings: Settings):  # type: ignore[no-untyped-def]
+    """Migrate (idempotent) and connect."""
+    from kreaserve.db import Database, upgrade
+
+    upgrade(settings.resolved_database_url)
+    return Database(settings.resolved_database_url)
+
+
+def fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+# --- serve / worker ------------------------------------------------------------------------
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="[env KREASERVE_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="[env KREASERVE_PORT]")] = None,
+    weights: Weights = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    public_url: Annotated[str | None, typer.Option(
+        help="Base of result URLs [env KREASERVE_PUBLIC_URL]")] = None,
+    worker: Annotated[bool, typer.Option(
+        "--worker/--no-worker", help="Run an engine worker in this process too.")] = True,
+) -> None:
+    """Run the API (and, by default, a worker with its engine) on one machine."""
+    import uvicorn
+
+    from kreaserve.api.app import create_app
+    from kreaserve.maintenance import Maintenance
+    from kreaserve.storage import LocalStorage
+
+    setup_logging()
+    settings = settings_from(host=host, port=port, weights=weights, data_dir=data_dir,
+                             database_url=database_url, public_url=public_url)
+    db = open_database(settings)
+    storage = LocalStorage(settings.images_dir)
+    server: uvicorn.Server | None = None
+
+    def on_fatal(_message: str) -> None:
+        if server is not None:
+            server.should_exit = True
+
+    background: list[Any] = [Maintenance(settings, db, storage)]
+    embedded = None
+    if worker and settings.embedded_worker:
+        from kreaserve.worker import Worker
+
+        embedded = Worker(settings, db, storage, on_fatal=on_fatal)
+        background.append(embedded)
+    application = create_app(settings, db=db, storage=storage, background=background)
+    server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port,
+                                           log_config=None, access_log=False))
+    server.run()
+    if embedded is not None and embedded.fatal_message:
+        raise fail(embedded.fatal_message)
+    if not server.started:
+        raise fail(f"could not listen on {settings.host}:{settings.port}")
+
+
+@app.command("worker")
+def worker_command(
+    weights: Weights = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Run a worker only: claims tasks from the shared database and runs the engine."""
+    import signal
+
+    from kreaserve.maintenance import Maintenance
+    from kreaserve.storage import LocalStorage
+    from kreaserve.worker import Worker
+
+    setup_logging()
+    settings = settings_from(weights=weights, data_dir=data_dir, database_url=database_url)
+    db = open_database(settings)
+    storage = LocalStorage(settings.images_dir)
+    runner = Worker(settings, db, storage)
+    maintenance = Maintenance(settings, db, storage)
+    signal.signal(signal.SIGTERM, lambda *_: runner._stop.set())
+    maintenance.start()
+    try:
+        status = runner.run_forever()
+    finally:
+        maintenance.stop()
+    if status:
+        raise fail(runner.fatal_message or "the worker stopped")
+
+
+# --- keys and credits ----------------------------------------------------------------------
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label for the key.")],
+    credits: Annotated[float, typer.Option(help="Opening credits of a new account.")] = 0.0,
+    account: Annotated[int | None, typer.Option(
+        help="Add the key to this existing account instead of creating one.")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create a key (and an account unless --account is given). The key is printed once,
+    alone on standard output; only its hash is stored."""
+    from kreaserve import accounts, ledger
+    from kreaserve.db.models import Account
+
+    if credits < 0:
+        raise fail("--credits must not be negative")
+    settings = settings_from(data_dir=data_dir, database_url=database_url)
+    db = open_database(settings)
+    with db.transaction() as session:
+        if account is None:
+            account_id = accounts.create_account(session, name, ledger.to_units(credits))
+        else:
+            if session.get(Account, account) is None:
+                raise fail(f"no account {account}")
+            account_id = account
+            if credits:
+                ledger.grant(session, account_id, ledger.to_units(credits), note="keys create")
+        new = accounts.create_key(session, account_id, name)
+        standing = ledger.balance(session, account_id)
+    if as_json:
+        typer.echo(json.dumps({"key": new.secret, "key_id": new.key_id, "prefix": new.prefix,
+                               "account_id": account_id,
+                               "balance": ledger.to_credits(standing.balance_units)}))
+        return
+    typer.echo(f"Created key '{name}' ({new.prefix}...) for account {account_id}, balance "
+               f"{ledger.to_credits(standing.balance_units)} credits. It is shown only once:",
+               err=True)
+    typer.echo(new.secret)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """List keys (prefixes only)."""
+    from sqlalchemy import select
+
+    from kreaserve.db.models import ApiKey
+
+    db = open_database(settings_from(data_dir=data_dir, database_url=database_url))
+    with db.transaction() as session:
+        for key in session.execute(select(ApiKey).order_by(ApiKey.id)).scalars():
+            state = "revoked" if key.revoked_at else "active"
+            typer.echo(f"{key.id}\t{key.prefix}...\taccount {key.account_id}\t{state}\t{key.name}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or shown prefix.")],
+                data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Revoke a key; it stops working at once."""
+    from kreaserve import accounts
+
+    db = open_database(settings_from(data_dir=data_dir, database_url=database_url))
+    with db.transaction() as session:
+        if not accounts.revoke_key(session, key):
+            raise fail(f"no active key {key}")
+    typer.echo(f"revoked {key}")
+
+
+@credits_app.command("grant")
+def credits_grant(account: int, amount: float, data_dir: DataDir = None,
+                  database_url: DatabaseUrl = None) -> None:
+    """Add (or, negative, take away) credits of an account."""
+    from kreaserve import ledger
+    from kreaserve.db.models import Account
+
+    db = open_database(settings_from(data_dir=data_dir, database_url=database_url))
+    with db.transaction() as session:
+        if session.get(Account, account) is None:
+            raise fail(f"no account {account}")
+        try:
+            ledger.grant(session, account, ledger.to_units(amount), note="credits grant")
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        standing = ledger.balance(session, account)
+    typer.echo(f"account {account}: balance {ledger.to_credits(standing.balance_units)}, "
+               f"reserved {ledger.to_credits(standing.reserved_units)}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Apply the schema migrations."""
+    settings = settings_from(data_dir=data_dir, database_url=database_url)
+    open_database(settings).dispose()
+    typer.echo(f"database at head: {settings.resolved_database_url.split('@')[-1]}")
+
+
+# --- generate ------------------------------------------------------------------------------
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    size: Annotated[str, typer.Option(help="Aspect ratio, e.g. 16:9.")] = "1:1",
+    quality: Annotated[str, typer.Option(help="1K or 2K.")] = "1K",
+    seed: Annotated[int | None, typer.Option(help="0..1048576; random when absent.")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to save the PNG.")] = Path(
+        "image.png"),
+    url: Annotated[str, typer.Option(envvar="KREASERVE_URL", help="Server base URL.")] = (
+        "http://127.0.0.1:8000"),
+    api_key: Annotated[str | None, typer.Option(envvar="KREASERVE_API_KEY",
+                                                help="API key.")] = None,
+) -> None:
+    """Generate one image through a running server, with a progress bar, and save it."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kreaserve.client import Client, KreaserveError
+
+    if not api_key:
+        raise fail("no API key: pass --api-key or set KREASERVE_API_KEY "
+                   "(create one with `kreaserve keys create`)")
+    import httpx
+
+    with Client(url, api_key) as client:
+        try:
+            task = client.generate(prompt, size=size, quality=quality, seed=seed)
+        except KreaserveError as exc:
+            raise fail(f"{exc.message} ({exc.code}{', ' + exc.param if exc.param else ''})") \
+                from None
+        except httpx.HTTPError as exc:
+            raise fail(f"cannot reach {url}: {exc}") from None
+        columns = (TextColumn("{task.description}"), BarColumn(),
+                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+        try:
+            with Progress(*columns, transient=False) as bar:
+                line = bar.add_task(task["status"], total=100)
+
+                def update(current: dict[str, Any]) -> None:
+                    bar.update(line, completed=current["progress"], description=current["status"])
+
+                task = client.wait(task["id"], poll=0.25, on_update=update)
+        except KeyboardInterrupt:
+            client.cancel(task["id"])
+            typer.echo(f"cancelled {task['id']}", err=True)
+            raise typer.Exit(130) from None
+        if task["status"] != "completed":
+            error = task.get("error", {})
+            raise fail(f"task {task['id']} {task['status']}: {error.get('message', '')} "
+                       f"({error.get('code', '')})")
+        client.download(task["results"][0], output)
+    typer.echo(f"saved {output} (task {task['id']}, seed {task.get('seed')})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Every knob of kreaserve in one place, read from KREASERVE_* environment variables.
+
+The CLI's commands all build their settings here, so `kreaserve keys create` run
+beside a server (same environment) writes to that server's database.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime settings; each field is also the env var KREASERVE_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="KREASERVE_", extra="ignore")
+
+    # --- where things live -------------------------------------------------
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="Folder for the SQLite database, images, secrets and the weights cache.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/kreaserve.db. "
+        "postgresql:// URLs use psycopg 3.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL clients reach this server at; result URLs are built on it. "
+        "Default http://<host>:<port>.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Where built weight presets (tiny-random) are kept; default "
+        "~/.cache/kreaserve. Hugging Face downloads use the usual HF cache.",
+    )
+    secret_key: str | None = Field(
+        default=None,
+        description="HMAC key for signed result URLs. Default: generated once into "
+        "<data_dir>/secret.key. Set it explicitly when several processes serve files.",
+    )
+
+    # --- the HTTP server ---------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Address `serve` binds to.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `serve` binds to.")
+    max_body_bytes: int = Field(default=1024 * 1024, description="Largest accepted request body.")
+
+    # --- the engine and worker ---------------------------------------------
+    weights: str = Field(
+        default="auto",
+        description="krea/Krea-2-Turbo (a Hugging Face id), a local directory, tiny-random, "
+        "or auto (the real model on a CUDA GPU, else tiny-random with a warning).",
+    )
+    device: str | None = Field(default=None, description="torch device; default cuda if present.")
+    dtype: str | None = Field(default=None, description="bfloat16 (default) or float32.")
+    embedded_worker: bool = Field(
+        default=True, description="`serve` also runs a worker in the same process."
+    )
+    worker_poll_seconds: float = Field(default=0.2, gt=0, description="Idle queue poll interval.")
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="A claimed task returns to the queue this long after "
+        "its worker stops renewing the claim (a crashed worker loses nothing).",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="A task whose worker died this many times ends failed."
+    )
+    engine_start_timeout: float = Field(
+        default=900.0, gt=0, description="Seconds allowed for loading weights and warm-up."
+    )
+    task_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="A generation running longer ends generation_timeout."
+    )
+
+    # --- results -----------------------------------------------------------
+    result_ttl_seconds: int = Field(
+        default=24 * 3600, gt=0, description="Result URLs work this long after completion."
+    )
+    sweep_interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often expired result files are deleted."
+    )
+
+    # --- billing -----------------------------------------------------------
+    price_1k: float = Field(default=0.45, ge=0, description="Credits for one 1K image.")
+    price_2k: float = Field(default=1.8, ge=0, description="Credits for one 2K image.")
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """The database URL, with the SQLite default placed in the data folder."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'kreaserve.db').resolve()}"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def weights_cache_dir(self) -> Path:
+        return self.cache_dir or Path.home() / ".cache" / "kreaserve"
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach us: the public URL, else the bound address."""
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def hmac_key(self) -> bytes:
+        """The URL-signing key, created once in the data folder when not configured."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            import secrets
+
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{secrets.token_hex(4)}")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            try:
+                # Link, not rename: when two processes race, the first key wins for both.
+                path.hardlink_to(tmp)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        return path.read_text().strip().encode()

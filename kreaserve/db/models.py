@@ -1,0 +1,140 @@
+"""The tables: accounts, API keys, the credit ledger, tasks (the queue) and workers.
+
+Times are Unix seconds as floats: the same on SQLite and PostgreSQL, no zone to get wrong.
+Credits are integers in units of 1/10000 credit, so sums are exact.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    """Who pays: holds the balance and the credits reserved by unfinished tasks."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    user_group: Mapped[str] = mapped_column(String(64), default="default")
+    #: granted minus charged, in credit units.
+    balance_units: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: held for tasks that have not ended, in credit units.
+    reserved_units: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ApiKey(Base):
+    """A bearer key of an account; only its SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    #: the first characters of the key, safe to show and log.
+    prefix: Mapped[str] = mapped_column(String(32))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class LedgerEntry(Base):
+    """One append-only movement of credits: grant, reserve, charge or release."""
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    amount_units: Mapped[int] = mapped_column(BigInteger)
+    note: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Task(Base):
+    """An image generation task; rows with status 'pending' are the queue."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_status_created", "status", "created_at"),
+        Index("ix_tasks_account_created", "account_id", "created_at"),
+        Index("ix_tasks_results_expire", "results_expire_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
+    model: Mapped[str] = mapped_column(String(64))
+    prompt: Mapped[str] = mapped_column(Text)
+    size: Mapped[str] = mapped_column(String(8))
+    quality: Mapped[str] = mapped_column(String(4))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    nsfw_check: Mapped[bool] = mapped_column(Boolean, default=False)
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    status: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    #: Unix seconds of creation, exactly the `created` of the contract.
+    created: Mapped[int] = mapped_column(BigInteger)
+    #: The same moment with sub-second precision, for queue order.
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    price_units: Mapped[int] = mapped_column(BigInteger)
+    user_group: Mapped[str] = mapped_column(String(64), default="default")
+    #: reserved -> charged | released; guards against charging twice.
+    billing_state: Mapped[str] = mapped_column(String(16), default="reserved")
+
+    #: storage keys of the images, once completed.
+    result_keys: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    results_expire_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    results_purged: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: seconds the engine spent on this task, for estimates.
+    engine_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Worker(Base):
+    """A worker process and the state of its engine, renewed by heartbeats."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    #: starting | ready | failed | stopped
+    state: Mapped[str] = mapped_column(String(16))
+    weights: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    device: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    warning: Mapped[str | None] = mapped_column(Text, nullable=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)

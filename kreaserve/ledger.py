@@ -1,0 +1,124 @@
+"""Credits: grant, reserve, charge and release, always balanced and concurrency-safe.
+
+Each movement is one conditional UPDATE of the account row plus one append to the
+ledger, inside the caller's transaction. The UPDATE's own WHERE clause decides whether
+a reservation fits, so two concurrent creates cannot both spend the last credit, on
+SQLite (one writer at a time) and on PostgreSQL (row locks) alike.
+
+Invariants: balance = sum(grant) - sum(charge); reserved = sum(reserve) - sum(charge)
+- sum(release); 0 <= reserved <= balance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from kreaserve.db.models import Account, LedgerEntry
+
+#: One credit is this many units; prices like 0.45 are exact integers (4500).
+UNITS_PER_CREDIT = 10_000
+
+GRANT, RESERVE, CHARGE, RELEASE = "grant", "reserve", "charge", "release"
+
+
+def to_units(credits: float | str | Decimal) -> int:
+    """Credits (as typed by a person) to integer units, rounded half up."""
+    value = Decimal(str(credits)) * UNITS_PER_CREDIT
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def to_credits(units: int) -> float:
+    """Integer units to the credits a response shows."""
+    return round(units / UNITS_PER_CREDIT, 4)
+
+
+@dataclass(frozen=True)
+class Balance:
+    """An account's standing, in units."""
+
+    balance_units: int
+    reserved_units: int
+
+    @property
+    def available_units(self) -> int:
+        return self.balance_units - self.reserved_units
+
+
+def _append(session: Session, account_id: int, kind: str, units: int,
+            task_id: str | None = None, note: str | None = None) -> None:
+    session.add(LedgerEntry(account_id=account_id, task_id=task_id, kind=kind,
+                            amount_units=units, note=note, created_at=time.time()))
+
+
+def grant(session: Session, account_id: int, units: int, note: str | None = None) -> None:
+    """Add credits to an account (a negative grant takes them away, never below reserved)."""
+    result = session.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .where(Account.balance_units + units >= Account.reserved_units)
+        .values(balance_units=Account.balance_units + units)
+    )
+    if result.rowcount != 1:
+        raise ValueError("grant would leave the balance below the reserved credits")
+    _append(session, account_id, GRANT, units, note=note)
+
+
+def reserve(session: Session, account_id: int, units: int, task_id: str) -> bool:
+    """Hold `units` for a task; False (and nothing written) when the account is short."""
+    result = session.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .where(Account.balance_units - Account.reserved_units >= units)
+        .values(reserved_units=Account.reserved_units + units)
+    )
+    if result.rowcount != 1:
+        return False
+    _append(session, account_id, RESERVE, units, task_id=task_id)
+    return True
+
+
+def charge(session: Session, account_id: int, units: int, task_id: str) -> None:
+    """Turn a task's reservation into spending (billing confirmation)."""
+    session.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .values(balance_units=Account.balance_units - units,
+                reserved_units=Account.reserved_units - units)
+    )
+    _append(session, account_id, CHARGE, units, task_id=task_id)
+
+
+def release(session: Session, account_id: int, units: int, task_id: str) -> None:
+    """Give a failed or cancelled task's reservation back."""
+    session.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .values(reserved_units=Account.reserved_units - units)
+    )
+    _append(session, account_id, RELEASE, units, task_id=task_id)
+
+
+def balance(session: Session, account_id: int) -> Balance:
+    """The account's balance and reservations as stored on its row."""
+    row = session.execute(
+        select(Account.balance_units, Account.reserved_units).where(Account.id == account_id)
+    ).one()
+    return Balance(row[0], row[1])
+
+
+def balance_from_entries(session: Session, account_id: int) -> Balance:
+    """The same figures recomputed from the ledger alone (for audits and tests)."""
+    sums = dict(
+        session.execute(
+            select(LedgerEntry.kind, func.coalesce(func.sum(LedgerEntry.amount_units), 0))
+            .where(LedgerEntry.account_id == account_id)
+            .group_by(LedgerEntry.kind)
+        ).all()
+    )
+    get = lambda kind: int(sums.get(kind, 0))  # noqa: E731
+    return Balance(get(GRANT) - get(CHARGE), get(RESERVE) - get(CHARGE) - get(RELEASE))

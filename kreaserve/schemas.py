@@ -1,0 +1,211 @@
+"""Request validation and response bodies, exactly the shapes of shared/SPEC.md.
+
+Validation is a strict pydantic model (no coercion: "7" is not a seed, 1 is not a
+boolean); each pydantic error becomes one contract error naming the field in `param`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from kreaserve import contract
+from kreaserve.tokens import count_tokens
+
+#: The longest token of the Qwen vocabulary, in bytes (so also in characters).
+_MAX_TOKEN_CHARS = 128
+
+_TYPE_NAMES = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "bool_type": "a boolean",
+}
+
+
+class RequestError(Exception):
+    """One invalid field: the contract's 400 with `param`."""
+
+    def __init__(self, code: str, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+def _clean_text(value: str, field: str) -> str:
+    """Reject text a database cannot store (NUL, lone surrogates) instead of failing later."""
+    if "\x00" in value:
+        raise PydanticCustomError(f"invalid_{field}", f"{field} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError(
+            f"invalid_{field}", f"{field} must be valid Unicode text (no lone surrogates)"
+        ) from None
+    return value
+
+
+def check_callback_url(url: str) -> str:
+    """The creation-time rules for a callback URL: https, length, no credentials, no
+    literal internal address. (Delivery re-checks what the host name resolves to.)"""
+    def bad(why: str) -> PydanticCustomError:
+        return PydanticCustomError("invalid_callback_url", f"callback_url {why}")
+
+    if len(url) > contract.CALLBACK_URL_MAX:
+        raise bad(f"must be at most {contract.CALLBACK_URL_MAX} characters")
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:
+        raise bad("is not a valid URL") from None
+    if parts.scheme.lower() != "https":
+        raise bad("must use https")
+    if not hostname:
+        raise bad("must name a host")
+    if parts.username is not None or parts.password is not None:
+        raise bad("must not contain credentials")
+    host = hostname.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        raise bad("must not point to an internal address")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return url
+    mapped = getattr(address, "ipv4_mapped", None)
+    if not (mapped or address).is_global:
+        raise bad("must not point to an internal address")
+    return url
+
+
+class CreateTaskRequest(BaseModel):
+    """The body of POST /v1/images/generations."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str
+    prompt: str
+    size: str | None = None
+    quality: str | None = None
+    seed: int | None = None
+    nsfw_check: bool | None = None
+    callback_url: str | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if value not in contract.MODELS:
+            raise PydanticCustomError(
+                "invalid_model", f"model must be one of {', '.join(contract.MODELS)}"
+            )
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        _clean_text(value, "prompt")
+        if not value.strip():
+            raise PydanticCustomError("invalid_prompt", "prompt must not be blank")
+        # No Qwen token spans more than 128 bytes, so a longer text is surely too long:
+        # refuse it without running BPE over an attacker-sized string.
+        too_long = len(value) > _MAX_TOKEN_CHARS * contract.MAX_PROMPT_TOKENS
+        tokens = None if too_long else count_tokens(value)
+        if tokens is None or tokens > contract.MAX_PROMPT_TOKENS:
+            shown = f"{tokens} tokens" if tokens is not None else f"{len(value)} characters"
+            raise PydanticCustomError(
+                "prompt_too_long",
+                f"prompt is {shown}; at most {contract.MAX_PROMPT_TOKENS} tokens are allowed",
+            )
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None and value not in contract.SIZES:
+            raise PydanticCustomError(
+                "invalid_size", f"size must be one of {', '.join(contract.SIZES)}"
+            )
+        return value
+
+    @field_validator("quality")
+    @classmethod
+    def _quality(cls, value: str | None) -> str | None:
+        if value is not None and value not in contract.QUALITIES:
+            raise PydanticCustomError(
+                "invalid_quality", f"quality must be one of {', '.join(contract.QUALITIES)}"
+            )
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= contract.SEED_MAX:
+            raise PydanticCustomError(
+                "invalid_seed", f"seed must be an integer from 0 to {contract.SEED_MAX}"
+            )
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _clean_text(value, "callback_url")
+        return check_callback_url(value)
+
+
+def parse_create_request(payload: Any) -> CreateTaskRequest:
+    """Validate a decoded JSON body; raises RequestError for the first bad field."""
+    if not isinstance(payload, dict):
+        raise RequestError("invalid_json", "The request body must be a JSON object.", None)
+    try:
+        return CreateTaskRequest.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = str(first["loc"][0]) if first["loc"] else None
+        kind = first["type"]
+        if kind == "missing":
+            raise RequestError("missing_required_parameter", f"{param} is required",
+                               param) from None
+        if kind in _TYPE_NAMES:
+            raise RequestError(f"invalid_{param}", f"{param} must be {_TYPE_NAMES[kind]}",
+                               param) from None
+        if kind.startswith("invalid_") or kind == "prompt_too_long":
+            raise RequestError(kind, first["msg"], param) from None
+        raise RequestError(f"invalid_{param}", f"{param}: {first['msg']}", param) from None
+
+
+# --- response bodies ---------------------------------------------------------------------
+
+def usage(price_credits: float, user_group: str) -> dict[str, Any]:
+    return {"billing_rule": contract.BILLING_RULE, "credits_reserved": price_credits,
+            "user_group": user_group}
+
+
+def task_body(*, task_id: str, created: int, model: str, status: str, progress: int,
+              can_cancel: bool, estimated_time: int | None, price_credits: float,
+              user_group: str, seed: int, results: list[str] | None = None,
+              error: dict[str, str] | None = None) -> dict[str, Any]:
+    """The task object of the contract (create and query share it; extras are additive)."""
+    task_info: dict[str, Any] = {"can_cancel": can_cancel}
+    if estimated_time is not None:
+        task_info["estimated_time"] = estimated_time
+    body: dict[str, Any] = {
+        "created": created,
+        "id": task_id,
+        "model": model,
+        "object": contract.TASK_OBJECT,
+        "progress": progress,
+        "status": status,
+        "task_info": task_info,
+        "type": contract.TASK_TYPE,
+        "usage": usage(price_credits, user_group),
+        "seed": seed,
+    }
+    if results is not None:
+        body["results"] = results
+    if error is not None:
+        body["error"] = error
+    return body

@@ -1,0 +1,268 @@
+"""Shared fixtures: real databases (SQLite file, a fresh PostgreSQL database) and real
+servers (`kreaserve serve` / `kreaserve worker` subprocesses on free ports)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kreaserve import accounts, ledger
+from kreaserve.db import Database, upgrade
+
+POSTGRES_URL = os.environ.get("KREASERVE_TEST_POSTGRES_URL",
+                              "postgresql://postgres@127.0.0.1:5432/test")
+#: .ci/run sets this, so a missing PostgreSQL fails CI instead of skipping.
+REQUIRE_POSTGRES = os.environ.get("KREASERVE_REQUIRE_POSTGRES") == "1"
+
+
+# --- databases -----------------------------------------------------------------------------
+
+def _admin_connect():  # type: ignore[no-untyped-def]
+    import psycopg
+
+    return psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of a reachable PostgreSQL, or a skip that says why."""
+    try:
+        _admin_connect().close()
+    except Exception as exc:  # noqa: BLE001
+        reason = f"PostgreSQL not reachable at {POSTGRES_URL} ({exc}); set " \
+                 "KREASERVE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+        if REQUIRE_POSTGRES:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return POSTGRES_URL
+
+
+def make_postgres_database(admin_url: str) -> tuple[str, callable]:
+    """A new empty database; returns its URL and a function that drops it."""
+    name = f"kreaserve_test_{secrets.token_hex(4)}"
+    with _admin_connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0]
+
+    def drop() -> None:
+        with _admin_connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return f"{base}/{name}", drop
+
+
+@pytest.fixture(scope="session")
+def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One preset cache for the whole session (the tiny-random build happens once, here)."""
+    override = os.environ.get("KREASERVE_TEST_CACHE_DIR")
+    return Path(override) if override else tmp_path_factory.mktemp("weights-cache")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of each backend (function scope)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        upgrade(url)
+        yield url
+        return
+    admin = request.getfixturevalue("postgres_server")
+    url, drop = make_postgres_database(admin)
+    upgrade(url)
+    yield url
+    drop()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    yield database
+    database.dispose()
+
+
+def new_account(db: Database, credits: float = 100.0, name: str = "test") -> tuple[int, str]:
+    """An account with a key; returns (account_id, secret key)."""
+    with db.transaction() as session:
+        account_id = accounts.create_account(session, name, ledger.to_units(credits))
+        key = accounts.create_key(session, account_id, name)
+    return account_id, key.secret
+
+
+# --- servers -------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Proc:
+    """A kreaserve subprocess with its log file."""
+
+    popen: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+
+@dataclass
+class Server:
+    """A running kreaserve API (with or without workers) and a way to make keys for it."""
+
+    url: str
+    database_url: str
+    data_dir: Path
+    env: dict[str, str]
+    api: Proc
+    workers: list[Proc] = field(default_factory=list)
+    db: Database | None = None
+
+    def key(self, credits: float = 100.0) -> str:
+        return new_account(self.database(), credits)[1]
+
+    def account(self, credits: float = 100.0) -> tuple[int, str]:
+        return new_account(self.database(), credits)
+
+    def database(self) -> Database:
+        if self.db is None:
+            self.db = Database(self.database_url)
+        return self.db
+
+    def client(self, key: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"},
+                            timeout=30)
+
+    def logs(self) -> str:
+        return "\n".join(p.output()[-6000:] for p in [self.api, *self.workers])
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.api]:
+            proc.stop()
+        if self.db is not None:
+            self.db.dispose()
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> Proc:
+    with log.open("ab") as handle:  # the child keeps its own descriptor
+        popen = subprocess.Popen([sys.executable, "-m", "kreaserve.cli", *args], env=env,
+                                 stdout=handle, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
+    return Proc(popen, log)
+
+
+def wait_for(url: str, proc: Proc, timeout: float = 120, status: int = 200) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.popen.returncode}:\n{proc.output()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == status:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not {status} after {timeout} s:\n{proc.output()}")
+
+
+def start_server(tmp: Path, database_url: str, cache: Path, *, embedded_worker: bool,
+                 separate_workers: int = 0, wait_ready: bool = True,
+                 extra_env: dict[str, str] | None = None, port: int | None = None,
+                 data_dir: Path | None = None) -> Server:
+    """Start `kreaserve serve` (and `kreaserve worker`s) and wait until it answers."""
+    port = port or free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    data_dir = data_dir or tmp / "data"
+    env = {
+        **os.environ,
+        "KREASERVE_DATA_DIR": str(data_dir),
+        "KREASERVE_DATABASE_URL": database_url,
+        "KREASERVE_CACHE_DIR": str(cache),
+        "KREASERVE_PORT": str(port),
+        "KREASERVE_HOST": "127.0.0.1",
+        "KREASERVE_WEIGHTS": "auto",
+        "KREASERVE_SECRET_KEY": "test-secret",
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    args = ["serve"] if embedded_worker else ["serve", "--no-worker"]
+    api = spawn(args, env, tmp / f"api-{port}.log")
+    url = f"http://127.0.0.1:{port}"
+    server = Server(url=url, database_url=database_url, data_dir=data_dir, env=env, api=api)
+    try:
+        wait_for(f"{url}/healthz", api)
+        for index in range(separate_workers):
+            server.workers.append(spawn(["worker"], env, tmp / f"worker-{port}-{index}.log"))
+        if wait_ready and (embedded_worker or separate_workers):
+            for proc in [api, *server.workers]:
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(proc.output())
+            wait_for(f"{url}/readyz", api, timeout=300)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[str, Path]]:
+    """(database URL, temp folder) for each backend, one database per session."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp / 'kreaserve.db'}", tmp
+        return
+    admin = request.getfixturevalue("postgres_server")
+    url, drop = make_postgres_database(admin)
+    yield url, tmp
+    drop()
+
+
+@pytest.fixture(scope="session")
+def api_server(backend: tuple[str, Path], weights_cache: Path) -> Iterator[Server]:
+    """The API alone (no worker): tasks stay pending, so queue states are deterministic."""
+    url, tmp = backend
+    server = start_server(tmp / "api-only", url, weights_cache, embedded_worker=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def full_server(backend: tuple[str, Path], weights_cache: Path) -> Iterator[Server]:
+    """A server that generates: embedded worker on SQLite; API plus a separate
+    `kreaserve worker` process on PostgreSQL (the distributed layout)."""
+    url, tmp = backend
+    if url.startswith("sqlite"):
+        server = start_server(tmp / "full", f"sqlite:///{tmp / 'full.db'}", weights_cache,
+                              embedded_worker=True)
+    else:
+        admin = POSTGRES_URL
+        full_url, drop = make_postgres_database(admin)
+        server = start_server(tmp / "full", full_url, weights_cache, embedded_worker=False,
+                              separate_workers=1)
+    yield server
+    server.stop()
+    if not url.startswith("sqlite"):
+        drop()
