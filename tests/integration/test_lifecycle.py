@@ -1,0 +1,125 @@
+"""Process lifecycle: a crash mid-task loses nothing, results expire and are deleted,
+weights that cannot load fail the start with a message instead of a hang."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from sqlalchemy import func, select
+
+from kreaserve import ledger
+from kreaserve.db.models import LedgerEntry, Task
+from tests.conftest import POSTGRES_URL, make_postgres_database, start_server
+from tests.integration.test_generation import GOOD, wait_until_done
+
+
+@pytest.fixture
+def fresh_database(backend: tuple[str, Path], tmp_path: Path) -> Iterator[str]:
+    """An empty database of the backend under test, for a server of the test's own."""
+    url, _ = backend
+    if url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'lifecycle.db'}"
+        return
+    new_url, drop = make_postgres_database(POSTGRES_URL)
+    yield new_url
+    drop()
+
+
+def test_task_of_a_killed_server_is_finished_after_restart_and_charged_once(
+        fresh_database: str, tmp_path: Path, weights_cache: Path) -> None:
+    env = {"KREASERVE_LEASE_SECONDS": "3"}
+    server = start_server(tmp_path / "a", fresh_database, weights_cache, embedded_worker=True,
+                          extra_env=env)
+    account_id, key = server.account(credits=10)
+    try:
+        with server.client(key) as client:
+            task = client.post("/v1/images/generations",
+                               json={**GOOD, "quality": "2K", "seed": 3}).json()
+            deadline = time.monotonic() + 120
+            while client.get(f"/v1/tasks/{task['id']}").json()["progress"] == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        engine_children = psutil.Process(server.api.popen.pid).children(recursive=True)
+        server.api.stop(signal.SIGKILL)  # no shutdown code runs
+        # The orphaned engine child notices and exits on its own.
+        gone, alive = psutil.wait_procs(engine_children, timeout=10)
+        assert not alive, f"engine children outlived their worker: {alive}"
+    finally:
+        server.stop()
+
+    restarted = start_server(tmp_path / "b", fresh_database, weights_cache, embedded_worker=True,
+                             extra_env=env, data_dir=server.data_dir)
+    try:
+        with restarted.client(key) as client:
+            final = wait_until_done(client, task["id"], timeout=300)[-1]
+            credits = client.get("/v1/credits").json()
+        assert final["status"] == "completed", final
+        assert httpx.get(final["results"][0]).status_code == 200
+        assert credits["balance"] == 8.2 and credits["reserved"] == 0
+        with restarted.database().transaction() as session:
+            row = session.get(Task, task["id"])
+            assert row.attempts == 2
+            charges = session.execute(
+                select(func.count()).select_from(LedgerEntry)
+                .where(LedgerEntry.task_id == task["id"], LedgerEntry.kind == "charge")
+            ).scalar_one()
+            assert charges == 1
+            assert ledger.balance_from_entries(session, account_id) == ledger.balance(
+                session, account_id)
+    finally:
+        restarted.stop()
+
+
+def test_results_expire_with_410_and_the_sweep_deletes_the_file(
+        fresh_database: str, tmp_path: Path, weights_cache: Path) -> None:
+    server = start_server(tmp_path, fresh_database, weights_cache, embedded_worker=True,
+                          extra_env={"KREASERVE_RESULT_TTL_SECONDS": "3",
+                                     "KREASERVE_SWEEP_INTERVAL_SECONDS": "1"})
+    try:
+        with server.client(server.key()) as client:
+            task = client.post("/v1/images/generations", json=GOOD).json()
+            done = wait_until_done(client, task["id"])[-1]
+        url = done["results"][0]
+        assert httpx.get(url).status_code == 200
+        image = server.data_dir / "images" / task["id"] / "0.png"
+        assert image.is_file()
+        deadline = time.monotonic() + 30
+        while image.exists():
+            assert time.monotonic() < deadline, "the sweep did not delete the expired file"
+            time.sleep(0.2)
+        response = httpx.get(url)
+        assert response.status_code == 410
+        assert response.json()["error"]["code"] == "url_expired"
+        with server.database().transaction() as session:
+            assert session.get(Task, task["id"]).results_purged is True
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("weights", ["/nonexistent/krea-weights", "some-org/not-a-model"])
+def test_weights_that_cannot_load_fail_the_start_with_a_clear_message(
+        tmp_path: Path, weights: str, weights_cache: Path) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "kreaserve.cli", "serve", "--port", "0", "--data-dir",
+         str(tmp_path), "--weights", weights],
+        capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "KREASERVE_CACHE_DIR": str(weights_cache),
+             "HF_HUB_OFFLINE": "0"},
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert elapsed < 60
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-3000:]
+    assert "--weights" in last and weights in result.stderr
+    assert "Traceback" not in result.stderr
+

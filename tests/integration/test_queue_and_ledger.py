@@ -1,0 +1,173 @@
+"""The queue and the ledger against real SQLite and PostgreSQL, under concurrency."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import select, update
+
+from kreaserve import contract, ledger, queue
+from kreaserve.db import Database
+from kreaserve.db.models import LedgerEntry, Task
+from tests.conftest import new_account
+
+PARAMS = queue.NewTask(prompt="a fox", size="1:1", quality="1K", seed=5, nsfw_check=False,
+                       callback_url=None)
+PRICE = ledger.to_units(0.45)
+
+
+def create(db: Database, account_id: int) -> Task:
+    return queue.create(db, account_id, None, "default", PARAMS, PRICE)
+
+
+def check_balanced(db: Database, account_id: int) -> ledger.Balance:
+    with db.transaction() as session:
+        stored = ledger.balance(session, account_id)
+        assert ledger.balance_from_entries(session, account_id) == stored
+        assert 0 <= stored.reserved_units <= stored.balance_units
+    return stored
+
+
+def test_concurrent_creates_never_overspend(db: Database) -> None:
+    """Credits for exactly 5 tasks, 20 creates at once: exactly 5 accepted."""
+    account_id, _ = new_account(db, credits=0.45 * 5)
+    barrier = threading.Barrier(20)
+
+    def attempt(_: int) -> bool:
+        barrier.wait()
+        try:
+            create(db, account_id)
+            return True
+        except queue.InsufficientCredits:
+            return False
+
+    with ThreadPoolExecutor(20) as pool:
+        accepted = sum(pool.map(attempt, range(20)))
+    assert accepted == 5
+    standing = check_balanced(db, account_id)
+    assert standing.available_units == 0 and standing.reserved_units == 5 * PRICE
+
+
+def test_concurrent_claims_never_hand_out_a_task_twice(db: Database) -> None:
+    account_id, _ = new_account(db, credits=100)
+    created = {create(db, account_id).id for _ in range(30)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def work(worker: int) -> None:
+        while (claim := queue.claim(db, f"w{worker}", 30)) is not None:
+            with lock:
+                claimed.append(claim.task_id)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(created)
+
+
+def test_claims_are_first_in_first_out(db: Database) -> None:
+    account_id, _ = new_account(db)
+    ids = [create(db, account_id).id for _ in range(5)]
+    assert [queue.claim(db, "w", 30).task_id for _ in range(5)] == ids
+    assert queue.claim(db, "w", 30) is None
+
+
+def test_complete_charges_once_and_a_stale_worker_cannot_finish(db: Database) -> None:
+    account_id, _ = new_account(db, credits=1)
+    task = create(db, account_id)
+    claim = queue.claim(db, "w1", 30)
+    assert claim and claim.task_id == task.id
+    assert not queue.complete(db, task.id, "someone-else", ["k"], 60, 1.0)
+    assert queue.complete(db, task.id, "w1", ["k"], 60, 1.0)
+    assert not queue.complete(db, task.id, "w1", ["k"], 60, 1.0)  # a retry changes nothing
+    assert not queue.fail(db, task.id, "w1", "service_error", "late failure")
+    standing = check_balanced(db, account_id)
+    assert standing.balance_units == ledger.to_units(1) - PRICE
+    assert standing.reserved_units == 0
+
+
+def test_fail_releases_the_reservation(db: Database) -> None:
+    account_id, _ = new_account(db, credits=1)
+    task = create(db, account_id)
+    queue.claim(db, "w1", 30)
+    assert queue.fail(db, task.id, "w1", "generation_timeout", "too slow")
+    with db.transaction() as session:
+        row = session.get(Task, task.id)
+        assert (row.status, row.error_code, row.billing_state) == (
+            "failed", "generation_timeout", "released")
+    assert check_balanced(db, account_id).balance_units == ledger.to_units(1)
+
+
+def expire_lease(db: Database, task_id: str) -> None:
+    with db.transaction() as session:
+        session.execute(update(Task).where(Task.id == task_id)
+                        .values(lease_expires_at=time.time() - 1))
+
+
+def test_expired_lease_returns_the_task_then_fails_it_after_max_attempts(db: Database) -> None:
+    account_id, _ = new_account(db, credits=1)
+    task = create(db, account_id)
+    for attempt in (1, 2):
+        claim = queue.claim(db, f"w{attempt}", 30)
+        assert claim.attempts == attempt
+        assert queue.reap(db, max_attempts=2) == 0  # lease still valid
+        expire_lease(db, task.id)
+        assert queue.reap(db, max_attempts=2) == 1
+    with db.transaction() as session:
+        row = session.get(Task, task.id)
+        assert (row.status, row.error_code) == ("failed", "service_error")
+    assert check_balanced(db, account_id).reserved_units == 0
+
+
+def test_renew_reports_cancel_and_a_lost_lease(db: Database) -> None:
+    account_id, _ = new_account(db)
+    task = create(db, account_id)
+    queue.claim(db, "w1", 30)
+    assert queue.renew(db, task.id, "w1", 30, progress=40) == queue.LeaseState(True, False)
+    after = queue.cancel(db, account_id, task.id)
+    assert after.status == "processing" and after.cancel_requested
+    assert queue.renew(db, task.id, "w1", 30) == queue.LeaseState(True, True)
+    assert queue.renew(db, task.id, "w2", 30) == queue.LeaseState(False, False)
+    with db.transaction() as session:
+        assert session.get(Task, task.id).progress == 40
+
+
+def test_cancel_requested_task_whose_worker_died_ends_cancelled(db: Database) -> None:
+    account_id, _ = new_account(db)
+    task = create(db, account_id)
+    queue.claim(db, "w1", 30)
+    queue.cancel(db, account_id, task.id)
+    expire_lease(db, task.id)
+    queue.reap(db, max_attempts=3)
+    with db.transaction() as session:
+        assert session.get(Task, task.id).status == contract.CANCELLED
+    assert check_balanced(db, account_id).reserved_units == 0
+
+
+def test_ledger_entries_are_append_only_records_of_every_move(db: Database) -> None:
+    account_id, _ = new_account(db, credits=2)
+    done, failed = create(db, account_id), create(db, account_id)
+    queue.claim(db, "w", 30)
+    queue.claim(db, "w", 30)
+    queue.complete(db, done.id, "w", ["k"], 60, 1.0)
+    queue.fail(db, failed.id, "w", "service_error", "x")
+    with db.transaction() as session:
+        kinds = [(e.kind, e.task_id, e.amount_units) for e in session.execute(
+            select(LedgerEntry).where(LedgerEntry.account_id == account_id)
+            .order_by(LedgerEntry.id)).scalars()]
+    assert kinds == [("grant", None, 20000), ("reserve", done.id, PRICE),
+                     ("reserve", failed.id, PRICE), ("charge", done.id, PRICE),
+                     ("release", failed.id, PRICE)]
+
+
+def test_negative_grant_cannot_take_reserved_credits(db: Database) -> None:
+    account_id, _ = new_account(db, credits=1)
+    create(db, account_id)
+    with db.transaction() as session, pytest.raises(ValueError):
+        ledger.grant(session, account_id, -ledger.to_units(0.6))
+    check_balanced(db, account_id)
