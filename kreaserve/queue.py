@@ -298,7 +298,8 @@ def estimate_seconds(db: Database, task: Task) -> int:
         )
         workers = session.execute(
             select(func.count()).select_from(Worker)
-            .where(Worker.state == "ready", Worker.heartbeat_at > time.time() - WORKER_STALE_SECONDS)
+            .where(Worker.state == "ready",
+                   Worker.heartbeat_at > time.time() - WORKER_STALE_SECONDS)
         ).scalar_one()
     queued = sum(rates[q] * n for q, n in ahead.items())
     own = rates[task.quality]

@@ -266,3 +266,17 @@ def full_server(backend: tuple[str, Path], weights_cache: Path) -> Iterator[Serv
     server.stop()
     if not url.startswith("sqlite"):
         drop()
+
+
+# --- CI strictness -------------------------------------------------------------------------
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under KREASERVE_REQUIRE_POSTGRES=1 (CI), any skipped test fails the run."""
+    if not REQUIRE_POSTGRES:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        reporter.write_line(f"{len(skipped)} tests were skipped; CI requires every test to run.",
+                            red=True)
+        session.exitstatus = 1

@@ -63,12 +63,11 @@ async def read_json_body(request: Request, limit: int) -> Any:
     it is not JSON."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise APIError(413, "request_too_large",
-                               f"The request body is larger than {limit} bytes.")
-        except ValueError:
+        if not declared.isdigit():
             raise APIError(400, "invalid_content_length", "Content-Length is not a number.")
+        if int(declared) > limit:
+            raise APIError(413, "request_too_large",
+                           f"The request body is larger than {limit} bytes.")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -82,6 +81,7 @@ async def read_json_body(request: Request, limit: int) -> Any:
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise APIError(400, "invalid_json", f"The request body is not valid JSON: {exc}.")
+        raise APIError(400, "invalid_json",
+                       f"The request body is not valid JSON: {exc}.") from None
     except RecursionError:
-        raise APIError(400, "invalid_json", "The request body is nested too deeply.")
+        raise APIError(400, "invalid_json", "The request body is nested too deeply.") from None

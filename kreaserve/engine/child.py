@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import signal
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -43,6 +44,9 @@ def exit_with_parent(poll_seconds: float = 1.0) -> None:
 def main(conn: Connection, cancel_job: Synchronized, load: m.Load) -> None:
     """Entry point of the child: load, report Ready or LoadFailed, then loop."""
     exit_with_parent()
+    # Ctrl-C in a terminal reaches the whole process group; the worker decides what
+    # stops, and tells this process with a Shutdown message.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
     started = time.perf_counter()
     try:
@@ -71,9 +75,14 @@ def main(conn: Connection, cancel_job: Synchronized, load: m.Load) -> None:
         if not isinstance(message, m.Generate):
             continue
         job = message.job
-        request = GenerateRequest(prompt=message.prompt, width=message.width,
-                                  height=message.height, seed=message.seed, steps=message.steps)
         began = time.perf_counter()
+        try:
+            request = GenerateRequest(prompt=message.prompt, width=message.width,
+                                      height=message.height, seed=message.seed,
+                                      steps=message.steps)
+        except (TypeError, ValueError) as exc:
+            conn.send(m.Failed(job, "invalid_parameters", f"Invalid generation request: {exc}"))
+            continue
         try:
             image = engine.generate(
                 request,

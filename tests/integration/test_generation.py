@@ -8,7 +8,6 @@ import io
 import time
 
 import httpx
-import pytest
 from PIL import Image
 
 from kreaserve import contract, ledger

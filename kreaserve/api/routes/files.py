@@ -15,7 +15,8 @@ router = APIRouter()
 
 
 @router.get("/files/{key:path}")
-def get_file(key: str, services: ServicesDep, expires: str = "", signature: str = "") -> FileResponse:
+def get_file(key: str, services: ServicesDep, expires: str = "",
+             signature: str = "") -> FileResponse:
     """403 when the signature does not match, 410 once expired, 404 when the file is gone."""
     if not expires.isdigit() or not signature or not signing.verify(
         services.url_secret, key, int(expires), signature

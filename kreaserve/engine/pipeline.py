@@ -1,0 +1,470 @@
+"""Load Krea 2 weights into diffusers' `Krea2Pipeline` and run one generation at a time.
+
+`resolve_weights(spec)` decides what a weights spec ("auto", a preset, a local directory or a
+Hugging Face repo id) means; `Engine.load(...)` loads it, always through
+`Krea2Pipeline.from_pretrained`, and fails with a `WeightsError` whose message says what went
+wrong and what to do; `Engine.generate(request)` runs the real pipeline with progress and
+cancellation between denoising steps.
+
+Importing this module is cheap: torch and diffusers are imported when an engine is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .presets import PRESETS, ensure_preset
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = [
+    "AUTO_CUDA_WEIGHTS",
+    "AUTO_CPU_WEIGHTS",
+    "MAX_SEQUENCE_LENGTH",
+    "Cancelled",
+    "Engine",
+    "GenerateRequest",
+    "ResolvedWeights",
+    "WeightsError",
+    "resolve_weights",
+]
+
+#: What "auto" means with a GPU: the open turbo checkpoint on the Hugging Face Hub.
+AUTO_CUDA_WEIGHTS = "krea/Krea-2-Turbo"
+#: What "auto" means without one: random weights that run anywhere.
+AUTO_CPU_WEIGHTS = "tiny-random"
+#: Prompt tokens the contract allows.
+MAX_PROMPT_TOKENS = 640
+#: The pipeline's text length counts the template's 5-token assistant suffix, so a
+#: 640-token prompt needs 645 to reach the text encoder whole (at 640 the pipeline
+#: silently keeps only 635 prompt tokens).
+MAX_SEQUENCE_LENGTH = MAX_PROMPT_TOKENS + 5
+#: Krea 2 Turbo is distilled for 8 steps without classifier-free guidance.
+DEFAULT_STEPS = 8
+#: Guidance for a non-distilled (base) checkpoint, the pipeline's documented default. Krea 2's
+#: convention: guidance is on whenever the scale is > 0 (velocity = cond + s * (cond - uncond)).
+BASE_GUIDANCE_SCALE = 4.5
+SIZE_MULTIPLE = 16
+MAX_SIDE = 4096
+MAX_STEPS = 100
+HUB_PROBE_TIMEOUT_S = 4.0
+
+_DTYPES = {
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HOW_TO_CHOOSE = (
+    "Choose weights with --weights or the KREASERVE_WEIGHTS environment variable: "
+    "'tiny-random' or 'mid-random' (random weights, run anywhere, images are noise), a local "
+    "directory holding a Krea2Pipeline saved with save_pretrained, or a Hugging Face repo id "
+    f"such as '{AUTO_CUDA_WEIGHTS}' (needs the hub to be reachable or the weights in the local "
+    "Hugging Face cache)."
+)
+
+
+class WeightsError(Exception):
+    """The requested weights cannot be found or loaded; the message says why and what to do."""
+
+
+class Cancelled(Exception):
+    """A generation was cancelled (by `should_cancel`) before it finished; nothing was decoded."""
+
+
+class _CancelRequested(Exception):
+    """Raised inside the step callback to unwind out of the pipeline before the VAE decode."""
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """What a weights spec means. `kind` is "preset", "directory" or "hub"."""
+
+    spec: str
+    kind: str
+    is_random: bool
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One image to generate. Width and height are exact output pixels (multiples of 16)."""
+
+    prompt: str
+    width: int
+    height: int
+    seed: int
+    steps: int = DEFAULT_STEPS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise TypeError("prompt must be a str")
+        for name in ("width", "height", "seed", "steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value % SIZE_MULTIPLE or not SIZE_MULTIPLE <= value <= MAX_SIDE:
+                raise ValueError(
+                    f"{name} must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and "
+                    f"{MAX_SIDE}, got {value}"
+                )
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+
+
+def resolve_weights(spec: str, *, cuda_available: bool) -> ResolvedWeights:
+    """Say what the weights spec `spec` refers to, without loading anything.
+
+    "auto" is the hub's Krea 2 Turbo with CUDA and the "tiny-random" preset without (with a
+    warning). Preset names are presets; an existing directory, or anything that looks like a
+    path, is a directory; "owner/name" is a hub repo id.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise WeightsError("No weights were given. " + _HOW_TO_CHOOSE)
+    spec = spec.strip()
+    if spec == "auto":
+        if cuda_available:
+            return ResolvedWeights(AUTO_CUDA_WEIGHTS, "hub", is_random=False)
+        return ResolvedWeights(
+            AUTO_CPU_WEIGHTS,
+            "preset",
+            is_random=True,
+            warning=(
+                "No GPU found, so weights 'auto' fell back to 'tiny-random': random weights, "
+                "every image is noise. This is for trying the service, not for real images. "
+                + _HOW_TO_CHOOSE
+            ),
+        )
+    if spec in PRESETS:
+        return ResolvedWeights(
+            spec,
+            "preset",
+            is_random=True,
+            warning=(
+                f"Weights '{spec}' are random: every image is noise. For real images use "
+                f"--weights (or KREASERVE_WEIGHTS) with '{AUTO_CUDA_WEIGHTS}' or a local "
+                "directory holding a Krea2Pipeline."
+            ),
+        )
+    path = Path(spec).expanduser()
+    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.replace("/", "", 1)
+    if path.exists() or looks_like_path or not _HUB_ID.match(spec):
+        return ResolvedWeights(str(path), "directory", is_random=False)
+    return ResolvedWeights(spec, "hub", is_random=False)
+
+
+def _torch_dtype(dtype: str | None) -> Any:
+    import torch
+
+    name = _DTYPES.get((dtype or "bf16").lower())
+    if name is None:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}")
+    return getattr(torch, name)
+
+
+def _cause(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _probe_hub(repo_id: str) -> str | None:
+    """Ask the hub about `repo_id` with a short timeout; None when it answered that it has it.
+
+    Returns why the hub counts as unreachable (offline mode, no answer, a connection or server
+    error). Raises `WeightsError` when the hub answered that the repo is missing or gated.
+    A TCP connect is no proof (some sandboxes accept every connection and then reset it), so
+    this is a real API request, bounded by a thread join (name resolution ignores timeouts).
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            HfApi(endpoint=constants.ENDPOINT).model_info(repo_id, timeout=HUB_PROBE_TIMEOUT_S)
+            outcome.append(None)
+        except Exception as exc:  # reported below, never raised from the thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=probe, name="kreaserve-hub-probe", daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_TIMEOUT_S + 1.0)
+    if not outcome:
+        return f"no answer from {constants.ENDPOINT} within {HUB_PROBE_TIMEOUT_S:g} s"
+    exc = outcome[0]
+    if exc is None:
+        return None
+    if isinstance(exc, RepositoryNotFoundError | RevisionNotFoundError):
+        raise WeightsError(
+            f"Could not load weights '{repo_id}': the Hugging Face Hub has no such repository, "
+            "or it is gated or private and needs a token with access (set HF_TOKEN or run "
+            f"`hf auth login`) ({_cause(exc)}). " + _HOW_TO_CHOOSE
+        ) from exc
+    return f"{constants.ENDPOINT} did not answer: {_cause(exc)}"
+
+
+def _check_directory(spec: str) -> None:
+    path = Path(spec)
+    if not path.exists():
+        what = "the directory does not exist"
+        if "/" not in str(spec):
+            what = (
+                f"it is neither a preset ({', '.join(sorted(PRESETS))}), an existing directory "
+                "nor a Hugging Face repo id (owner/name)"
+            )
+        raise WeightsError(f"Could not load weights from '{spec}': {what}. " + _HOW_TO_CHOOSE)
+    if not path.is_dir():
+        raise WeightsError(
+            f"Could not load weights from '{path}': it is a file, not a directory. "
+            + _HOW_TO_CHOOSE
+        )
+    index = path / "model_index.json"
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name")
+    except FileNotFoundError:
+        raise WeightsError(
+            f"Could not load weights from '{path}': it does not contain a diffusers pipeline "
+            "(no model_index.json). " + _HOW_TO_CHOOSE
+        ) from None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise WeightsError(
+            f"Could not load weights from '{path}': its model_index.json is unreadable "
+            f"({_cause(exc)}). " + _HOW_TO_CHOOSE
+        ) from exc
+    if class_name != "Krea2Pipeline":
+        raise WeightsError(
+            f"Could not load weights from '{path}': it holds a {class_name or 'unknown'} pipeline, "
+            "not a Krea2Pipeline. " + _HOW_TO_CHOOSE
+        )
+
+
+class Engine:
+    """A loaded Krea2Pipeline on one device. Create with `Engine.load`; one generation at a time."""
+
+    def __init__(
+        self, pipe: Any, *, weights: ResolvedWeights, device: str, dtype: Any, source: str
+    ) -> None:
+        self._pipe = pipe
+        self._weights = weights
+        self._device = device
+        self._dtype = dtype
+        self._source = source
+        self._lock = threading.Lock()
+        self._multiple = int(pipe.vae_scale_factor * pipe.patch_size)
+        self._guidance_scale = 0.0 if pipe.config.is_distilled else BASE_GUIDANCE_SCALE
+
+    @classmethod
+    def load(
+        cls,
+        weights: str,
+        *,
+        cache_dir: Path,
+        device: str | None = None,
+        dtype: str | None = None,
+    ) -> Engine:
+        """Resolve `weights`, load them with `Krea2Pipeline.from_pretrained`, move them to `device`.
+
+        `device` defaults to "cuda" when available, else "cpu"; `dtype` to bfloat16 (also the
+        faster choice on CPU here). Presets are built into `cache_dir` on first use. Raises
+        `WeightsError` (never hangs on an unreachable hub) when the weights cannot be loaded.
+        """
+        import torch
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch_device = torch.device(device)
+        if torch_device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was requested but CUDA is not available")
+        torch_dtype = _torch_dtype(dtype)
+        resolved = resolve_weights(weights, cuda_available=torch_device.type == "cuda")
+
+        if resolved.kind == "preset":
+            try:
+                source = str(ensure_preset(resolved.spec, Path(cache_dir)))
+            except OSError as exc:
+                raise WeightsError(
+                    f"Could not build the '{resolved.spec}' preset in '{cache_dir}' "
+                    f"({_cause(exc)}). Make the cache directory writable, with about 100 MB "
+                    "free, or choose other weights. " + _HOW_TO_CHOOSE
+                ) from exc
+            pipe = cls._from_pretrained(
+                source,
+                torch_dtype,
+                local_only=True,
+                what=resolved.spec,
+                hint=f"Delete '{source}' to have it rebuilt.",
+            )
+        elif resolved.kind == "directory":
+            _check_directory(resolved.spec)
+            source = resolved.spec
+            pipe = cls._from_pretrained(source, torch_dtype, local_only=True, what=source)
+        else:
+            source = resolved.spec
+            reason = _probe_hub(source)
+            pipe = cls._from_pretrained(
+                source, torch_dtype, local_only=reason is not None, what=source, offline=reason
+            )
+
+        from .tokenizer import TokenizerError, check_prompt_template
+
+        try:
+            check_prompt_template(pipe.tokenizer, pipe)
+        except TokenizerError as exc:
+            raise WeightsError(
+                f"Weights '{resolved.spec}' loaded, but their tokenizer does not fit the Krea 2 "
+                f"prompt template ({exc}). " + _HOW_TO_CHOOSE
+            ) from exc
+
+        pipe.to(torch_device)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(
+            pipe, weights=resolved, device=str(torch_device), dtype=torch_dtype, source=source
+        )
+
+    @staticmethod
+    def _from_pretrained(
+        source: str,
+        torch_dtype: Any,
+        *,
+        local_only: bool,
+        what: str,
+        offline: str | None = None,
+        hint: str = "",
+    ) -> Any:
+        from diffusers import Krea2Pipeline
+
+        try:
+            return Krea2Pipeline.from_pretrained(
+                source, dtype=torch_dtype, local_files_only=local_only
+            )
+        except Exception as exc:
+            if offline is not None:
+                from huggingface_hub import constants
+
+                message = (
+                    f"Could not load weights '{what}' from the Hugging Face Hub: the hub is not "
+                    f"reachable ({offline}) and the weights are not in the local Hugging Face "
+                    f"cache ({constants.HF_HUB_CACHE}). Use --weights tiny-random to run with "
+                    "random weights, give a local directory holding a Krea2Pipeline, or make the "
+                    "hub reachable (network access, HF_HUB_OFFLINE unset) so the weights (about "
+                    "35 GB) can be downloaded once."
+                )
+            else:
+                message = (
+                    f"Could not load weights '{what}' as a Krea2Pipeline ({_cause(exc)}). "
+                    + (hint + " " if hint else "")
+                    + _HOW_TO_CHOOSE
+                )
+            raise WeightsError(message) from exc
+
+    @property
+    def pipe(self) -> Any:
+        """The underlying `Krea2Pipeline` (benchmarks, tests; not concurrently)."""
+        return self._pipe
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What is loaded: weights spec and kind, where from, device, dtype, is_random, warning."""
+        return {
+            "weights": self._weights.spec,
+            "kind": self._weights.kind,
+            "source": self._source,
+            "device": self._device,
+            "dtype": str(self._dtype).removeprefix("torch."),
+            "is_random": self._weights.is_random,
+            "warning": self._weights.warning,
+        }
+
+    def generate(
+        self,
+        req: GenerateRequest,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> Image:
+        """Generate one image of exactly `req.width` x `req.height` pixels.
+
+        Deterministic for a given request on a given device and dtype. `on_step(step, total)`
+        is called after each denoising step (1..total). `should_cancel()` is asked before the
+        run and after each step (the last one too: cancelling then skips the decode, which is
+        most of the CPU time); when it returns True the run stops before the next step, nothing
+        is decoded, and `Cancelled` is raised. Cancellation sets the pipeline's `_interrupt`
+        flag and raises a private exception out of the step callback, which unwinds
+        `Krea2Pipeline.__call__` before its VAE decode (the interrupt flag alone would still
+        decode the half-denoised latents).
+        """
+        import torch
+
+        if not isinstance(req, GenerateRequest):
+            raise TypeError("req must be a GenerateRequest")
+        if req.width % self._multiple or req.height % self._multiple:
+            raise ValueError(
+                f"width and height must be multiples of {self._multiple}, "
+                f"got {req.width}x{req.height}"
+            )
+
+        total = req.steps
+
+        def callback(pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(i + 1, total)
+            if should_cancel is not None and should_cancel():
+                pipe._interrupt = True
+                raise _CancelRequested
+            return {}
+
+        with self._lock:
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("cancelled before it started")
+            generator = torch.Generator(self._device).manual_seed(req.seed)
+            try:
+                output = self._pipe(
+                    prompt=req.prompt,
+                    width=req.width,
+                    height=req.height,
+                    num_inference_steps=req.steps,
+                    guidance_scale=self._guidance_scale,
+                    generator=generator,
+                    max_sequence_length=MAX_SEQUENCE_LENGTH,
+                    callback_on_step_end=callback,
+                    output_type="pil",
+                )
+            except _CancelRequested:
+                raise Cancelled("cancelled between denoising steps") from None
+        image = output.images[0]
+        if image.size != (req.width, req.height):  # the pipeline rounds sizes; we validated
+            raise RuntimeError(
+                f"pipeline returned {image.size}, expected {(req.width, req.height)}"
+            )
+        return image
+
+    def warmup(self, *, width: int = 256, height: int = 256) -> float:
+        """Run one small generation so first-request costs are paid now; returns its seconds."""
+        start = time.perf_counter()
+        self.generate(GenerateRequest(prompt="warm-up", width=width, height=height, seed=1))
+        return time.perf_counter() - start

