@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import sqlalchemy.exc
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -69,6 +71,17 @@ def install(app: FastAPI) -> None:
             error_body(400, "invalid_parameter", f"{param or 'request'}: {first.get('msg')}",
                        param),
             status_code=400,
+        )
+
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    @app.exception_handler(sqlalchemy.exc.InterfaceError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.error("database unavailable on %s %s: %s", request.method, request.url.path,
+                  str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return JSONResponse(
+            error_body(503, "database_unavailable",
+                       "The service cannot reach its database right now; retry shortly."),
+            status_code=503, headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(Exception)

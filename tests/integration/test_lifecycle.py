@@ -123,3 +123,29 @@ def test_weights_that_cannot_load_fail_the_start_with_a_clear_message(
     assert "--weights" in last and weights in result.stderr
     assert "Traceback" not in result.stderr
 
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_lost_database_is_503_with_retry_after_never_500(
+        fresh_database: str, tmp_path: Path, weights_cache: Path) -> None:
+    server = start_server(tmp_path, fresh_database, weights_cache, embedded_worker=False)
+    try:
+        key = server.key()
+        server.database().dispose()
+        name = fresh_database.rsplit("/", 1)[1]
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        with server.client(key) as client:
+            for response in (client.get("/v1/credits"),
+                             client.post("/v1/images/generations", json=GOOD),
+                             client.get("/v1/tasks/task-unified-1-abcdefgh")):
+                assert response.status_code == 503, response.text
+                assert response.headers["retry-after"] == "5"
+                error = response.json()["error"]
+                assert (error["type"], error["code"]) == ("service_unavailable_error",
+                                                          "database_unavailable")
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    finally:
+        server.stop()
