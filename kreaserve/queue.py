@@ -30,6 +30,10 @@ ESTIMATE_WINDOW = 20
 WORKER_STALE_SECONDS = 30.0
 
 
+#: The error of a task its owner cancelled (the contract's `request_cancelled`).
+CANCELLED_ERROR = {"error_code": "request_cancelled", "error_message": "Cancelled by the client."}
+
+
 class InsufficientCredits(Exception):
     """The account cannot cover the task's price."""
 
@@ -187,6 +191,12 @@ def fail(db: Database, task_id: str, worker_id: str | None, code: str, message: 
     return True
 
 
+def end_cancelled(db: Database, task_id: str, worker_id: str) -> bool:
+    """End a held task as cancelled by its owner, releasing its reservation."""
+    return fail(db, task_id, worker_id, CANCELLED_ERROR["error_code"],
+                CANCELLED_ERROR["error_message"], status=contract.CANCELLED)
+
+
 def cancel(db: Database, account_id: int, task_id: str) -> Task | None:
     """Cancel a pending task at once; ask the worker to stop a processing one.
 
@@ -197,8 +207,7 @@ def cancel(db: Database, account_id: int, task_id: str) -> Task | None:
             update(Task)
             .where(Task.id == task_id, Task.account_id == account_id,
                    Task.status == contract.PENDING)
-            .values(status=contract.CANCELLED, finished_at=time.time(),
-                    error_code="request_cancelled", error_message="Cancelled by the client.",
+            .values(status=contract.CANCELLED, finished_at=time.time(), **CANCELLED_ERROR,
                     billing_state="released")
             .returning(Task)
         ).scalar_one_or_none()
@@ -242,9 +251,8 @@ def reap(db: Database, max_attempts: int) -> int:
         ).all()
         for row in expired:
             if row.cancel_requested:
-                task = _end(session, row.id, None, contract.CANCELLED,
-                            error_code="request_cancelled",
-                            error_message="Cancelled by the client.", billing_state="released")
+                task = _end(session, row.id, None, contract.CANCELLED, **CANCELLED_ERROR,
+                            billing_state="released")
             elif row.attempts >= max_attempts:
                 task = _end(session, row.id, None, contract.FAILED, error_code="service_error",
                             error_message=f"The worker stopped {row.attempts} times while "

@@ -205,8 +205,7 @@ class Worker:
                 # Shutting down, not a client cancel: let the lease hand the task on.
                 queue.requeue(self.db, claim.task_id, self.id)
                 return
-            queue.fail(self.db, claim.task_id, self.id, "request_cancelled",
-                       "Cancelled by the client.", status=contract.CANCELLED)
+            queue.end_cancelled(self.db, claim.task_id, self.id)
             log.info("task %s cancelled", claim.task_id)
         else:
             self._failed(claim, outcome)
@@ -214,8 +213,7 @@ class Worker:
     def _complete(self, claim: queue.Claim, result: m.Result) -> None:
         lease = queue.renew(self.db, claim.task_id, self.id, self.settings.lease_seconds)
         if lease.cancel_requested:
-            queue.fail(self.db, claim.task_id, self.id, "request_cancelled",
-                       "Cancelled by the client.", status=contract.CANCELLED)
+            queue.end_cancelled(self.db, claim.task_id, self.id)
             return
         key = f"{claim.task_id}/0.png"
         self.storage.put(key, result.png)
