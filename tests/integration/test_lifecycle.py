@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from kreaserve import ledger
 from kreaserve.db.models import LedgerEntry, Task
-from tests.conftest import POSTGRES_URL, make_postgres_database, start_server
+from tests.conftest import POSTGRES_URL, free_port, make_postgres_database, start_server
 from tests.integration.test_generation import GOOD, wait_until_done
 
 
@@ -80,14 +80,18 @@ def test_task_of_a_killed_server_is_finished_after_restart_and_charged_once(
 
 def test_results_expire_with_410_and_the_sweep_deletes_the_file(
         fresh_database: str, tmp_path: Path, weights_cache: Path) -> None:
+    port = free_port()
     server = start_server(tmp_path, fresh_database, weights_cache, embedded_worker=True,
+                          port=port,
                           extra_env={"KREASERVE_RESULT_TTL_SECONDS": "3",
-                                     "KREASERVE_SWEEP_INTERVAL_SECONDS": "1"})
+                                     "KREASERVE_SWEEP_INTERVAL_SECONDS": "1",
+                                     "KREASERVE_PUBLIC_URL": f"http://localhost:{port}/"})
     try:
         with server.client(server.key()) as client:
             task = client.post("/v1/images/generations", json=GOOD).json()
             done = wait_until_done(client, task["id"])[-1]
         url = done["results"][0]
+        assert url.startswith(f"http://localhost:{port}/files/{task['id']}/0.png?expires=")
         assert httpx.get(url).status_code == 200
         image = server.data_dir / "images" / task["id"] / "0.png"
         assert image.is_file()
