@@ -1,0 +1,1 @@
+"""Task callbacks: the outbox, Standard Webhooks signing, the SSRF guard, the sender."""
