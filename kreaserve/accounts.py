@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from kreaserve import ledger
+from kreaserve.callbacks import signing
 from kreaserve.db.models import Account, ApiKey
 
 KEY_PREFIX = "ks_"
@@ -95,3 +96,22 @@ def revoke_key(session: Session, prefix_or_id: str) -> bool:
         update(ApiKey).where(condition, ApiKey.revoked_at.is_(None)).values(revoked_at=time.time())
     )
     return result.rowcount > 0
+
+
+def webhook_secret(session: Session, account_id: int) -> str:
+    """The account's callback signing secret, made on first use."""
+    session.execute(
+        update(Account).where(Account.id == account_id, Account.webhook_secret.is_(None))
+        .values(webhook_secret=signing.new_secret())
+    )
+    return session.execute(
+        select(Account.webhook_secret).where(Account.id == account_id)
+    ).scalar_one()
+
+
+def rotate_webhook_secret(session: Session, account_id: int) -> str:
+    """Replace the account's signing secret; callbacks sent from now on use the new one."""
+    secret = signing.new_secret()
+    session.execute(update(Account).where(Account.id == account_id)
+                    .values(webhook_secret=secret))
+    return secret

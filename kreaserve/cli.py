@@ -95,6 +95,10 @@ def serve(
 
         embedded = Worker(settings, db, storage, on_fatal=on_fatal)
         background.append(embedded)
+    if settings.callback_dispatch:
+        from kreaserve.callbacks.dispatcher import CallbackDispatcher
+
+        background.append(CallbackDispatcher(settings, db, settings.hmac_key()))
     application = create_app(settings, db=db, storage=storage, background=background)
     server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port,
                                            log_config=None, access_log=False))

@@ -83,6 +83,15 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="How often expired result files are deleted."
     )
 
+    # --- callbacks ---------------------------------------------------------
+    callback_dispatch: bool = Field(
+        default=True, description="`serve` sends the callbacks of ended tasks."
+    )
+    callback_allow_hosts: str = Field(
+        default="", description="Comma-separated host names or addresses exempt from the "
+        "internal-address rule, for test receivers only. Never set it in production.",
+    )
+
     # --- billing -----------------------------------------------------------
     price_1k: float = Field(default=0.45, ge=0, description="Credits for one 1K image.")
     price_2k: float = Field(default=1.8, ge=0, description="Credits for one 2K image.")
@@ -98,6 +107,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'kreaserve.db').resolve()}"
+
+    @cached_property
+    def callback_allow_host_set(self) -> frozenset[str]:
+        """KREASERVE_CALLBACK_ALLOW_HOSTS, normalised as the SSRF guard compares hosts."""
+        from kreaserve.callbacks.ssrf import normalise_host
+
+        return frozenset(normalise_host(host.strip())
+                         for host in self.callback_allow_hosts.split(",") if host.strip())
 
     @property
     def images_dir(self) -> Path:

@@ -29,6 +29,9 @@ QUALITIES = ("1K", "2K")
 MAX_PROMPT_TOKENS = 640
 SEED_MAX = 1_048_576
 CALLBACK_URL_MAX = 2048
+#: Seconds allowed for one callback attempt, and the waits after each failed one.
+CALLBACK_TIMEOUT = 10.0
+CALLBACK_RETRY_DELAYS = (1.0, 2.0, 4.0)
 STEPS = 8
 
 BILLING_RULE = "per_call"

@@ -19,6 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from kreaserve import contract, ledger
+from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from kreaserve.db.models import Task, Worker
 
@@ -152,7 +153,8 @@ def renew(db: Database, task_id: str, worker_id: str, lease_seconds: float,
 
 def _end(session: Session, task_id: str, worker_id: str | None, status: str,
          **values: object) -> Task | None:
-    """Move a held task to a terminal state; None when it is no longer ours."""
+    """Move a held task to a terminal state and queue its callback, in the caller's
+    transaction; None when it is no longer ours."""
     guard = [Task.id == task_id, Task.status == contract.PROCESSING]
     if worker_id is not None:
         guard.append(Task.worker_id == worker_id)
@@ -161,6 +163,8 @@ def _end(session: Session, task_id: str, worker_id: str | None, status: str,
         .values(status=status, finished_at=time.time(), lease_expires_at=None, **values)
         .returning(Task)
     ).scalar_one_or_none()
+    if task is not None:
+        outbox.enqueue(session, task)
     return task
 
 
@@ -213,6 +217,7 @@ def cancel(db: Database, account_id: int, task_id: str) -> Task | None:
         ).scalar_one_or_none()
         if task is not None:
             ledger.release(session, task.account_id, task.price_units, task.id)
+            outbox.enqueue(session, task)
             return task
         session.execute(
             update(Task)

@@ -6,14 +6,13 @@ boolean); each pydantic error becomes one contract error naming the field in `pa
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from kreaserve import contract
+from kreaserve.callbacks import ssrf
 from kreaserve.tokens import count_tokens
 
 #: The longest token of the Qwen vocabulary, in bytes (so also in characters).
@@ -46,38 +45,6 @@ def _clean_text(value: str, field: str) -> str:
             f"invalid_{field}", f"{field} must be valid Unicode text (no lone surrogates)"
         ) from None
     return value
-
-
-def check_callback_url(url: str) -> str:
-    """The creation-time rules for a callback URL: https, length, no credentials, no
-    literal internal address. (Delivery re-checks what the host name resolves to.)"""
-    def bad(why: str) -> PydanticCustomError:
-        return PydanticCustomError("invalid_callback_url", f"callback_url {why}")
-
-    if len(url) > contract.CALLBACK_URL_MAX:
-        raise bad(f"must be at most {contract.CALLBACK_URL_MAX} characters")
-    try:
-        parts = urlsplit(url)
-        hostname = parts.hostname
-    except ValueError:
-        raise bad("is not a valid URL") from None
-    if parts.scheme.lower() != "https":
-        raise bad("must use https")
-    if not hostname:
-        raise bad("must name a host")
-    if parts.username is not None or parts.password is not None:
-        raise bad("must not contain credentials")
-    host = hostname.rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        raise bad("must not point to an internal address")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return url
-    mapped = getattr(address, "ipv4_mapped", None)
-    if not (mapped or address).is_global:
-        raise bad("must not point to an internal address")
-    return url
 
 
 class CreateTaskRequest(BaseModel):
@@ -149,19 +116,28 @@ class CreateTaskRequest(BaseModel):
 
     @field_validator("callback_url")
     @classmethod
-    def _callback_url(cls, value: str | None) -> str | None:
+    def _callback_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """https, at most 2048 characters, no credentials, no internal address in any
+        spelling (delivery checks again what the host resolves to)."""
         if value is None:
             return None
         _clean_text(value, "callback_url")
-        return check_callback_url(value)
+        allow = (info.context or {}).get("allow_hosts", frozenset())
+        try:
+            return ssrf.check_url(value, allow)
+        except ssrf.UnsafeURLError as exc:
+            raise PydanticCustomError("invalid_callback_url", "{reason}",
+                                      {"reason": str(exc)}) from None
 
 
-def parse_create_request(payload: Any) -> CreateTaskRequest:
-    """Validate a decoded JSON body; raises RequestError for the first bad field."""
+def parse_create_request(payload: Any,
+                         allow_hosts: frozenset[str] = frozenset()) -> CreateTaskRequest:
+    """Validate a decoded JSON body; raises RequestError for the first bad field.
+    `allow_hosts`: callback hosts exempt from the internal-address rule (tests only)."""
     if not isinstance(payload, dict):
         raise RequestError("invalid_json", "The request body must be a JSON object.", None)
     try:
-        return CreateTaskRequest.model_validate(payload)
+        return CreateTaskRequest.model_validate(payload, context={"allow_hosts": allow_hosts})
     except ValidationError as exc:
         first = exc.errors()[0]
         param = str(first["loc"][0]) if first["loc"] else None

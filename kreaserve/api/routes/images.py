@@ -25,7 +25,8 @@ async def create_generation(request: Request, services: ServicesDep,
                             principal: PrincipalDep) -> dict[str, Any]:
     payload = await read_json_body(request, services.settings.max_body_bytes)
     try:
-        body = await run_in_threadpool(schemas.parse_create_request, payload)
+        body = await run_in_threadpool(schemas.parse_create_request, payload,
+                                       services.settings.callback_allow_host_set)
     except schemas.RequestError as exc:
         raise APIError(400, exc.code, exc.message, exc.param) from None
     params = queue.NewTask(

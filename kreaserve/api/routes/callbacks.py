@@ -1,0 +1,100 @@
+"""Callback deliveries of a task, redelivery, and the account's signing secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from kreaserve import accounts, contract, queue
+from kreaserve.api.deps import PrincipalDep, ServicesDep
+from kreaserve.api.errors import APIError
+from kreaserve.api.routes.tasks import check_task_id, not_found
+from kreaserve.callbacks import outbox
+from kreaserve.db.models import CallbackAttempt, CallbackDelivery
+
+router = APIRouter()
+
+
+def delivery_object(delivery: CallbackDelivery, attempts: list[CallbackAttempt]) -> dict[str, Any]:
+    return {
+        "object": "callback_delivery",
+        "id": delivery.id,
+        "url": delivery.url,
+        "webhook_id": delivery.webhook_id,
+        "status": delivery.status,
+        "created": int(delivery.created_at),
+        "next_attempt_at": (round(delivery.next_attempt_at, 3)
+                            if delivery.status == outbox.PENDING else None),
+        "attempts": [
+            {"number": a.number, "started_at": round(a.started_at, 3),
+             "duration_ms": round(a.duration_seconds * 1000, 1), "status_code": a.status_code,
+             "error": a.error}
+            for a in attempts
+        ],
+    }
+
+
+@router.get("/v1/tasks/{task_id}/callbacks")
+async def list_callbacks(task_id: str, services: ServicesDep,
+                         principal: PrincipalDep) -> dict[str, Any]:
+    """Every delivery of the task's callback and every attempt of each."""
+    check_task_id(task_id)
+
+    def read() -> dict[str, Any]:
+        if queue.get(services.db, principal.account_id, task_id) is None:
+            raise not_found(task_id)
+        return {"object": "list", "data": [delivery_object(d, a) for d, a in
+                                           outbox.deliveries(services.db, task_id)]}
+
+    return await run_in_threadpool(read)
+
+
+@router.post("/v1/tasks/{task_id}/callbacks/redeliver")
+async def redeliver(task_id: str, services: ServicesDep, principal: PrincipalDep) -> JSONResponse:
+    """Queue the task's callback again (same webhook-id, so receivers can drop duplicates)."""
+    check_task_id(task_id)
+
+    def queue_again() -> dict[str, Any]:
+        task = queue.get(services.db, principal.account_id, task_id)
+        if task is None:
+            raise not_found(task_id)
+        if not task.callback_url:
+            raise APIError(400, "no_callback_url", "This task has no callback_url.", "task_id")
+        if task.status not in contract.TERMINAL:
+            raise APIError(400, "task_not_finished",
+                           "A callback is sent when the task ends; it has not ended yet.",
+                           "task_id")
+        outbox.redeliver(services.db, task)
+        delivery, attempts = outbox.deliveries(services.db, task_id)[-1]
+        return delivery_object(delivery, attempts)
+
+    return JSONResponse(await run_in_threadpool(queue_again), status_code=202)
+
+
+def secret_object(secret: str) -> dict[str, str]:
+    return {"object": "webhook_secret", "secret": secret, "scheme": "standard-webhooks-v1"}
+
+
+@router.get("/v1/callbacks/secret")
+async def get_secret(services: ServicesDep, principal: PrincipalDep) -> dict[str, str]:
+    """The account's secret that signs its callbacks (Standard Webhooks, `whsec_...`)."""
+
+    def read() -> str:
+        with services.db.transaction() as session:
+            return accounts.webhook_secret(session, principal.account_id)
+
+    return secret_object(await run_in_threadpool(read))
+
+
+@router.post("/v1/callbacks/secret/rotate")
+async def rotate_secret(services: ServicesDep, principal: PrincipalDep) -> dict[str, str]:
+    """A new signing secret; every callback sent from now on is signed with it."""
+
+    def rotate() -> str:
+        with services.db.transaction() as session:
+            return accounts.rotate_webhook_secret(session, principal.account_id)
+
+    return secret_object(await run_in_threadpool(rotate))

@@ -1,0 +1,125 @@
+"""The callback sender: claims due deliveries from the outbox and POSTs them, signed.
+
+Runs in `kreaserve serve` processes (they know the public URL and the URL-signing key
+that the body's result URLs need). Each attempt goes through the SSRF guard, which
+resolves the host, refuses internal addresses and connects to the address it checked.
+Attempts run on a small thread pool so that one receiver that hangs for its full
+10 seconds does not hold back the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from kreaserve import accounts, contract, presenters
+from kreaserve.callbacks import outbox, signing, ssrf
+from kreaserve.config import Settings
+from kreaserve.db import Database
+from kreaserve.db.models import Task
+
+log = logging.getLogger("kreaserve.callbacks")
+
+USER_AGENT = "kreaserve-callbacks/0.1"
+#: A sender that died mid-attempt releases its deliveries after this long.
+LOCK_SECONDS = contract.CALLBACK_TIMEOUT + 50.0
+
+
+class CallbackDispatcher:
+    """Background sender of the callback outbox."""
+
+    def __init__(self, settings: Settings, db: Database, url_secret: bytes, *,
+                 concurrency: int = 8, poll_seconds: float = 0.1) -> None:
+        self.settings, self.db, self.url_secret = settings, db, url_secret
+        self.id = f"{socket.gethostname()}-{os.getpid()}-callbacks-{uuid.uuid4().hex[:6]}"
+        self.allow_hosts = settings.callback_allow_host_set
+        self._concurrency, self._poll = concurrency, poll_seconds
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="kreaserve-callback")
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="kreaserve-callbacks",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        # Attempts under way finish (at most the 10 s timeout); the rest wait in the outbox.
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                free = self._concurrency - self._busy
+            try:
+                due = outbox.claim_due(self.db, self.id, free, LOCK_SECONDS)
+            except Exception:  # noqa: BLE001 - keep sending through database hiccups
+                log.exception("claiming callbacks failed")
+                due = []
+            for delivery in due:
+                with self._lock:
+                    self._busy += 1
+                self._pool.submit(self._attempt_and_release, delivery)
+            if not due:
+                self._stop.wait(self._poll)
+
+    def _attempt_and_release(self, delivery: outbox.Due) -> None:
+        try:
+            self.attempt(delivery)
+        except Exception:  # noqa: BLE001 - the lock expires and another pass retries
+            log.exception("callback %s of task %s crashed", delivery.id, delivery.task_id)
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def render(self, task_id: str) -> bytes:
+        """The task's query body, exactly the bytes GET /v1/tasks/{id} answers."""
+        with self.db.transaction() as session:
+            task = session.get(Task, task_id)
+            assert task is not None and task.status in contract.TERMINAL
+            body = presenters.task_object(task, base_url=self.settings.base_url,
+                                          url_secret=self.url_secret, estimated_time=None)
+        return presenters.render_json(body)
+
+    def attempt(self, delivery: outbox.Due) -> str:
+        """One signed POST of a delivery; records it and returns the delivery's status."""
+        body = delivery.body or self.render(delivery.task_id)
+        with self.db.transaction() as session:
+            secret = accounts.webhook_secret(session, delivery.account_id)
+        started = time.time()
+        headers = {"content-type": "application/json", "user-agent": USER_AGENT,
+                   **signing.signed_headers(secret, delivery.webhook_id, body, started)}
+        clock = time.perf_counter()
+        status_code: int | None = None
+        error: str | None = None
+        try:
+            response = ssrf.post_pinned(delivery.url, body, headers,
+                                        timeout=contract.CALLBACK_TIMEOUT,
+                                        allow_hosts=self.allow_hosts)
+            status_code = response.status_code
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}"
+        except ssrf.UnsafeURLError as exc:
+            error = f"refused: {exc}"
+        except httpx.TimeoutException:
+            error = f"timed out after {contract.CALLBACK_TIMEOUT:.0f} s"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        duration = time.perf_counter() - clock
+        status = outbox.record_attempt(self.db, delivery, self.id, body=body, started_at=started,
+                                       duration=duration, status_code=status_code, error=error)
+        log.info("callback of task %s attempt %d: %s (%s, %.2f s)", delivery.task_id,
+                 delivery.attempts + 1, status, error or status_code, duration)
+        return status

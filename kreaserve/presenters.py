@@ -1,0 +1,39 @@
+"""The contract's task object, built from a stored task: one renderer for the API's
+answers and for callback bodies, so both are the same bytes."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from kreaserve import contract, ledger, schemas
+from kreaserve.db.models import Task
+from kreaserve.storage import signing
+
+
+def task_object(task: Task, *, base_url: str, url_secret: bytes,
+                estimated_time: int | None) -> dict[str, Any]:
+    """The task as GET /v1/tasks/{id} shows it (the create answer is the same object)."""
+    results = None
+    if task.status == contract.COMPLETED:
+        expires = math.floor(task.results_expire_at or 0)
+        results = [signing.signed_url(base_url, url_secret, key, expires)
+                   for key in task.result_keys or []]
+    error = None
+    if task.status in (contract.FAILED, contract.CANCELLED) and task.error_code:
+        error = {"code": task.error_code, "message": task.error_message or ""}
+    live = task.status not in contract.TERMINAL
+    return schemas.task_body(
+        task_id=task.id, created=task.created, model=task.model, status=task.status,
+        progress=task.progress, can_cancel=live and not task.cancel_requested,
+        estimated_time=estimated_time if live else None,
+        price_credits=ledger.to_credits(task.price_units), user_group=task.user_group,
+        seed=task.seed, results=results, error=error,
+    )
+
+
+def render_json(body: dict[str, Any]) -> bytes:
+    """JSON bytes exactly as the API sends them (Starlette's JSONResponse encoding)."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None,
+                      separators=(",", ":")).encode("utf-8")
