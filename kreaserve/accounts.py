@@ -36,6 +36,9 @@ class Principal:
     account_id: int
     key_id: int
     user_group: str
+    #: the account's own limits; None means the server's default
+    requests_per_minute: int | None = None
+    max_tasks_in_flight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def authenticate(session: Session, raw_key: str) -> Principal | None:
     """The principal behind a key, or None when unknown or revoked."""
     row = session.execute(
         select(ApiKey.id, ApiKey.account_id, ApiKey.revoked_at, ApiKey.last_used_at,
-               Account.user_group)
+               Account.user_group, Account.requests_per_minute, Account.max_tasks_in_flight)
         .join(Account, Account.id == ApiKey.account_id)
         .where(ApiKey.key_hash == hash_key(raw_key))
     ).one_or_none()
@@ -85,7 +88,9 @@ def authenticate(session: Session, raw_key: str) -> Principal | None:
     now = time.time()
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-    return Principal(account_id=row.account_id, key_id=row.id, user_group=row.user_group)
+    return Principal(account_id=row.account_id, key_id=row.id, user_group=row.user_group,
+                     requests_per_minute=row.requests_per_minute,
+                     max_tasks_in_flight=row.max_tasks_in_flight)
 
 
 def revoke_key(session: Session, prefix_or_id: str) -> bool:
@@ -115,3 +120,75 @@ def rotate_webhook_secret(session: Session, account_id: int) -> str:
     session.execute(update(Account).where(Account.id == account_id)
                     .values(webhook_secret=secret))
     return secret
+
+
+def list_keys(session: Session, account_id: int) -> list[ApiKey]:
+    """The account's keys, oldest first (revoked ones included)."""
+    return list(session.execute(
+        select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.id)
+    ).scalars())
+
+
+def revoke_account_key(session: Session, account_id: int, key_id: int) -> ApiKey | None:
+    """Revoke one of the account's keys (idempotent); None when it has no such key."""
+    key = session.execute(
+        select(ApiKey).where(ApiKey.id == key_id, ApiKey.account_id == account_id)
+    ).scalar_one_or_none()
+    if key is not None and key.revoked_at is None:
+        key.revoked_at = time.time()
+    return key
+
+
+def rotate_key(session: Session, account_id: int, key_id: int) -> NewKey | None:
+    """Replace a live key with a new one of the same name; the old one stops at once."""
+    key = session.execute(
+        select(ApiKey).where(ApiKey.id == key_id, ApiKey.account_id == account_id,
+                             ApiKey.revoked_at.is_(None))
+    ).scalar_one_or_none()
+    if key is None:
+        return None
+    key.revoked_at = time.time()
+    return create_key(session, account_id, key.name)
+
+
+#: Account fields an operator may change, with what they mean in units.
+LIMIT_FIELDS = ("user_group", "requests_per_minute", "max_tasks_in_flight",
+                "daily_spend_cap_units")
+
+
+def update_account(session: Session, account_id: int, **fields: object) -> bool:
+    """Change an account's group or limits (None clears a limit); False when unknown."""
+    unknown = set(fields) - set(LIMIT_FIELDS)
+    assert not unknown, unknown
+    if not fields:
+        return session.get(Account, account_id) is not None
+    return session.execute(
+        update(Account).where(Account.id == account_id).values(**fields)
+    ).rowcount == 1
+
+
+def account_summary(session: Session, account_id: int) -> dict[str, object] | None:
+    """An account as operators see it: standing, group, limits, keys."""
+    account = session.get(Account, account_id)
+    if account is None:
+        return None
+    keys = list_keys(session, account_id)
+    return {
+        "object": "account",
+        "id": account.id,
+        "name": account.name,
+        "user_group": account.user_group,
+        "created": int(account.created_at),
+        "balance": ledger.to_credits(account.balance_units),
+        "reserved": ledger.to_credits(account.reserved_units),
+        "available": ledger.to_credits(account.balance_units - account.reserved_units),
+        "requests_per_minute": account.requests_per_minute,
+        "max_tasks_in_flight": account.max_tasks_in_flight,
+        "daily_spend_cap": (ledger.to_credits(account.daily_spend_cap_units)
+                            if account.daily_spend_cap_units is not None else None),
+        "keys": {"active": sum(1 for k in keys if k.revoked_at is None), "total": len(keys)},
+    }
+
+
+def all_account_ids(session: Session) -> list[int]:
+    return list(session.execute(select(Account.id).order_by(Account.id)).scalars())

@@ -21,6 +21,8 @@ app = typer.Typer(help="kreaserve: self-hosted Krea 2 Turbo behind the krea-2-tu
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 credits_app = typer.Typer(help="Grant and inspect credits.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+accounts_app = typer.Typer(help="Create, inspect and limit accounts.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(db_app, name="db")
@@ -209,23 +211,127 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or shown prefix.
 
 
 @credits_app.command("grant")
-def credits_grant(account: int, amount: float, data_dir: DataDir = None,
-                  database_url: DatabaseUrl = None) -> None:
-    """Add (or, negative, take away) credits of an account."""
+def credits_grant(
+    account: int, amount: float,
+    adjust: Annotated[bool, typer.Option(
+        "--adjust", help="Record an operator correction (either sign) instead of a grant.")
+    ] = False,
+    note: Annotated[str | None, typer.Option(help="Why, kept in the ledger.")] = None,
+    data_dir: DataDir = None, database_url: DatabaseUrl = None,
+) -> None:
+    """Add credits to an account (with --adjust, correct them either way)."""
     from kreaserve import ledger
     from kreaserve.db.models import Account
 
+    if amount == 0 or (amount < 0 and not adjust):
+        raise fail("a grant must be positive; take credits away with --adjust")
     db = open_database(settings_from(data_dir=data_dir, database_url=database_url))
     with db.transaction() as session:
         if session.get(Account, account) is None:
             raise fail(f"no account {account}")
         try:
-            ledger.grant(session, account, ledger.to_units(amount), note="credits grant")
+            ledger.grant(session, account, ledger.to_units(amount),
+                         note=(note or ("adjust" if adjust else "credits grant"))[:200],
+                         kind=ledger.ADJUST if adjust else ledger.GRANT)
         except ValueError as exc:
             raise fail(str(exc)) from None
         standing = ledger.balance(session, account)
     typer.echo(f"account {account}: balance {ledger.to_credits(standing.balance_units)}, "
                f"reserved {ledger.to_credits(standing.reserved_units)}")
+
+
+Group = Annotated[str | None, typer.Option("--group", help="User group (prices).")]
+Rpm = Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute per key.")]
+InFlight = Annotated[int | None, typer.Option(
+    "--in-flight", min=1, help="Unfinished tasks per key.")]
+DailyCap = Annotated[float | None, typer.Option(
+    "--daily-cap", min=0.0001, help="Credits the account may spend per UTC day.")]
+
+
+def limit_values(group: str | None, rpm: int | None, in_flight: int | None,
+                 daily_cap: float | None, clear: list[str]) -> dict[str, Any]:
+    from kreaserve import ledger
+
+    values: dict[str, Any] = {}
+    if group is not None:
+        values["user_group"] = group
+    if rpm is not None:
+        values["requests_per_minute"] = rpm
+    if in_flight is not None:
+        values["max_tasks_in_flight"] = in_flight
+    if daily_cap is not None:
+        values["daily_spend_cap_units"] = ledger.to_units(daily_cap)
+    names = {"rpm": "requests_per_minute", "in-flight": "max_tasks_in_flight",
+             "daily-cap": "daily_spend_cap_units"}
+    for item in clear:
+        if item not in names:
+            raise fail(f"--clear takes one of {', '.join(names)}")
+        values[names[item]] = None
+    return values
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: Annotated[str, typer.Option(help="Who the account is for.")],
+    credits: Annotated[float, typer.Option(min=0, help="Opening credits.")] = 0.0,
+    group: Group = None, rpm: Rpm = None, in_flight: InFlight = None,
+    daily_cap: DailyCap = None, data_dir: DataDir = None, database_url: DatabaseUrl = None,
+) -> None:
+    """Create an account (give it keys with `kreaserve keys create --account ID`)."""
+    from kreaserve import accounts, ledger
+
+    db = open_database(settings_from(data_dir=data_dir, database_url=database_url))
+    with db.transaction() as session:
+        account_id = accounts.create_account(session, name, ledger.to_units(credits))
+        accounts.update_account(session, account_id,
+                                **limit_values(group, rpm, in_flight, daily_cap, []))
+        summary = accounts.account_summary(session, account_id)
+    typer.echo(json.dumps(summary))
+
+
+@accounts_app.command("list")
+def accounts_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """One JSON line per account: standing, group, limits, keys."""
+    from kreaserve import accounts
+
+    db = open_database(settings_from(data_dir=data_dir, database_url=database_url))
+    with db.transaction() as session:
+        for account_id in accounts.all_account_ids(session):
+            typer.echo(json.dumps(accounts.account_summary(session, account_id)))
+
+
+@accounts_app.command("show")
+def accounts_show(account: int, data_dir: DataDir = None,
+                  database_url: DatabaseUrl = None) -> None:
+    """One account as JSON."""
+    from kreaserve import accounts
+
+    db = open_database(settings_from(data_dir=data_dir, database_url=database_url))
+    with db.transaction() as session:
+        summary = accounts.account_summary(session, account)
+    if summary is None:
+        raise fail(f"no account {account}")
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@accounts_app.command("update")
+def accounts_update(
+    account: int, group: Group = None, rpm: Rpm = None, in_flight: InFlight = None,
+    daily_cap: DailyCap = None,
+    clear: Annotated[list[str], typer.Option(
+        "--clear", help="Remove a limit: rpm, in-flight or daily-cap (repeatable).")] = [],  # noqa: B006
+    data_dir: DataDir = None, database_url: DatabaseUrl = None,
+) -> None:
+    """Change an account's group or limits."""
+    from kreaserve import accounts
+
+    values = limit_values(group, rpm, in_flight, daily_cap, clear)
+    db = open_database(settings_from(data_dir=data_dir, database_url=database_url))
+    with db.transaction() as session:
+        if not accounts.update_account(session, account, **values):
+            raise fail(f"no account {account}")
+        summary = accounts.account_summary(session, account)
+    typer.echo(json.dumps(summary))
 
 
 @db_app.command("upgrade")

@@ -95,6 +95,31 @@ class Settings(BaseSettings):
     # --- billing -----------------------------------------------------------
     price_1k: float = Field(default=0.45, ge=0, description="Credits for one 1K image.")
     price_2k: float = Field(default=1.8, ge=0, description="Credits for one 2K image.")
+    prices: dict[str, dict[str, dict[str, float]]] = Field(
+        default_factory=dict,
+        description='Prices by model, user group and tier, as JSON: {"krea-2-turbo": {"pro": '
+        '{"1K": 0.4, "2K": 1.6}}}. Anything not listed costs price_1k / price_2k.',
+    )
+
+    # --- accounts and limits -------------------------------------------------
+    admin_token: str | None = Field(
+        default=None, description="Bearer token of the admin API (/admin/v1); unset: the "
+        "admin API answers 404.",
+    )
+    requests_per_minute: int = Field(
+        default=600, ge=1, description="Default per-key request limit per minute."
+    )
+    max_tasks_in_flight: int = Field(
+        default=100, ge=1, description="Default per-key limit of pending + processing tasks."
+    )
+
+    def price(self, model: str, user_group: str, quality: str) -> float:
+        """Credits of one image: the model's price for the group, else the tier default."""
+        by_group = self.prices.get(model, {})
+        for group in (user_group, "default"):
+            if quality in by_group.get(group, {}):
+                return by_group[group][quality]
+        return self.price_2k if quality == "2K" else self.price_1k
 
     @field_validator("public_url")
     @classmethod

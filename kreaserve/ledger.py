@@ -5,7 +5,7 @@ ledger, inside the caller's transaction. The UPDATE's own WHERE clause decides w
 a reservation fits, so two concurrent creates cannot both spend the last credit, on
 SQLite (one writer at a time) and on PostgreSQL (row locks) alike.
 
-Invariants: balance = sum(grant) - sum(charge); reserved = sum(reserve) - sum(charge)
+Invariants: balance = sum(grant) + sum(adjust) - sum(charge); reserved = sum(reserve) - sum(charge)
 - sum(release); 0 <= reserved <= balance.
 """
 
@@ -23,7 +23,7 @@ from kreaserve.db.models import Account, LedgerEntry
 #: One credit is this many units; prices like 0.45 are exact integers (4500).
 UNITS_PER_CREDIT = 10_000
 
-GRANT, RESERVE, CHARGE, RELEASE = "grant", "reserve", "charge", "release"
+GRANT, ADJUST, RESERVE, CHARGE, RELEASE = "grant", "adjust", "reserve", "charge", "release"
 
 
 def to_units(credits: float | str | Decimal) -> int:
@@ -55,8 +55,11 @@ def _append(session: Session, account_id: int, kind: str, units: int,
                             amount_units=units, note=note, created_at=time.time()))
 
 
-def grant(session: Session, account_id: int, units: int, note: str | None = None) -> None:
-    """Add credits to an account (a negative grant takes them away, never below reserved)."""
+def grant(session: Session, account_id: int, units: int, note: str | None = None,
+          kind: str = GRANT) -> None:
+    """Add credits to an account (`adjust`: an operator's correction of either sign);
+    never takes the balance below what is reserved."""
+    assert kind in (GRANT, ADJUST), kind
     result = session.execute(
         update(Account)
         .where(Account.id == account_id)
@@ -65,7 +68,7 @@ def grant(session: Session, account_id: int, units: int, note: str | None = None
     )
     if result.rowcount != 1:
         raise ValueError("grant would leave the balance below the reserved credits")
-    _append(session, account_id, GRANT, units, note=note)
+    _append(session, account_id, kind, units, note=note)
 
 
 def reserve(session: Session, account_id: int, units: int, task_id: str) -> bool:
@@ -121,4 +124,5 @@ def balance_from_entries(session: Session, account_id: int) -> Balance:
         ).all()
     )
     get = lambda kind: int(sums.get(kind, 0))  # noqa: E731
-    return Balance(get(GRANT) - get(CHARGE), get(RESERVE) - get(CHARGE) - get(RELEASE))
+    return Balance(get(GRANT) + get(ADJUST) - get(CHARGE),
+                   get(RESERVE) - get(CHARGE) - get(RELEASE))

@@ -1,4 +1,5 @@
-"""Periodic upkeep any process may run: reclaim expired leases, delete expired results.
+"""Periodic upkeep any process may run: reclaim expired leases, delete expired results
+and finished rate-limit windows.
 
 Both jobs are idempotent, so several processes running them at once is harmless.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from kreaserve import queue
+from kreaserve import limits, queue
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.storage import Storage
@@ -57,6 +58,8 @@ class Maintenance:
                     log.warning("recovered %d tasks whose worker stopped renewing", recovered)
                 if since_sweep >= self.settings.sweep_interval_seconds:
                     sweep_expired_results(self.db, self.storage)
+                    with self.db.transaction() as session:
+                        limits.forget_old_windows(session)
                     since_sweep = 0.0
             except Exception:  # noqa: BLE001 - upkeep must outlive database hiccups
                 log.exception("maintenance pass failed")

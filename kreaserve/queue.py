@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from kreaserve import contract, ledger
+from kreaserve import contract, ledger, limits
 from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from kreaserve.db.models import Task, Worker
@@ -37,6 +37,22 @@ CANCELLED_ERROR = {"error_code": "request_cancelled", "error_message": "Cancelle
 
 class InsufficientCredits(Exception):
     """The account cannot cover the task's price."""
+
+
+class LimitReached(Exception):
+    """A per-key limit refuses the task (the API answers 429)."""
+
+    def __init__(self, refusal: limits.Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+class DailyCapReached(Exception):
+    """The task would pass the account's daily spend cap (the API answers 402)."""
+
+    def __init__(self, cap_units: int) -> None:
+        super().__init__(f"daily spend cap of {cap_units} units reached")
+        self.cap_units = cap_units
 
 
 @dataclass(frozen=True)
@@ -66,14 +82,21 @@ class Claim:
 
 
 def create(db: Database, account_id: int, key_id: int | None, user_group: str,
-           params: NewTask, price_units: int) -> Task:
-    """Reserve the price and enqueue the task, in one transaction."""
+           params: NewTask, price_units: int, max_in_flight: int | None = None) -> Task:
+    """Check the limits, reserve the price and enqueue the task, in one transaction."""
     now = time.time()
     created = int(now)
     task_id = contract.new_task_id(created)
     seed = params.seed or secrets.randbelow(contract.SEED_MAX) + 1
     width, height = contract.pixels(params.size, params.quality)
     with db.transaction() as session:
+        if key_id is not None and max_in_flight is not None:
+            refusal = limits.check_in_flight(session, key_id, max_in_flight)
+            if refusal is not None:
+                raise LimitReached(refusal)
+        cap = limits.check_daily_cap(session, account_id, price_units)
+        if cap is not None:
+            raise DailyCapReached(cap)
         if not ledger.reserve(session, account_id, price_units, task_id):
             raise InsufficientCredits
         task = Task(

@@ -6,7 +6,7 @@ boolean); each pydantic error becomes one contract error naming the field in `pa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -132,12 +132,20 @@ class CreateTaskRequest(BaseModel):
 
 def parse_create_request(payload: Any,
                          allow_hosts: frozenset[str] = frozenset()) -> CreateTaskRequest:
-    """Validate a decoded JSON body; raises RequestError for the first bad field.
-    `allow_hosts`: callback hosts exempt from the internal-address rule (tests only)."""
+    """Validate a create body; `allow_hosts`: callback hosts exempt from the
+    internal-address rule (tests only)."""
+    return parse_body(CreateTaskRequest, payload, {"allow_hosts": allow_hosts})
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], payload: Any, context: dict[str, Any] | None = None) -> M:
+    """Validate a decoded JSON body; raises RequestError for the first bad field."""
     if not isinstance(payload, dict):
         raise RequestError("invalid_json", "The request body must be a JSON object.", None)
     try:
-        return CreateTaskRequest.model_validate(payload, context={"allow_hosts": allow_hosts})
+        return model.model_validate(payload, context=context)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = str(first["loc"][0]) if first["loc"] else None
@@ -151,6 +159,89 @@ def parse_create_request(payload: Any,
         if kind.startswith("invalid_") or kind == "prompt_too_long":
             raise RequestError(kind, first["msg"], param) from None
         raise RequestError(f"invalid_{param}", f"{param}: {first['msg']}", param) from None
+
+
+# --- operator bodies (admin API) ----------------------------------------------------------
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def _positive_or_none(value: int | float | None, field: str) -> int | float | None:
+    if value is not None and value <= 0:
+        raise PydanticCustomError(f"invalid_{field}", f"{field} must be positive or null")
+    return value
+
+
+class AccountLimits(_Strict):
+    """Group and limits of an account; null clears a limit (the server default applies)."""
+
+    user_group: str | None = None
+    requests_per_minute: int | None = None
+    max_tasks_in_flight: int | None = None
+    daily_spend_cap: float | int | None = None
+
+    @field_validator("user_group")
+    @classmethod
+    def _group(cls, value: str | None) -> str | None:
+        if value is not None and (not 0 < len(value.strip()) <= 64 or "\x00" in value):
+            raise PydanticCustomError("invalid_user_group", "user_group must be 1 to 64 characters")
+        return value.strip() if value else value
+
+    @field_validator("requests_per_minute", "max_tasks_in_flight", "daily_spend_cap")
+    @classmethod
+    def _positive(cls, value: int | float | None, info: ValidationInfo) -> int | float | None:
+        return _positive_or_none(value, str(info.field_name))
+
+
+class AccountCreate(AccountLimits):
+    name: str
+    credits: float | int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip() or len(value) > 200 or "\x00" in value:
+            raise PydanticCustomError("invalid_name", "name must be 1 to 200 characters")
+        return value.strip()
+
+    @field_validator("credits")
+    @classmethod
+    def _credits(cls, value: float) -> float:
+        if not 0 <= value <= 1e9:
+            raise PydanticCustomError("invalid_credits", "credits must be from 0 to 1e9")
+        return value
+
+
+class CreditsChange(_Strict):
+    amount: float | int
+    kind: str = "grant"
+    note: str | None = None
+
+    @field_validator("amount")
+    @classmethod
+    def _amount(cls, value: float) -> float:
+        if value == 0 or abs(value) > 1e9 or value != value:
+            raise PydanticCustomError("invalid_amount", "amount must be non-zero, at most 1e9")
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        if value not in ("grant", "adjust"):
+            raise PydanticCustomError("invalid_kind", "kind must be grant or adjust")
+        return value
+
+
+class KeyCreate(_Strict):
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip() or len(value) > 100 or "\x00" in value:
+            raise PydanticCustomError("invalid_name", "name must be 1 to 100 characters")
+        return value.strip()
 
 
 # --- response bodies ---------------------------------------------------------------------

@@ -244,9 +244,18 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def api_server(backend: tuple[str, Path], weights_cache: Path) -> Iterator[Server]:
     """The API alone (no worker): tasks stay pending, so queue states are deterministic."""
     url, tmp = backend
-    server = start_server(tmp / "api-only", url, weights_cache, embedded_worker=False)
+    server = start_server(tmp / "api-only", url, weights_cache, embedded_worker=False,
+                          extra_env=API_SERVER_ENV)
     yield server
     server.stop()
+
+
+ADMIN_TOKEN = "test-admin-token"
+#: The API-only server has an admin token and a price table with a `pro` group.
+API_SERVER_ENV = {
+    "KREASERVE_ADMIN_TOKEN": ADMIN_TOKEN,
+    "KREASERVE_PRICES": '{"krea-2-turbo": {"pro": {"1K": 0.3, "2K": 1.2}}}',
+}
 
 
 @pytest.fixture(scope="session")

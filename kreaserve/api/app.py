@@ -12,7 +12,17 @@ from starlette.concurrency import run_in_threadpool
 
 from kreaserve.api import errors
 from kreaserve.api.deps import Services
-from kreaserve.api.routes import callbacks, credits, files, health, images, tasks
+from kreaserve.api.routes import (
+    admin,
+    callbacks,
+    credits,
+    files,
+    health,
+    images,
+    keys,
+    pages,
+    tasks,
+)
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.storage import LocalStorage, Storage
@@ -51,6 +61,6 @@ def create_app(settings: Settings, *, db: Database | None = None,
                   docs_url="/docs", redoc_url=None)
     app.state.services = services
     errors.install(app)
-    for module in (images, tasks, callbacks, credits, files, health):
+    for module in (images, tasks, callbacks, credits, keys, admin, pages, files, health):
         app.include_router(module.router)
     return app

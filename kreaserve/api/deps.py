@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import accounts
+from kreaserve import accounts, limits
 from kreaserve.api.errors import APIError
 from kreaserve.config import Settings
 from kreaserve.db import Database
@@ -45,14 +45,26 @@ async def get_principal(request: Request, services: ServicesDep) -> accounts.Pri
         raise APIError(401, "invalid_authorization_header",
                        "The Authorization header must be 'Bearer <key>'.")
 
-    def lookup() -> accounts.Principal | None:
+    def lookup() -> tuple[accounts.Principal | None, limits.Refusal | None]:
         with services.db.transaction() as session:
-            return accounts.authenticate(session, key)
+            principal = accounts.authenticate(session, key)
+            if principal is None:
+                return None, None
+            rpm = principal.requests_per_minute or services.settings.requests_per_minute
+            return principal, limits.count_request(session, principal.key_id, rpm)
 
-    principal = await run_in_threadpool(lookup)
+    principal, refusal = await run_in_threadpool(lookup)
     if principal is None:
         raise APIError(401, "invalid_api_key", "The API key is not valid or has been revoked.")
+    if refusal is not None:
+        raise rate_limited(refusal)
     return principal
+
+
+def rate_limited(refusal: limits.Refusal) -> APIError:
+    """The contract's 429, with Retry-After."""
+    return APIError(429, refusal.code, refusal.message,
+                    headers={"Retry-After": str(refusal.retry_after)})
 
 
 PrincipalDep = Annotated[accounts.Principal, Depends(get_principal)]

@@ -41,6 +41,11 @@ class Account(Base):
     #: Standard Webhooks signing secret of the account's callbacks (`whsec_...`), made on
     #: first use.
     webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    #: per-key limits of this account's keys; None takes the server's default.
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_tasks_in_flight: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: most credits the account may spend (reserve) per UTC day, in units; None: no cap.
+    daily_spend_cap_units: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class ApiKey(Base):
@@ -183,3 +188,14 @@ class CallbackAttempt(Base):
     duration_seconds: Mapped[float] = mapped_column(Float)
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RateWindow(Base):
+    """Requests of one key in one minute: a counter every API process increments, so a
+    limit holds across processes sharing the database."""
+
+    __tablename__ = "rate_windows"
+
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from kreaserve import contract, ledger, queue
 from kreaserve.db import Database
-from kreaserve.db.models import LedgerEntry, Task
+from kreaserve.db.models import ApiKey, LedgerEntry, Task
 from tests.conftest import new_account
 
 PARAMS = queue.NewTask(prompt="a fox", size="1:1", quality="1K", seed=5, nsfw_check=False,
@@ -171,3 +171,22 @@ def test_negative_grant_cannot_take_reserved_credits(db: Database) -> None:
     with db.transaction() as session, pytest.raises(ValueError):
         ledger.grant(session, account_id, -ledger.to_units(0.6))
     check_balanced(db, account_id)
+
+
+def test_rate_windows_count_per_minute_and_old_ones_are_forgotten(db: Database) -> None:
+    from kreaserve import limits
+    from kreaserve.db.models import RateWindow
+
+    account_id, _ = new_account(db)
+    with db.transaction() as session:
+        key_id = session.execute(select(ApiKey.id).where(ApiKey.account_id == account_id)
+                                 ).scalar_one()
+    start = 1_800_000_000.0  # the start of a minute
+    with db.transaction() as session:
+        assert [limits.count_request(session, key_id, 2, start + i) for i in range(2)] == [
+            None, None]
+        refusal = limits.count_request(session, key_id, 2, start + 50)
+        assert refusal and refusal.retry_after == 10
+        assert limits.count_request(session, key_id, 2, start + 61) is None  # a new minute
+        assert limits.forget_old_windows(session, start + 125) == 1
+        assert session.execute(select(RateWindow.window_start)).scalars().all() == [start + 60]

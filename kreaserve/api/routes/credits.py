@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from kreaserve import ledger
 from kreaserve.api.deps import PrincipalDep, ServicesDep
+from kreaserve.api.errors import APIError
+from kreaserve.db.models import LedgerEntry, Task
 
 router = APIRouter()
 
@@ -30,3 +35,55 @@ async def get_credits(services: ServicesDep, principal: PrincipalDep) -> dict[st
         "available": ledger.to_credits(standing.available_units),
         "user_group": principal.user_group,
     }
+
+
+MAX_USAGE_DAYS = 366
+
+
+def parse_day(value: str | None, param: str, default: date) -> date:
+    if value is None:
+        return default
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise APIError(400, f"invalid_{param}", f"{param} must be a date like 2026-11-24",
+                       param) from None
+
+
+@router.get("/v1/usage")
+async def get_usage(services: ServicesDep, principal: PrincipalDep,
+                    start: str | None = None, end: str | None = None) -> dict[str, Any]:
+    """Credits charged to the account by UTC day, model and tier, `start` to `end`
+    inclusive (default: the last 30 days)."""
+    today = datetime.now(UTC).date()
+    last = parse_day(end, "end", today)
+    first = parse_day(start, "start", last - timedelta(days=29))
+    if first > last:
+        raise APIError(400, "invalid_start", "start must not be after end", "start")
+    if (last - first).days >= MAX_USAGE_DAYS:
+        raise APIError(400, "invalid_start", f"at most {MAX_USAGE_DAYS} days at a time", "start")
+    since = datetime.combine(first, datetime.min.time(), UTC).timestamp()
+    until = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC).timestamp()
+
+    def read() -> list[tuple[float, str, str, int]]:
+        with services.db.transaction() as session:
+            return [tuple(row) for row in session.execute(
+                select(LedgerEntry.created_at, Task.model, Task.quality, LedgerEntry.amount_units)
+                .join(Task, Task.id == LedgerEntry.task_id)
+                .where(LedgerEntry.account_id == principal.account_id,
+                       LedgerEntry.kind == ledger.CHARGE,
+                       LedgerEntry.created_at >= since, LedgerEntry.created_at < until)
+            )]
+
+    buckets: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for at, model, quality, units in await run_in_threadpool(read):
+        day = datetime.fromtimestamp(at, UTC).date().isoformat()
+        bucket = buckets[(day, model, quality)]
+        bucket[0] += 1
+        bucket[1] += units
+    data = [{"date": day, "model": model, "quality": quality, "tasks": count,
+             "credits": ledger.to_credits(units)}
+            for (day, model, quality), (count, units) in sorted(buckets.items())]
+    return {"object": "usage", "start": first.isoformat(), "end": last.isoformat(),
+            "total_credits": ledger.to_credits(sum(units for _, units in buckets.values())),
+            "total_tasks": sum(count for count, _ in buckets.values()), "data": data}

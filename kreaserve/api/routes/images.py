@@ -8,16 +8,13 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from kreaserve import ledger, queue, schemas
-from kreaserve.api.deps import PrincipalDep, ServicesDep, read_json_body
+from kreaserve.api.deps import PrincipalDep, ServicesDep, rate_limited, read_json_body
 from kreaserve.api.errors import APIError
 from kreaserve.api.presenters import task_object
 
 router = APIRouter()
 
 
-def price_units(services: ServicesDep, quality: str) -> int:
-    settings = services.settings
-    return ledger.to_units(settings.price_2k if quality == "2K" else settings.price_1k)
 
 
 @router.post("/v1/images/generations")
@@ -34,12 +31,22 @@ async def create_generation(request: Request, services: ServicesDep,
         seed=body.seed or None, nsfw_check=bool(body.nsfw_check), callback_url=body.callback_url,
         model=body.model,
     )
-    price = price_units(services, params.quality)
+    price = ledger.to_units(services.settings.price(params.model, principal.user_group,
+                                                    params.quality))
+    in_flight = principal.max_tasks_in_flight or services.settings.max_tasks_in_flight
 
     def create() -> dict[str, Any]:
         try:
             task = queue.create(services.db, principal.account_id, principal.key_id,
-                                principal.user_group, params, price)
+                                principal.user_group, params, price, in_flight)
+        except queue.LimitReached as exc:
+            raise rate_limited(exc.refusal) from None
+        except queue.DailyCapReached as exc:
+            raise APIError(
+                402, "daily_spend_cap_reached",
+                f"This task would pass the account's daily spend cap of "
+                f"{ledger.to_credits(exc.cap_units)} credits (UTC day).",
+            ) from None
         except queue.InsufficientCredits:
             raise APIError(
                 402, "insufficient_credits",

@@ -1,0 +1,178 @@
+"""/admin/v1: operators manage accounts, keys and credits with the admin token.
+
+Without KREASERVE_ADMIN_TOKEN the admin API does not exist (404), so a default
+install exposes nothing; a wrong token is a 401 like any bad key.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from kreaserve import accounts, ledger, schemas
+from kreaserve.api.deps import ServicesDep, read_json_body
+from kreaserve.api.errors import APIError
+from kreaserve.api.routes.keys import key_object, new_key_object, parse_key_id
+from kreaserve.db.models import Account, ApiKey
+
+
+async def require_admin(request: Request, services: ServicesDep) -> None:
+    token = services.settings.admin_token
+    if not token:
+        raise APIError(404, "not_found", f"No such endpoint: {request.method} {request.url.path}")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                              token.encode()):
+        raise APIError(401, "invalid_admin_token", "The admin token is missing or wrong.")
+
+
+router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
+
+
+async def body_of(request: Request, services: ServicesDep, model: type[schemas.M]) -> schemas.M:
+    payload = await read_json_body(request, services.settings.max_body_bytes)
+    try:
+        return schemas.parse_body(model, payload)
+    except schemas.RequestError as exc:
+        raise APIError(400, exc.code, exc.message, exc.param) from None
+
+
+def parse_account_id(account_id: str) -> int:
+    if not account_id.isdigit() or len(account_id) > 18:
+        raise APIError(400, "invalid_account_id", "Account ids are positive integers.",
+                       "account_id")
+    return int(account_id)
+
+
+def limit_fields(body: schemas.AccountLimits) -> dict[str, Any]:
+    """The fields the request set (null included), in the units the table stores."""
+    fields = {name: getattr(body, name) for name in body.model_fields_set if name in (
+        "user_group", "requests_per_minute", "max_tasks_in_flight")}
+    if "daily_spend_cap" in body.model_fields_set:
+        cap = body.daily_spend_cap
+        fields["daily_spend_cap_units"] = None if cap is None else ledger.to_units(cap)
+    if fields.get("user_group", "") is None:
+        fields["user_group"] = "default"
+    return fields
+
+
+def summary(services: ServicesDep, account_id: int) -> dict[str, Any]:
+    with services.db.transaction() as session:
+        found = accounts.account_summary(session, account_id)
+    if found is None:
+        raise APIError(404, "account_not_found", f"No account {account_id}.", "account_id")
+    return found
+
+
+AccountId = Annotated[int, Depends(parse_account_id)]
+
+
+@router.get("/accounts")
+async def list_accounts(services: ServicesDep) -> dict[str, Any]:
+    def read() -> list[dict[str, Any]]:
+        with services.db.transaction() as session:
+            return [accounts.account_summary(session, account_id)
+                    for account_id in accounts.all_account_ids(session)]
+
+    return {"object": "list", "data": await run_in_threadpool(read)}
+
+
+@router.post("/accounts")
+async def create_account(request: Request, services: ServicesDep) -> dict[str, Any]:
+    body = await body_of(request, services, schemas.AccountCreate)
+
+    def create() -> int:
+        with services.db.transaction() as session:
+            account_id = accounts.create_account(session, body.name, ledger.to_units(body.credits))
+            accounts.update_account(session, account_id, **limit_fields(body))
+            return account_id
+
+    account_id = await run_in_threadpool(create)
+    return await run_in_threadpool(summary, services, account_id)
+
+
+@router.get("/accounts/{account_id}")
+async def get_account(account_id: AccountId, services: ServicesDep) -> dict[str, Any]:
+    return await run_in_threadpool(summary, services, account_id)
+
+
+@router.patch("/accounts/{account_id}")
+async def update_account(account_id: AccountId, request: Request,
+                         services: ServicesDep) -> dict[str, Any]:
+    body = await body_of(request, services, schemas.AccountLimits)
+
+    def change() -> None:
+        with services.db.transaction() as session:
+            if not accounts.update_account(session, account_id, **limit_fields(body)):
+                raise APIError(404, "account_not_found", f"No account {account_id}.",
+                               "account_id")
+
+    await run_in_threadpool(change)
+    return await run_in_threadpool(summary, services, account_id)
+
+
+@router.post("/accounts/{account_id}/credits")
+async def change_credits(account_id: AccountId, request: Request,
+                         services: ServicesDep) -> dict[str, Any]:
+    """`grant` adds credits; `adjust` corrects either way (never below what is reserved)."""
+    body = await body_of(request, services, schemas.CreditsChange)
+    if body.kind == "grant" and body.amount < 0:
+        raise APIError(400, "invalid_amount", "a grant must be positive; use kind adjust",
+                       "amount")
+
+    def change() -> None:
+        with services.db.transaction() as session:
+            if session.get(Account, account_id) is None:
+                raise APIError(404, "account_not_found", f"No account {account_id}.",
+                               "account_id")
+            try:
+                ledger.grant(session, account_id, ledger.to_units(body.amount),
+                             note=(body.note or body.kind)[:200], kind=body.kind)
+            except ValueError as exc:
+                raise APIError(400, "invalid_amount", str(exc), "amount") from None
+
+    await run_in_threadpool(change)
+    return await run_in_threadpool(summary, services, account_id)
+
+
+@router.get("/accounts/{account_id}/keys")
+async def list_account_keys(account_id: AccountId, services: ServicesDep) -> dict[str, Any]:
+    def read() -> list[dict[str, Any]]:
+        summary(services, account_id)
+        with services.db.transaction() as session:
+            return [key_object(k) for k in accounts.list_keys(session, account_id)]
+
+    return {"object": "list", "data": await run_in_threadpool(read)}
+
+
+@router.post("/accounts/{account_id}/keys")
+async def create_account_key(account_id: AccountId, request: Request,
+                             services: ServicesDep) -> dict[str, Any]:
+    body = await body_of(request, services, schemas.KeyCreate)
+
+    def create() -> dict[str, Any]:
+        summary(services, account_id)
+        with services.db.transaction() as session:
+            new = accounts.create_key(session, account_id, body.name)
+            return new_key_object(new, session.get(ApiKey, new.key_id))
+
+    return await run_in_threadpool(create)
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_any_key(key_id: str, services: ServicesDep) -> JSONResponse:
+    number = parse_key_id(key_id)
+
+    def revoke() -> dict[str, Any]:
+        with services.db.transaction() as session:
+            key = session.get(ApiKey, number)
+            if key is None:
+                raise APIError(404, "key_not_found", f"No key {key_id}.", "key_id")
+            accounts.revoke_account_key(session, key.account_id, number)
+            return key_object(key)
+
+    return JSONResponse(await run_in_threadpool(revoke))

@@ -1,0 +1,111 @@
+"""/v1/keys: account holders list, create, rotate and revoke their own keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from kreaserve import accounts
+from kreaserve.api.deps import PrincipalDep, ServicesDep, read_json_body
+from kreaserve.api.errors import APIError
+from kreaserve.db.models import ApiKey
+
+router = APIRouter()
+
+MAX_KEY_NAME = 100
+
+
+def key_object(key: ApiKey, current_key_id: int | None = None) -> dict[str, Any]:
+    """A key as its owner sees it: never the secret, only its shown prefix."""
+    return {
+        "object": "api_key",
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "created": int(key.created_at),
+        "last_used": int(key.last_used_at) if key.last_used_at else None,
+        "revoked": int(key.revoked_at) if key.revoked_at else None,
+        "current": key.id == current_key_id,
+    }
+
+
+def new_key_object(new: accounts.NewKey, key: ApiKey) -> dict[str, Any]:
+    return {**key_object(key), "key": new.secret}
+
+
+def key_name(payload: Any) -> str:
+    if not isinstance(payload, dict):
+        raise APIError(400, "invalid_json", "The request body must be a JSON object.")
+    name = payload.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise APIError(400, "invalid_name", "name must be a non-blank string", "name")
+    if len(name) > MAX_KEY_NAME or "\x00" in name:
+        raise APIError(400, "invalid_name",
+                       f"name must be at most {MAX_KEY_NAME} characters of text", "name")
+    return name.strip()
+
+
+@router.get("/v1/keys")
+async def list_keys(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    def read() -> list[dict[str, Any]]:
+        with services.db.transaction() as session:
+            return [key_object(k, principal.key_id)
+                    for k in accounts.list_keys(session, principal.account_id)]
+
+    return {"object": "list", "data": await run_in_threadpool(read)}
+
+
+@router.post("/v1/keys")
+async def create_key(request: Request, services: ServicesDep,
+                     principal: PrincipalDep) -> dict[str, Any]:
+    """A new key of the caller's account; `key` is shown in this answer only."""
+    name = key_name(await read_json_body(request, services.settings.max_body_bytes))
+
+    def create() -> dict[str, Any]:
+        with services.db.transaction() as session:
+            new = accounts.create_key(session, principal.account_id, name)
+            return new_key_object(new, session.get(ApiKey, new.key_id))
+
+    return await run_in_threadpool(create)
+
+
+def parse_key_id(key_id: str) -> int:
+    if not key_id.isdigit() or len(key_id) > 18:
+        raise APIError(400, "invalid_key_id", "Key ids are positive integers.", "key_id")
+    return int(key_id)
+
+
+@router.post("/v1/keys/{key_id}/rotate")
+async def rotate_key(key_id: str, services: ServicesDep, principal: PrincipalDep
+                     ) -> dict[str, Any]:
+    """Revoke the key and issue a new one with the same name, in one step."""
+    number = parse_key_id(key_id)
+
+    def rotate() -> dict[str, Any]:
+        with services.db.transaction() as session:
+            new = accounts.rotate_key(session, principal.account_id, number)
+            if new is None:
+                raise APIError(404, "key_not_found", f"No live key {key_id} for this account.",
+                               "key_id")
+            return new_key_object(new, session.get(ApiKey, new.key_id))
+
+    return await run_in_threadpool(rotate)
+
+
+@router.post("/v1/keys/{key_id}/revoke")
+async def revoke_key(key_id: str, services: ServicesDep, principal: PrincipalDep
+                     ) -> dict[str, Any]:
+    """Revoke a key; it stops working at once, on every API process."""
+    number = parse_key_id(key_id)
+
+    def revoke() -> dict[str, Any]:
+        with services.db.transaction() as session:
+            key = accounts.revoke_account_key(session, principal.account_id, number)
+            if key is None:
+                raise APIError(404, "key_not_found", f"No key {key_id} for this account.",
+                               "key_id")
+            return key_object(key, principal.key_id)
+
+    return await run_in_threadpool(revoke)

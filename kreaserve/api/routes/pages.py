@@ -1,0 +1,42 @@
+"""The API Key Management Page: a small web page over /v1/keys, /v1/credits, /v1/usage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, Response
+
+router = APIRouter()
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+#: The page talks only to this origin and runs only its own script.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@router.get("/account", response_class=HTMLResponse)
+def account_page() -> HTMLResponse:
+    """Sign in with an API key; see and manage the account's keys and balance."""
+    return HTMLResponse((STATIC / "account.html").read_text(), headers=SECURITY_HEADERS)
+
+
+@router.get("/account/app.js")
+def account_script() -> Response:
+    """The page's only script (the CSP forbids inline code)."""
+    return Response((STATIC / "app.js").read_bytes(), headers=SECURITY_HEADERS,
+                    media_type="text/javascript; charset=utf-8")
+
+
+@router.get("/account/app.css")
+def account_stylesheet() -> Response:
+    """The page's only stylesheet (the CSP forbids inline styles)."""
+    return Response((STATIC / "app.css").read_bytes(), headers=SECURITY_HEADERS,
+                    media_type="text/css; charset=utf-8")
