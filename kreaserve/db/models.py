@@ -86,6 +86,7 @@ class Task(Base):
         Index("ix_tasks_status_created", "status", "created_at"),
         Index("ix_tasks_account_created", "account_id", "created_at"),
         Index("ix_tasks_results_expire", "results_expire_at"),
+        Index("ix_tasks_key_status", "api_key_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -26,6 +26,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("key_id", "window_start"),
     )
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.create_index("ix_tasks_key_status", ["api_key_id", "status"], unique=False)
+
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.add_column(sa.Column("requests_per_minute", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("max_tasks_in_flight", sa.Integer(), nullable=True))
@@ -39,3 +42,5 @@ def downgrade() -> None:
         batch_op.drop_column("requests_per_minute")
 
     op.drop_table("rate_windows")
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.drop_index("ix_tasks_key_status")
