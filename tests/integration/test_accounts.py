@@ -329,3 +329,25 @@ def test_account_limits_are_validated_by_update(api_server: Server) -> None:
                      "invalid_request_error", "invalid_max_tasks_in_flight")
     with api_server.database().transaction() as session:
         assert accounts.account_summary(session, account_id)["max_tasks_in_flight"] is None
+
+
+def test_tasks_in_flight_hold_under_concurrent_creates_across_processes(
+        api_server: Server, tmp_path: Path) -> None:
+    other = second_api(api_server, tmp_path)
+    try:
+        account_id, key = api_server.account(credits=100)
+        set_limits(api_server, account_id, max_tasks_in_flight=3)
+        clients = [api_server.client(key), other.client(key)]
+        for client in clients:
+            client.get("/healthz")
+
+        def create(i: int) -> int:
+            return clients[i % 2].post("/v1/images/generations", json=GOOD).status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = Counter(pool.map(create, range(12)))
+        for client in clients:
+            client.close()
+        assert codes == {200: 3, 429: 9}, codes
+    finally:
+        other.stop()
