@@ -204,6 +204,8 @@ def start_server(tmp: Path, database_url: str, cache: Path, *, embedded_worker: 
         "KREASERVE_HOST": "127.0.0.1",
         "KREASERVE_WEIGHTS": "auto",
         "KREASERVE_SECRET_KEY": "test-secret",
+        # Tests poll every 20 ms; the limit tests set their own per-account limits.
+        "KREASERVE_REQUESTS_PER_MINUTE": "1000000",
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }

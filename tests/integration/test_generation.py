@@ -21,7 +21,9 @@ def wait_until_done(client: httpx.Client, task_id: str, timeout: float = 240) ->
     seen: list[dict] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = client.get(f"/v1/tasks/{task_id}").json()
+        response = client.get(f"/v1/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        body = response.json()
         if not seen or (body["status"], body["progress"]) != (seen[-1]["status"],
                                                               seen[-1]["progress"]):
             seen.append(body)
