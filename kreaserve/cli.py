@@ -22,6 +22,8 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 credits_app = typer.Typer(help="Grant and inspect credits.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 accounts_app = typer.Typer(help="Create, inspect and limit accounts.", no_args_is_help=True)
+moderation_app = typer.Typer(help="Content moderation.", no_args_is_help=True)
+app.add_typer(moderation_app, name="moderation")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
@@ -332,6 +334,16 @@ def accounts_update(
             raise fail(f"no account {account}")
         summary = accounts.account_summary(session, account)
     typer.echo(json.dumps(summary))
+
+
+@moderation_app.command(
+    "eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def moderation_eval(ctx: typer.Context) -> None:
+    """Precision and recall per category, basic and strict, on the labelled evaluation set
+    (and the check's latency). Options go to the evaluation: --help lists them."""
+    from kreaserve.moderation import evaluate
+
+    raise typer.Exit(evaluate.main(list(ctx.args)))
 
 
 @db_app.command("upgrade")

@@ -92,6 +92,33 @@ class Settings(BaseSettings):
         "internal-address rule, for test receivers only. Never set it in production.",
     )
 
+    # --- moderation --------------------------------------------------------
+    moderation_basic_categories: str = Field(
+        default="sexual_minors,sexual_violence,real_person_sexual",
+        description="Categories refused on every prompt (comma-separated).",
+    )
+    moderation_strict_categories: str = Field(
+        default="explicit_sexual,graphic_gore",
+        description="Categories added when a task asks for nsfw_check.",
+    )
+    moderation_basic_threshold: float = Field(default=0.5, ge=0, le=1,
+                                              description="Score that refuses a prompt.")
+    moderation_strict_threshold: float = Field(
+        default=0.4, ge=0, le=1, description="Score that refuses a prompt under nsfw_check."
+    )
+    moderation_image_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="open_nsfw score that withholds an image "
+        "under nsfw_check.",
+    )
+    moderation_extra_terms: dict[str, list[str]] = Field(
+        default_factory=dict, description='The operator\'s own terms by category, as JSON: '
+        '{"explicit_sexual": ["..."], "my_brand_policy": ["..."]}.',
+    )
+    moderation_log_prompts: bool = Field(
+        default=False, description="Log the prompt text of moderation decisions "
+        "(category and score are always logged).",
+    )
+
     # --- billing -----------------------------------------------------------
     price_1k: float = Field(default=0.45, ge=0, description="Credits for one 1K image.")
     price_2k: float = Field(default=1.8, ge=0, description="Credits for one 2K image.")
@@ -140,6 +167,24 @@ class Settings(BaseSettings):
 
         return frozenset(normalise_host(host.strip())
                          for host in self.callback_allow_hosts.split(",") if host.strip())
+
+    def moderation_config(self):  # type: ignore[no-untyped-def]
+        """The moderation settings as the classifiers take them."""
+        from kreaserve.moderation import ModerationConfig
+
+        def names(value: str) -> tuple[str, ...]:
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+
+        return ModerationConfig(
+            basic_categories=names(self.moderation_basic_categories),
+            strict_categories=names(self.moderation_strict_categories),
+            basic_threshold=self.moderation_basic_threshold,
+            strict_threshold=self.moderation_strict_threshold,
+            image_threshold=self.moderation_image_threshold,
+            extra_terms={k: tuple(v) for k, v in self.moderation_extra_terms.items()},
+            cache_dir=self.weights_cache_dir / "moderation",
+            log_prompts=self.moderation_log_prompts,
+        )
 
     @property
     def images_dir(self) -> Path:

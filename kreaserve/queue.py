@@ -79,6 +79,7 @@ class Claim:
     seed: int
     quality: str
     attempts: int
+    nsfw_check: bool = False
 
 
 def create(db: Database, account_id: int, key_id: int | None, user_group: str,
@@ -139,12 +140,13 @@ def claim(db: Database, worker_id: str, lease_seconds: float) -> Claim | None:
                     lease_expires_at=now + lease_seconds, attempts=Task.attempts + 1,
                     started_at=func.coalesce(Task.started_at, now), progress=0)
             .returning(Task.id, Task.prompt, Task.width, Task.height, Task.seed,
-                       Task.quality, Task.attempts)
+                       Task.quality, Task.attempts, Task.nsfw_check)
         ).one_or_none()
     if row is None:
         return None
     return Claim(task_id=row.id, prompt=row.prompt, width=row.width, height=row.height,
-                 seed=row.seed, quality=row.quality, attempts=row.attempts)
+                 seed=row.seed, quality=row.quality, attempts=row.attempts,
+                 nsfw_check=bool(row.nsfw_check))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.engine import messages as m
 from kreaserve.engine.process import EngineProcess, EngineStartError
+from kreaserve.moderation import ImageModerator
 from kreaserve.storage import Storage
 
 log = logging.getLogger("kreaserve.worker")
@@ -45,6 +46,7 @@ class Worker:
             device=settings.device, dtype=settings.dtype,
         ))
         self._on_fatal = on_fatal
+        self._image_moderator: ImageModerator | None = None
         self._stop = threading.Event()
         self._state = "starting"
         self._info: dict[str, str | None] = {}
@@ -210,11 +212,24 @@ class Worker:
         else:
             self._failed(claim, outcome)
 
+    def image_moderator(self) -> ImageModerator:
+        if self._image_moderator is None:
+            self._image_moderator = ImageModerator(self.settings.moderation_config())
+        return self._image_moderator
+
     def _complete(self, claim: queue.Claim, result: m.Result) -> None:
         lease = queue.renew(self.db, claim.task_id, self.id, self.settings.lease_seconds)
         if lease.cancel_requested:
             queue.end_cancelled(self.db, claim.task_id, self.id)
             return
+        if claim.nsfw_check:  # strict mode: the image is classified before it is stored
+            decision = self.image_moderator().check(result.png)
+            if not decision.allowed:
+                log.warning("task %s: image withheld (%s, score %.3f)", claim.task_id,
+                            decision.category, decision.score)
+                queue.fail(self.db, claim.task_id, self.id, "content_policy_violation",
+                           decision.message)
+                return
         key = f"{claim.task_id}/0.png"
         self.storage.put(key, result.png)
         if queue.complete(self.db, claim.task_id, self.id, [key],

@@ -25,6 +25,7 @@ from kreaserve.api.routes import (
 )
 from kreaserve.config import Settings
 from kreaserve.db import Database
+from kreaserve.moderation import PromptModerator
 from kreaserve.storage import LocalStorage, Storage
 
 log = logging.getLogger("kreaserve.api")
@@ -45,10 +46,14 @@ def create_app(settings: Settings, *, db: Database | None = None,
     db = db or Database(settings.resolved_database_url)
     storage = storage or LocalStorage(settings.images_dir)
     services = Services(settings=settings, db=db, storage=storage,
-                        url_secret=settings.hmac_key())
+                        url_secret=settings.hmac_key(),
+                        moderator=PromptModerator(settings.moderation_config()))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Load the prompt classifier now (the first start on a machine also exports it,
+        # about 15 s), not on the first request.
+        await run_in_threadpool(services.moderator.warm)
         for item in background:
             await run_in_threadpool(item.start)
         try:

@@ -13,6 +13,7 @@ from kreaserve import accounts, limits
 from kreaserve.api.errors import APIError
 from kreaserve.config import Settings
 from kreaserve.db import Database
+from kreaserve.moderation import PromptModerator
 from kreaserve.storage import Storage
 
 
@@ -24,6 +25,7 @@ class Services:
     db: Database
     storage: Storage
     url_secret: bytes
+    moderator: PromptModerator
 
 
 def get_services(request: Request) -> Services:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,8 +12,10 @@ from kreaserve import ledger, queue, schemas
 from kreaserve.api.deps import PrincipalDep, ServicesDep, rate_limited, read_json_body
 from kreaserve.api.errors import APIError
 from kreaserve.api.presenters import task_object
+from kreaserve.moderation import ModerationUnavailable
 
 router = APIRouter()
+log = logging.getLogger("kreaserve.api")
 
 
 
@@ -26,6 +29,16 @@ async def create_generation(request: Request, services: ServicesDep,
                                        services.settings.callback_allow_host_set)
     except schemas.RequestError as exc:
         raise APIError(400, exc.code, exc.message, exc.param) from None
+    try:
+        decision = await run_in_threadpool(services.moderator.check, body.prompt,
+                                           strict=bool(body.nsfw_check))
+    except ModerationUnavailable:
+        log.exception("prompt moderation is unavailable; refusing the task")
+        raise APIError(503, "moderation_unavailable",
+                       "Content moderation is unavailable, so no task can be accepted; "
+                       "retry shortly.", headers={"Retry-After": "30"}) from None
+    if not decision.allowed:
+        raise APIError(400, "content_policy_violation", decision.message, "prompt")
     params = queue.NewTask(
         prompt=body.prompt, size=body.size or "1:1", quality=body.quality or "1K",
         seed=body.seed or None, nsfw_check=bool(body.nsfw_check), callback_url=body.callback_url,
