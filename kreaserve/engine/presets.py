@@ -16,17 +16,12 @@ hidden 64: a stand-in with real compute for overhead benchmarks).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from kreaserve import cachedir
 
 __all__ = [
     "PRESETS",
@@ -258,26 +253,6 @@ def _is_complete(path: Path, spec: PresetSpec) -> bool:
     return marker.get("name") == spec.name and marker.get("version") == spec.version
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a+b") as lock_file:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
-
-
-def _remove_tree(path: Path, parent: Path) -> None:
-    """Move `path` aside (atomically) and delete it, so no reader sees a half-deleted preset."""
-    trash = parent / f".trash-{path.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        os.rename(path, trash)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def ensure_preset(name: str, cache_dir: Path) -> Path:
     """Return `<cache_dir>/<name>-v<N>/`, building and saving the preset there on first use.
 
@@ -287,38 +262,13 @@ def ensure_preset(name: str, cache_dir: Path) -> Path:
     file, so a half-written directory is never used.
     """
     spec = _spec(name)
-    cache_dir = Path(cache_dir).expanduser()
-    target = cache_dir / spec.dirname
-    if _is_complete(target, spec):
-        return target
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir / f".{spec.dirname}.lock"):
-        if _is_complete(target, spec):  # another process built it while we waited
-            return target
-        if target.exists():  # left over from something else; not a completed preset
-            _remove_tree(target, cache_dir)
+    def build(tmp: Path) -> dict[str, Any]:
+        build_preset_pipeline(spec).save_pretrained(tmp, safe_serialization=True)
+        return {"name": spec.name, "version": spec.version, "spec": asdict(spec)}
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.dirname}.tmp-", dir=cache_dir))
-        try:
-            pipe = build_preset_pipeline(spec)
-            pipe.save_pretrained(tmp, safe_serialization=True)
-            marker = {"name": spec.name, "version": spec.version, "spec": asdict(spec)}
-            with open(tmp / MARKER_FILE, "w") as f:
-                json.dump(marker, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o755)  # mkdtemp made it private; a preset is shared, read-only data
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                # Someone not holding our lock (another host on a shared folder) got there first.
-                if not _is_complete(target, spec):
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return cachedir.build_once(cache_dir, spec.dirname, marker_file=MARKER_FILE,
+                               is_complete=lambda path: _is_complete(path, spec), build=build)
 
 
 def ensure_tiny_random(cache_dir: Path) -> Path:

@@ -16,23 +16,23 @@ evaluation never trains anything, and a test checks that no evaluation prompt is
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from kreaserve import cachedir
 
 from .rules import (
     EXPLICIT_SEXUAL,
@@ -101,16 +101,6 @@ def _is_complete(path: Path) -> bool:
                                              "tokenizer.json"))
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a+b") as lock_file:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
-
-
 def ensure_encoder(cache_dir: Path, *, timeout: float = 900.0) -> Path:
     """Return ``<cache_dir>/minilm-l6-v2-onnx-v<N>/``, exporting it on first use.
 
@@ -120,44 +110,20 @@ def ensure_encoder(cache_dir: Path, *, timeout: float = 900.0) -> Path:
     into place; the others wait and then use it. A marker file tells a finished export from a
     half-written one.
     """
-    cache_dir = Path(cache_dir).expanduser()
-    target = cache_dir / encoder_dirname()
-    if _is_complete(target):
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir / f".{target.name}.lock"):
-        if _is_complete(target):
-            return target
-        if target.exists():
-            trash = cache_dir / f".trash-{target.name}-{uuid.uuid4().hex[:8]}"
-            os.rename(target, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=cache_dir))
-        try:
-            env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-            proc = subprocess.run(
-                [sys.executable, "-m", "kreaserve.moderation.export_minilm", str(tmp)],
-                capture_output=True, text=True, timeout=timeout, env=env)
-            if proc.returncode != 0:
-                raise ModerationUnavailable(
-                    "exporting the moderation sentence encoder failed (it needs torch, "
-                    "transformers and onnx once):\n" + proc.stderr[-4000:])
-            report = json.loads(proc.stdout.strip().splitlines()[-1])
-            marker = {"source": _source_identity(), "export": report}
-            with open(tmp / MARKER_FILE, "w") as f:
-                json.dump(marker, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o755)
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not _is_complete(target):
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    def build(tmp: Path) -> dict[str, Any]:
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        proc = subprocess.run(
+            [sys.executable, "-m", "kreaserve.moderation.export_minilm", str(tmp)],
+            capture_output=True, text=True, timeout=timeout, env=env)
+        if proc.returncode != 0:
+            raise ModerationUnavailable(
+                "exporting the moderation sentence encoder failed (it needs torch, "
+                "transformers and onnx once):\n" + proc.stderr[-4000:])
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        return {"source": _source_identity(), "export": report}
+
+    return cachedir.build_once(cache_dir, encoder_dirname(), marker_file=MARKER_FILE,
+                               is_complete=_is_complete, build=build)
 
 
 # --- the encoder ---------------------------------------------------------------------------------
