@@ -95,9 +95,9 @@ def serve(
     background: list[Any] = [Maintenance(settings, db, storage)]
     embedded = None
     if worker and settings.embedded_worker:
-        from kreaserve.worker import Worker
+        from kreaserve.worker import WorkerGroup
 
-        embedded = Worker(settings, db, storage, on_fatal=on_fatal)
+        embedded = WorkerGroup(settings, db, storage, on_fatal=on_fatal)
         background.append(embedded)
     if settings.callback_dispatch:
         from kreaserve.callbacks.dispatcher import CallbackDispatcher
@@ -124,15 +124,15 @@ def worker_command(
 
     from kreaserve.maintenance import Maintenance
     from kreaserve.storage import LocalStorage
-    from kreaserve.worker import Worker
+    from kreaserve.worker import WorkerGroup
 
     setup_logging()
     settings = settings_from(weights=weights, data_dir=data_dir, database_url=database_url)
     db = open_database(settings)
     storage = LocalStorage(settings.images_dir)
-    runner = Worker(settings, db, storage)
+    runner = WorkerGroup(settings, db, storage)
     maintenance = Maintenance(settings, db, storage)
-    signal.signal(signal.SIGTERM, lambda *_: runner._stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: runner.request_stop())
     maintenance.start()
     try:
         status = runner.run_forever()

@@ -74,6 +74,49 @@ class Settings(BaseSettings):
     task_timeout_seconds: float = Field(
         default=600.0, gt=0, description="A generation running longer ends generation_timeout."
     )
+    engine_gpus: str = Field(
+        default="auto", description="GPUs a worker runs engines on, one engine child per GPU: "
+        "auto (each GPU in CUDA_VISIBLE_DEVICES, else each one nvidia-smi lists, else one "
+        "engine), a comma-separated list of GPU indexes such as 0,1,2,3, or none (one engine, "
+        "environment untouched).",
+    )
+    engine_memory_limit_mb: int | None = Field(
+        default=None, gt=0, description="Cap on an engine child's host memory (RLIMIT_DATA, "
+        "MiB), applied once it has loaded: a generation past it fails resource_exhausted "
+        "instead of waking the kernel's OOM killer.",
+    )
+    batch_size: int = Field(
+        default=1, ge=1, le=16, description="Most pending tasks of one pixel size a worker "
+        "claims at once and runs as one pipeline call (see BENCHMARKS.md).",
+    )
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="How long a worker that claimed fewer than "
+        "batch_size tasks waits for more of the same size before it starts.",
+    )
+    trim_padding: bool = Field(
+        default=True, description="Cut the text conditioning to the real prompt length "
+        "(equal to the padded pipeline up to float rounding; see BENCHMARKS.md).",
+    )
+    attention_backend: str | None = Field(
+        default=None, description="diffusers attention backend for the transformer (flash, "
+        "_native_cudnn, flash_varlen, ...); default PyTorch SDPA.",
+    )
+    compile: bool = Field(
+        default=False, description="Compile the repeated transformer blocks (torch.compile, "
+        "regional); the warm-up then compiles for the served sizes.",
+    )
+    cuda_graphs: bool = Field(
+        default=False, description="With compile on CUDA, capture CUDA graphs "
+        "(reduce-overhead mode).",
+    )
+    fp8: bool = Field(
+        default=False, description="FP8 weights and activations for the transformer (torchao; "
+        "CUDA compute capability 8.9+, e.g. H100).",
+    )
+    vae_tiling: str = Field(
+        default="auto", pattern="^(auto|on|off)$", description="VAE tiling for decodes: on, "
+        "off, or auto (tile a decode only when it ran out of memory).",
+    )
 
     # --- results -----------------------------------------------------------
     result_ttl_seconds: int = Field(
@@ -185,6 +228,15 @@ class Settings(BaseSettings):
             cache_dir=self.weights_cache_dir / "moderation",
             log_prompts=self.moderation_log_prompts,
         )
+
+    def engine_options(self):  # type: ignore[no-untyped-def]
+        """The engine's speed-up switches, as the engine child takes them."""
+        from kreaserve.engine.options import EngineOptions
+
+        return EngineOptions(trim_padding=self.trim_padding,
+                             attention_backend=self.attention_backend or None,
+                             compile=self.compile, cuda_graphs=self.cuda_graphs, fp8=self.fp8,
+                             vae_tiling=self.vae_tiling)
 
     @property
     def images_dir(self) -> Path:

@@ -149,6 +149,51 @@ def claim(db: Database, worker_id: str, lease_seconds: float) -> Claim | None:
                  nsfw_check=bool(row.nsfw_check))
 
 
+def claim_same_size(db: Database, worker_id: str, lease_seconds: float, width: int,
+                    height: int, limit: int) -> list[Claim]:
+    """Take up to `limit` more pending tasks of `width` x `height`, oldest first, to run in
+    one batch. Only first attempts: a task whose engine failed runs alone, so a task that
+    kills engines cannot take a batch of others down with it twice."""
+    if limit <= 0:
+        return []
+    now = time.time()
+    oldest = (
+        select(Task.id)
+        .where(Task.status == contract.PENDING, Task.width == width, Task.height == height,
+               Task.attempts == 0)
+        .order_by(Task.created_at, Task.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    with db.transaction() as session:
+        rows = session.execute(
+            update(Task)
+            .where(Task.id.in_(oldest.scalar_subquery()), Task.status == contract.PENDING)
+            .values(status=contract.PROCESSING, worker_id=worker_id,
+                    lease_expires_at=now + lease_seconds, attempts=Task.attempts + 1,
+                    started_at=func.coalesce(Task.started_at, now), progress=0)
+            .returning(Task.id, Task.prompt, Task.width, Task.height, Task.seed,
+                       Task.quality, Task.attempts, Task.nsfw_check, Task.created_at)
+        ).all()
+    rows = sorted(rows, key=lambda row: (row.created_at, row.id))
+    return [Claim(task_id=row.id, prompt=row.prompt, width=row.width, height=row.height,
+                  seed=row.seed, quality=row.quality, attempts=row.attempts,
+                  nsfw_check=bool(row.nsfw_check)) for row in rows]
+
+
+def claim_batch(db: Database, worker_id: str, lease_seconds: float,
+                max_size: int) -> list[Claim]:
+    """The oldest pending task and up to `max_size - 1` more of its pixel size (see
+    `claim_same_size`); empty when the queue is."""
+    first = claim(db, worker_id, lease_seconds)
+    if first is None:
+        return []
+    if max_size <= 1 or first.attempts > 1:
+        return [first]
+    return [first, *claim_same_size(db, worker_id, lease_seconds, first.width, first.height,
+                                    max_size - 1)]
+
+
 @dataclass(frozen=True)
 class LeaseState:
     """Answer to a renewal: do we still hold the task, and does its owner want it stopped?"""

@@ -1,7 +1,12 @@
-"""The engine child process: loads the pipeline once, then serves Generate messages.
+"""The engine child process: loads the pipeline once, then serves GenerateBatch messages.
 
-Runs in a *spawned* process, so torch and diffusers are imported here only, never
-in the worker or API process that starts it.
+Runs in a *spawned* process, so torch and diffusers are imported here only, never in the
+worker or API process that starts it. Two threads share the work so the device is not left
+idle: the main thread encodes and denoises one batch while a finisher thread decodes the
+previous batch's images, encodes their PNGs and sends them.
+
+Every job of a batch gets exactly one answer (Result, Cancelled or Failed); the batch gets
+one Denoised as soon as its denoising is over, which tells the worker to send the next one.
 """
 
 from __future__ import annotations
@@ -9,15 +14,22 @@ from __future__ import annotations
 import io
 import logging
 import os
+import queue
+import resource
 import signal
+import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.sharedctypes import Synchronized
+from typing import Any
 
 from kreaserve.engine import messages as m
 
 log = logging.getLogger("kreaserve.engine")
+
+#: Size of the shared cancel table: job j is cancelled when slot j % CANCEL_SLOTS holds j.
+CANCEL_SLOTS = 1024
 
 
 def encode_png(image) -> bytes:  # type: ignore[no-untyped-def]
@@ -41,21 +53,165 @@ def exit_with_parent(poll_seconds: float = 1.0) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def main(conn: Connection, cancel_job: Synchronized, load: m.Load) -> None:
-    """Entry point of the child: load, report Ready or LoadFailed, then loop."""
+def data_memory_mb() -> int:
+    """This process's data memory (VmData, what RLIMIT_DATA caps) in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+@dataclass
+class _Batch:
+    """A batch in the child: its message, when it started, and which jobs are answered."""
+
+    message: m.GenerateBatch
+    began: float = field(default_factory=time.perf_counter)
+    answered: set[int] = field(default_factory=set)
+
+
+class Child:
+    """The child's serving loop around one loaded engine (see the module doc)."""
+
+    def __init__(self, conn: Connection, cancel_slots: Any, engine: Any) -> None:
+        self.conn = conn
+        self.cancel_slots = cancel_slots
+        self.engine = engine
+        self._send_lock = threading.Lock()
+        self._finishing: queue.Queue[tuple[_Batch, Any] | None] = queue.Queue(maxsize=1)
+
+    def send(self, message: object) -> None:
+        with self._send_lock:
+            self.conn.send(message)
+
+    def cancelled(self, job: int) -> bool:
+        return self.cancel_slots[job % CANCEL_SLOTS] == job
+
+    def answer(self, batch: _Batch, message: m.Result | m.Cancelled | m.Failed) -> None:
+        if message.job not in batch.answered:
+            batch.answered.add(message.job)
+            self.send(message)
+
+    def serve(self) -> None:
+        finisher = threading.Thread(target=self._finish_loop, name="engine-finisher",
+                                    daemon=True)
+        finisher.start()
+        try:
+            while True:
+                try:
+                    message = self.conn.recv()
+                except EOFError:
+                    return  # the worker went away
+                if isinstance(message, m.Shutdown):
+                    return
+                if isinstance(message, m.GenerateBatch):
+                    batch = _Batch(message)
+                    self._denoise(batch, message.items)
+                    self.send(m.Denoised(tuple(message.jobs)))
+        finally:
+            self._finishing.put(None)
+            finisher.join(timeout=60)
+
+    # --- denoising (main thread) ------------------------------------------------------------
+
+    def _denoise(self, batch: _Batch, items: tuple[m.Item, ...]) -> None:
+        from kreaserve.engine import speedups
+        from kreaserve.engine.pipeline import GenerateRequest
+
+        message = batch.message
+        try:
+            requests = [GenerateRequest(prompt=i.prompt, width=message.width,
+                                        height=message.height, seed=i.seed, steps=message.steps)
+                        for i in items]
+        except (TypeError, ValueError) as exc:
+            for item in items:
+                self.answer(batch, m.Failed(item.job, "invalid_parameters",
+                                            f"Invalid generation request: {exc}"))
+            return
+
+        def on_step(index: int, step: int, total: int) -> None:
+            self.send(m.Progress(items[index].job, step, total))
+
+        def is_cancelled(index: int) -> bool:
+            job = items[index].job
+            if self.cancelled(job):
+                self.answer(batch, m.Cancelled(job))
+                return True
+            return job in batch.answered
+
+        try:
+            denoised = self.engine.denoise(requests, on_step=on_step, is_cancelled=is_cancelled)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported per job
+            if speedups.is_out_of_memory(exc) and len(items) > 1:
+                # A smaller batch may fit: run the items one by one (each image is the same
+                # as in the batch, since every item has its own generator).
+                log.warning("a batch of %d ran out of memory; running its images one by one",
+                            len(items))
+                speedups.free_memory(self.engine.info["device"])
+                for item in items:
+                    if item.job not in batch.answered:
+                        self._denoise(batch, (item,))
+                return
+            self._fail_all(batch, items, exc)
+            return
+        if denoised is not None:
+            self._finishing.put((batch, (items, denoised)))
+
+    def _fail_all(self, batch: _Batch, items: tuple[m.Item, ...], exc: BaseException) -> None:
+        from kreaserve.engine import speedups
+
+        if speedups.is_out_of_memory(exc):
+            speedups.free_memory(self.engine.info["device"])
+            code, text = "resource_exhausted", "Out of memory"
+        else:
+            log.error("generation failed", exc_info=exc)
+            code, text = "service_error", "Generation failed"
+        for item in items:
+            self.answer(batch, m.Failed(item.job, code, f"{text}: {type(exc).__name__}: {exc}"))
+
+    # --- decoding (finisher thread) -----------------------------------------------------------
+
+    def _finish_loop(self) -> None:
+        while (work := self._finishing.get()) is not None:
+            batch, (items, denoised) = work
+            for index in denoised.live:
+                job = items[index].job
+                if self.cancelled(job):
+                    self.answer(batch, m.Cancelled(job))
+                    continue
+                if job in batch.answered:
+                    continue
+                try:
+                    png = encode_png(self.engine.decode(denoised, index))
+                except Exception as exc:  # noqa: BLE001 - reported for this job only
+                    self._fail_all(batch, (items[index],), exc)
+                    continue
+                seconds = (time.perf_counter() - batch.began) / len(batch.message.items)
+                self.answer(batch, m.Result(job, png, seconds))
+            del denoised  # free the latents before waiting for the next batch
+
+
+def main(conn: Connection, cancel_slots: Any, load: m.Load) -> None:
+    """Entry point of the child: load, report Ready or LoadFailed, then serve."""
     exit_with_parent()
     # Ctrl-C in a terminal reaches the whole process group; the worker decides what
     # stops, and tells this process with a Shutdown message.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
+    if load.visible_devices is not None:
+        # One GPU per child: CUDA reads this once, when torch initialises it below.
+        if "torch" in sys.modules:
+            raise RuntimeError("torch was imported before CUDA_VISIBLE_DEVICES could be set")
+        os.environ["CUDA_VISIBLE_DEVICES"] = load.visible_devices
     started = time.perf_counter()
     try:
-        from kreaserve.engine.pipeline import Cancelled, Engine, GenerateRequest, WeightsError
+        from kreaserve.engine.pipeline import Engine, WeightsError
 
         engine = Engine.load(load.weights, cache_dir=load.cache_dir, device=load.device,
-                             dtype=load.dtype)
+                             dtype=load.dtype, options=load.options)
         if load.warmup:
-            engine.warmup()
+            engine.warmup(load.warmup_sizes)
     except WeightsError as exc:
         conn.send(m.LoadFailed(str(exc)))
         return
@@ -63,42 +219,15 @@ def main(conn: Connection, cancel_job: Synchronized, load: m.Load) -> None:
         log.exception("engine failed to load")
         conn.send(m.LoadFailed(f"The engine could not start: {type(exc).__name__}: {exc}"))
         return
-    conn.send(m.Ready(info=dict(engine.info), load_seconds=time.perf_counter() - started))
-
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            return  # the worker went away
-        if isinstance(message, m.Shutdown):
+    info = dict(engine.info, visible_devices=load.visible_devices, memory_mb=data_memory_mb())
+    if load.memory_limit_mb is not None:
+        if info["memory_mb"] >= load.memory_limit_mb:
+            conn.send(m.LoadFailed(
+                f"KREASERVE_ENGINE_MEMORY_LIMIT_MB={load.memory_limit_mb} is below what the "
+                f"loaded engine already uses ({info['memory_mb']} MiB); raise it."))
             return
-        if not isinstance(message, m.Generate):
-            continue
-        job = message.job
-        began = time.perf_counter()
-        try:
-            request = GenerateRequest(prompt=message.prompt, width=message.width,
-                                      height=message.height, seed=message.seed,
-                                      steps=message.steps)
-        except (TypeError, ValueError) as exc:
-            conn.send(m.Failed(job, "invalid_parameters", f"Invalid generation request: {exc}"))
-            continue
-        try:
-            image = engine.generate(
-                request,
-                on_step=lambda step, total, job=job: conn.send(m.Progress(job, step, total)),
-                should_cancel=lambda job=job: cancel_job.value == job,
-            )
-            png = encode_png(image)
-        except Cancelled:
-            conn.send(m.Cancelled(job))
-            continue
-        except MemoryError as exc:
-            conn.send(m.Failed(job, "resource_exhausted", f"Out of memory: {exc}", True))
-            continue
-        except Exception as exc:  # noqa: BLE001 - reported to the worker, which fails the task
-            log.exception("generation failed")
-            code = "resource_exhausted" if "out of memory" in str(exc).lower() else "service_error"
-            conn.send(m.Failed(job, code, f"Generation failed: {type(exc).__name__}: {exc}"))
-            continue
-        conn.send(m.Result(job, png, time.perf_counter() - began))
+        limit = load.memory_limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(
+            resource.RLIMIT_DATA)[1]))
+    conn.send(m.Ready(info=info, load_seconds=time.perf_counter() - started))
+    Child(conn, cancel_slots, engine).serve()

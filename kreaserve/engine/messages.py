@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kreaserve.engine.options import EngineOptions
+
 
 @dataclass(frozen=True)
 class Load:
@@ -16,6 +18,13 @@ class Load:
     device: str | None = None
     dtype: str | None = None
     warmup: bool = True
+    options: EngineOptions = field(default_factory=EngineOptions)
+    #: Sizes generated once at start (with `compile`, the sizes that will be served).
+    warmup_sizes: tuple[tuple[int, int], ...] = ((256, 256),)
+    #: CUDA_VISIBLE_DEVICES for the child (set before torch is imported): one GPU per child.
+    visible_devices: str | None = None
+    #: Cap on the child's data memory in MiB (RLIMIT_DATA), set after loading; None: no cap.
+    memory_limit_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -34,15 +43,37 @@ class LoadFailed:
 
 
 @dataclass(frozen=True)
-class Generate:
-    """Worker → child: make one image."""
+class Item:
+    """One image of a batch."""
 
     job: int
     prompt: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class GenerateBatch:
+    """Worker → child: make one image per item, all `width` x `height`, in one pipeline run.
+
+    The child answers each job with exactly one Result, Cancelled or Failed, and the whole
+    batch with one Denoised as soon as its denoising is over (before the decodes), the signal
+    that the next batch can be sent."""
+
+    items: tuple[Item, ...]
     width: int
     height: int
-    seed: int
     steps: int = 8
+
+    @property
+    def jobs(self) -> list[int]:
+        return [item.job for item in self.items]
+
+
+@dataclass(frozen=True)
+class Denoised:
+    """Child → worker: the batch's denoising is over (what is left is decoding)."""
+
+    jobs: tuple[int, ...]
 
 
 @dataclass(frozen=True)

@@ -12,26 +12,33 @@ Importing this module is cheap: torch and diffusers are imported when an engine 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import speedups
+from .options import EngineOptions
 from .presets import PRESETS, ensure_preset
 
 if TYPE_CHECKING:
     from PIL.Image import Image
+
+log = logging.getLogger("kreaserve.engine")
 
 __all__ = [
     "AUTO_CUDA_WEIGHTS",
     "AUTO_CPU_WEIGHTS",
     "MAX_SEQUENCE_LENGTH",
     "Cancelled",
+    "Denoised",
     "Engine",
+    "EngineOptions",
     "GenerateRequest",
     "ResolvedWeights",
     "WeightsError",
@@ -86,8 +93,18 @@ class Cancelled(Exception):
     """A generation was cancelled (by `should_cancel`) before it finished; nothing was decoded."""
 
 
-class _CancelRequested(Exception):
-    """Raised inside the step callback to unwind out of the pipeline before the VAE decode."""
+@dataclass
+class Denoised:
+    """A batch after its denoising: latents of the live requests, waiting for their decode.
+
+    `live` holds the indexes (into the batch's requests) that the rows of `latents` are;
+    `ready` is the CUDA event a decode on another stream waits for (None on CPU)."""
+
+    latents: Any
+    live: list[int]
+    width: int
+    height: int
+    ready: Any = None
 
 
 @dataclass(frozen=True)
@@ -267,16 +284,25 @@ class Engine:
     """A loaded Krea2Pipeline on one device. Create with `Engine.load`; one generation at a time."""
 
     def __init__(
-        self, pipe: Any, *, weights: ResolvedWeights, device: str, dtype: Any, source: str
+        self, pipe: Any, *, weights: ResolvedWeights, device: str, dtype: Any, source: str,
+        options: EngineOptions | None = None,
     ) -> None:
+        from .sampler import Sampler
+
         self._pipe = pipe
         self._weights = weights
         self._device = device
         self._dtype = dtype
         self._source = source
-        self._lock = threading.Lock()
+        self.options = options or EngineOptions()
+        self._denoise_lock = threading.Lock()
+        self._decode_lock = threading.Lock()
+        self._decode_stream: Any = None
         self._multiple = int(pipe.vae_scale_factor * pipe.patch_size)
         self._guidance_scale = 0.0 if pipe.config.is_distilled else BASE_GUIDANCE_SCALE
+        self._sampler = Sampler(pipe, guidance_scale=self._guidance_scale,
+                                max_sequence_length=MAX_SEQUENCE_LENGTH,
+                                trim_padding=self.options.trim_padding)
 
     @classmethod
     def load(
@@ -286,6 +312,7 @@ class Engine:
         cache_dir: Path,
         device: str | None = None,
         dtype: str | None = None,
+        options: EngineOptions | None = None,
     ) -> Engine:
         """Resolve `weights`, load them with `Krea2Pipeline.from_pretrained`, move them to `device`.
 
@@ -342,9 +369,13 @@ class Engine:
 
         pipe.to(torch_device)
         pipe.set_progress_bar_config(disable=True)
-        return cls(
-            pipe, weights=resolved, device=str(torch_device), dtype=torch_dtype, source=source
-        )
+        options = options or EngineOptions()
+        try:
+            speedups.apply(pipe, options, str(torch_device))
+        except speedups.OptionError as exc:
+            raise WeightsError(str(exc)) from exc
+        return cls(pipe, weights=resolved, device=str(torch_device), dtype=torch_dtype,
+                   source=source, options=options)
 
     @staticmethod
     def _from_pretrained(
@@ -398,7 +429,132 @@ class Engine:
             "dtype": str(self._dtype).removeprefix("torch."),
             "is_random": self._weights.is_random,
             "warning": self._weights.warning,
+            "speedups": self.options.describe(),
         }
+
+    def _check_batch(self, requests: Sequence[GenerateRequest]) -> GenerateRequest:
+        if not requests:
+            raise ValueError("a batch needs at least one request")
+        if not all(isinstance(r, GenerateRequest) for r in requests):
+            raise TypeError("requests must be GenerateRequests")
+        first = requests[0]
+        if any((r.width, r.height, r.steps) != (first.width, first.height, first.steps)
+               for r in requests):
+            raise ValueError("every request of a batch must have the same size and steps")
+        if first.width % self._multiple or first.height % self._multiple:
+            raise ValueError(
+                f"width and height must be multiples of {self._multiple}, "
+                f"got {first.width}x{first.height}"
+            )
+        return first
+
+    def denoise(
+        self,
+        requests: Sequence[GenerateRequest],
+        *,
+        on_step: Callable[[int, int, int], None] | None = None,
+        is_cancelled: Callable[[int], bool] | None = None,
+    ) -> Denoised | None:
+        """Encode the prompts and denoise a batch of same-size requests, one seeded generator
+        per image (so each image equals the one its request gets alone, up to float rounding).
+
+        `on_step(index, step, total)` is called for each live request after each step;
+        `is_cancelled(index)` is asked before the run and after every step, and a request it
+        names leaves the batch before the next step (never decoded). Returns None when every
+        request was cancelled. One batch denoises at a time; decoding may overlap it.
+        """
+        import torch
+
+        from .sampler import AllCancelled
+
+        first = self._check_batch(requests)
+
+        def step(done: int, live: list[int]) -> None:
+            if on_step is not None:
+                for index in live:
+                    on_step(index, done, first.steps)
+
+        def cancelled(live: list[int]) -> set[int]:
+            return {i for i in live if is_cancelled(i)} if is_cancelled is not None else set()
+
+        with self._denoise_lock, torch.no_grad():
+            generators = [torch.Generator(self._device).manual_seed(r.seed) for r in requests]
+            try:
+                cond = self._sampler.encode([r.prompt for r in requests])
+                latents, live = self._sampler.denoise(
+                    cond, generators, width=first.width, height=first.height,
+                    steps=first.steps, on_step=step, cancelled=cancelled,
+                )
+            except AllCancelled:
+                return None
+            ready = None
+            if torch.device(self._device).type == "cuda":
+                ready = torch.cuda.Event()
+                ready.record()
+        return Denoised(latents, live, first.width, first.height, ready)
+
+    def decode(self, batch: Denoised, index: int) -> Image:
+        """The image of request `index` of a denoised batch, decoded alone.
+
+        On CUDA it runs on its own stream, after the batch's denoise finished, so the next
+        batch can denoise meanwhile. With `vae_tiling="auto"`, a decode that runs out of memory
+        is retried with VAE tiling (and logged).
+        """
+        import torch
+
+        row = batch.live.index(index)
+        latents = batch.latents[row:row + 1]
+        with self._decode_lock, torch.no_grad():
+            if batch.ready is None:
+                image = self._decode(latents, batch.width, batch.height)
+            else:
+                if self._decode_stream is None:
+                    self._decode_stream = torch.cuda.Stream(device=torch.device(self._device))
+                stream = self._decode_stream
+                with torch.cuda.stream(stream):
+                    stream.wait_event(batch.ready)
+                    latents.record_stream(stream)
+                    image = self._decode(latents, batch.width, batch.height)
+        if image.size != (batch.width, batch.height):  # the pipeline rounds sizes; we validated
+            raise RuntimeError(
+                f"pipeline returned {image.size}, expected {(batch.width, batch.height)}"
+            )
+        return image
+
+    def _decode(self, latents: Any, width: int, height: int) -> Image:
+        vae = self._pipe.vae
+        try:
+            return self._sampler.decode(latents, width=width, height=height)[0]
+        except Exception as exc:
+            if (self.options.vae_tiling != "auto" or vae.use_tiling
+                    or not speedups.is_out_of_memory(exc)):
+                raise
+        log.warning("decoding a %dx%d image ran out of memory; retrying with VAE tiling",
+                    width, height)
+        speedups.free_memory(self._device)
+        vae.enable_tiling()
+        try:
+            return self._sampler.decode(latents, width=width, height=height)[0]
+        finally:
+            vae.disable_tiling()
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerateRequest],
+        *,
+        on_step: Callable[[int, int, int], None] | None = None,
+        is_cancelled: Callable[[int], bool] | None = None,
+    ) -> list[Image | None]:
+        """`denoise` then `decode` each live request; None in place of a cancelled one (a
+        request cancelled after its last step is not decoded either)."""
+        images: list[Image | None] = [None] * len(requests)
+        batch = self.denoise(requests, on_step=on_step, is_cancelled=is_cancelled)
+        if batch is None:
+            return images
+        for index in batch.live:
+            if is_cancelled is None or not is_cancelled(index):
+                images[index] = self.decode(batch, index)
+        return images
 
     def generate(
         self,
@@ -413,58 +569,23 @@ class Engine:
         is called after each denoising step (1..total). `should_cancel()` is asked before the
         run and after each step (the last one too: cancelling then skips the decode, which is
         most of the CPU time); when it returns True the run stops before the next step, nothing
-        is decoded, and `Cancelled` is raised. Cancellation sets the pipeline's `_interrupt`
-        flag and raises a private exception out of the step callback, which unwinds
-        `Krea2Pipeline.__call__` before its VAE decode (the interrupt flag alone would still
-        decode the half-denoised latents).
+        is decoded, and `Cancelled` is raised.
         """
-        import torch
-
         if not isinstance(req, GenerateRequest):
             raise TypeError("req must be a GenerateRequest")
-        if req.width % self._multiple or req.height % self._multiple:
-            raise ValueError(
-                f"width and height must be multiples of {self._multiple}, "
-                f"got {req.width}x{req.height}"
-            )
-
-        total = req.steps
-
-        def callback(pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step(i + 1, total)
-            if should_cancel is not None and should_cancel():
-                pipe._interrupt = True
-                raise _CancelRequested
-            return {}
-
-        with self._lock:
-            if should_cancel is not None and should_cancel():
-                raise Cancelled("cancelled before it started")
-            generator = torch.Generator(self._device).manual_seed(req.seed)
-            try:
-                output = self._pipe(
-                    prompt=req.prompt,
-                    width=req.width,
-                    height=req.height,
-                    num_inference_steps=req.steps,
-                    guidance_scale=self._guidance_scale,
-                    generator=generator,
-                    max_sequence_length=MAX_SEQUENCE_LENGTH,
-                    callback_on_step_end=callback,
-                    output_type="pil",
-                )
-            except _CancelRequested:
-                raise Cancelled("cancelled between denoising steps") from None
-        image = output.images[0]
-        if image.size != (req.width, req.height):  # the pipeline rounds sizes; we validated
-            raise RuntimeError(
-                f"pipeline returned {image.size}, expected {(req.width, req.height)}"
-            )
+        [image] = self.generate_batch(
+            [req],
+            on_step=None if on_step is None else lambda _index, step, total: on_step(step, total),
+            is_cancelled=None if should_cancel is None else lambda _index: should_cancel(),
+        )
+        if image is None:
+            raise Cancelled("cancelled between denoising steps")
         return image
 
-    def warmup(self, *, width: int = 256, height: int = 256) -> float:
-        """Run one small generation so first-request costs are paid now; returns its seconds."""
+    def warmup(self, sizes: Sequence[tuple[int, int]] = ((256, 256),)) -> float:
+        """Run one generation per size so first-request costs (allocations, compilation) are
+        paid now; returns the seconds it took."""
         start = time.perf_counter()
-        self.generate(GenerateRequest(prompt="warm-up", width=width, height=height, seed=1))
+        for width, height in sizes:
+            self.generate(GenerateRequest(prompt="warm-up", width=width, height=height, seed=1))
         return time.perf_counter() - start

@@ -1,8 +1,9 @@
-"""The worker's handle on an engine child process: start, generate, cancel, stop.
+"""The worker's handle on an engine child process: start, submit batches, read answers, cancel.
 
-Imports neither torch nor anything of the service: the child is spawned, so the
-parent only needs `kreaserve.engine.child` by name. A child that dies or hangs never
-takes the worker down: the job ends Failed (retryable) and the child can be restarted.
+Imports neither torch nor anything of the service: the child is spawned, so the parent only
+needs `kreaserve.engine.child` by name. A child that dies or hangs never takes the worker
+down: `next_message` raises `EngineDied`, the worker fails or requeues the jobs it had sent,
+and starts a new child.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import time
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from kreaserve.engine import child
@@ -25,6 +25,10 @@ class EngineStartError(Exception):
     """The child could not load its weights; the message says what to do."""
 
 
+class EngineDied(Exception):
+    """The child process is gone (crashed, killed, or its pipe broke)."""
+
+
 class EngineProcess:
     """One engine child process and the pipe to it."""
 
@@ -33,7 +37,7 @@ class EngineProcess:
         self._ctx = mp.get_context("spawn")
         self._process: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
-        self._cancel_job = self._ctx.Value("q", -1)
+        self._cancel_slots = self._ctx.Array("q", [-1] * child.CANCEL_SLOTS, lock=False)
         self._next_job = 0
         self.ready: m.Ready | None = None
 
@@ -41,11 +45,15 @@ class EngineProcess:
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout: float) -> m.Ready:
         """Spawn the child and wait for it to load and warm up."""
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         self._process = self._ctx.Process(
-            target=child.main, args=(child_conn, self._cancel_job, self.load),
+            target=child.main, args=(child_conn, self._cancel_slots, self.load),
             name="kreaserve-engine", daemon=True,
         )
         self._process.start()
@@ -79,50 +87,39 @@ class EngineProcess:
             "see the log above for its error."
         )
 
-    def cancel(self, job: int) -> None:
-        """Ask the child to stop `job` before its next denoising step."""
-        self._cancel_job.value = job
-
-    def run(self, request: m.Generate, *, on_progress: Callable[[int, int], None],
-            tick: Callable[[], None], timeout: float, tick_seconds: float = 0.25) -> JobOutcome:
-        """Send one job and wait for its outcome, calling `tick` every `tick_seconds`
-        (to renew leases and look for cancellation) and `on_progress` on each step."""
-        assert self._conn is not None and self._process is not None, "engine not started"
-        job = request.job
-        try:
-            self._conn.send(request)
-        except (BrokenPipeError, OSError):
-            return self._died(job)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                has_message = self._conn.poll(tick_seconds)
-                message = self._conn.recv() if has_message else None
-            except (EOFError, OSError):
-                return self._died(job)
-            if isinstance(message, m.Progress) and message.job == job:
-                on_progress(message.step, message.total)
-            elif isinstance(message, m.Result | m.Cancelled | m.Failed) and message.job == job:
-                return message
-            elif message is None and not self._process.is_alive():
-                return self._died(job)
-            if time.monotonic() > deadline:
-                log.error("engine job %s exceeded %.0f s; restarting the engine", job, timeout)
-                self.stop(grace=0)
-                return m.Failed(job, "generation_timeout",
-                                f"The generation did not finish within {timeout:.0f} s.")
-            tick()
-
     def new_job_id(self) -> int:
         self._next_job += 1
         return self._next_job
 
-    def _died(self, job: int) -> m.Failed:
+    def submit(self, batch: m.GenerateBatch) -> None:
+        """Send a batch; its answers come back through `next_message`."""
+        assert self._conn is not None, "engine not started"
+        try:
+            self._conn.send(batch)
+        except (BrokenPipeError, OSError) as exc:
+            raise EngineDied(self._death()) from exc
+
+    def cancel(self, job: int) -> None:
+        """Ask the child to drop `job` before its next denoising step (or skip its decode)."""
+        self._cancel_slots[job % child.CANCEL_SLOTS] = job
+
+    def next_message(self, timeout: float) -> object | None:
+        """The child's next message, or None when nothing came within `timeout` seconds."""
+        if self._conn is None or self._process is None:
+            raise EngineDied("The engine process is not running.")
+        try:
+            if self._conn.poll(timeout):
+                return self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise EngineDied(self._death()) from exc
+        if not self._process.is_alive():
+            raise EngineDied(self._death())
+        return None
+
+    def _death(self) -> str:
         code = self._process.exitcode if self._process else None
         self.stop(grace=0)
-        return m.Failed(job, "service_error",
-                        f"The engine process stopped unexpectedly (exit code {code}).",
-                        retryable=True)
+        return f"The engine process stopped unexpectedly (exit code {code})."
 
     def stop(self, grace: float = 10.0) -> None:
         """Ask the child to exit, then make sure it has."""
