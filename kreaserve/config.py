@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         default="auto", pattern="^(auto|on|off)$", description="VAE tiling for decodes: on, "
         "off, or auto (tile a decode only when it ran out of memory).",
     )
+    overlap_decode: str = Field(
+        default="auto", pattern="^(auto|on|off)$", description="Decode a batch on a second "
+        "thread (and CUDA stream) while the next one denoises: on, off, or auto (on for CUDA; "
+        "slower on CPU, where both share the cores).",
+    )
 
     # --- results -----------------------------------------------------------
     result_ttl_seconds: int = Field(
@@ -191,6 +196,13 @@ class Settings(BaseSettings):
                 return by_group[group][quality]
         return self.price_2k if quality == "2K" else self.price_1k
 
+    @model_validator(mode="after")
+    def _engine_switches_fit(self) -> Settings:
+        if self.cuda_graphs and not self.compile:
+            raise ValueError("KREASERVE_CUDA_GRAPHS needs KREASERVE_COMPILE: CUDA graphs are "
+                             "captured by torch.compile's reduce-overhead mode")
+        return self
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
@@ -228,15 +240,6 @@ class Settings(BaseSettings):
             cache_dir=self.weights_cache_dir / "moderation",
             log_prompts=self.moderation_log_prompts,
         )
-
-    def engine_options(self):  # type: ignore[no-untyped-def]
-        """The engine's speed-up switches, as the engine child takes them."""
-        from kreaserve.engine.options import EngineOptions
-
-        return EngineOptions(trim_padding=self.trim_padding,
-                             attention_backend=self.attention_backend or None,
-                             compile=self.compile, cuda_graphs=self.cuda_graphs, fp8=self.fp8,
-                             vae_tiling=self.vae_tiling)
 
     @property
     def images_dir(self) -> Path:

@@ -166,9 +166,14 @@ def claim_same_size(db: Database, worker_id: str, lease_seconds: float, width: i
         .with_for_update(skip_locked=True)
     )
     with db.transaction() as session:
+        # Two statements: PostgreSQL may run an `IN (... LIMIT n SKIP LOCKED)` subquery more
+        # than once inside an UPDATE and so take more than n rows.
+        ids = list(session.execute(oldest).scalars())
+        if not ids:
+            return []
         rows = session.execute(
             update(Task)
-            .where(Task.id.in_(oldest.scalar_subquery()), Task.status == contract.PENDING)
+            .where(Task.id.in_(ids), Task.status == contract.PENDING)
             .values(status=contract.PROCESSING, worker_id=worker_id,
                     lease_expires_at=now + lease_seconds, attempts=Task.attempts + 1,
                     started_at=func.coalesce(Task.started_at, now), progress=0)

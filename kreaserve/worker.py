@@ -26,6 +26,7 @@ from kreaserve import contract, queue
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.engine import messages as m
+from kreaserve.engine.options import EngineOptions
 from kreaserve.engine.process import EngineDied, EngineProcess, EngineStartError
 from kreaserve.moderation import ImageModerator
 from kreaserve.storage import Storage
@@ -45,6 +46,15 @@ def progress_percent(step: int, total: int) -> int:
     """Denoising progress as the contract's 0-100; 100 is kept for 'completed'
     (after the last step the image is still being decoded and stored)."""
     return min(99, step * 100 // (total + 1))
+
+
+def engine_options(settings: Settings) -> EngineOptions:
+    """The engine's speed-up switches from the settings, as the engine child takes them."""
+    return EngineOptions(trim_padding=settings.trim_padding,
+                         attention_backend=settings.attention_backend or None,
+                         compile=settings.compile, cuda_graphs=settings.cuda_graphs,
+                         fp8=settings.fp8, vae_tiling=settings.vae_tiling,
+                         overlap=settings.overlap_decode)
 
 
 def gpu_slots(setting: str) -> list[str | None]:
@@ -103,7 +113,7 @@ class Worker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.engine = engine or EngineProcess(m.Load(
             weights=settings.weights, cache_dir=settings.weights_cache_dir,
-            device=settings.device, dtype=settings.dtype, options=settings.engine_options(),
+            device=settings.device, dtype=settings.dtype, options=engine_options(settings),
             warmup_sizes=self._warmup_sizes(settings), visible_devices=visible_devices,
             memory_limit_mb=settings.engine_memory_limit_mb,
         ))

@@ -80,6 +80,7 @@ class Child:
         self.engine = engine
         self._send_lock = threading.Lock()
         self._finishing: queue.Queue[tuple[_Batch, Any] | None] = queue.Queue(maxsize=1)
+        self.overlap = engine.options.overlaps(engine.info["device"])
 
     def send(self, message: object) -> None:
         with self._send_lock:
@@ -96,7 +97,8 @@ class Child:
     def serve(self) -> None:
         finisher = threading.Thread(target=self._finish_loop, name="engine-finisher",
                                     daemon=True)
-        finisher.start()
+        if self.overlap:
+            finisher.start()
         try:
             while True:
                 try:
@@ -107,15 +109,25 @@ class Child:
                     return
                 if isinstance(message, m.GenerateBatch):
                     batch = _Batch(message)
-                    self._denoise(batch, message.items)
+                    pieces = self._denoise(batch, message.items)
+                    # Sent before decoding, so the worker claims and sends the next batch now.
                     self.send(m.Denoised(tuple(message.jobs)))
+                    for items, denoised in pieces:
+                        if self.overlap:
+                            self._finishing.put((batch, (items, denoised)))
+                        else:
+                            self._finish(batch, items, denoised)
+                    del pieces
         finally:
-            self._finishing.put(None)
-            finisher.join(timeout=60)
+            if self.overlap:
+                self._finishing.put(None)
+                finisher.join(timeout=60)
 
     # --- denoising (main thread) ------------------------------------------------------------
 
-    def _denoise(self, batch: _Batch, items: tuple[m.Item, ...]) -> None:
+    def _denoise(self, batch: _Batch, items: tuple[m.Item, ...]) -> list[tuple[Any, Any]]:
+        """Denoise `items`; returns (items, Denoised) pieces to decode (several when an
+        out-of-memory split the batch). Failures and cancels are answered here."""
         from kreaserve.engine import speedups
         from kreaserve.engine.pipeline import GenerateRequest
 
@@ -128,7 +140,7 @@ class Child:
             for item in items:
                 self.answer(batch, m.Failed(item.job, "invalid_parameters",
                                             f"Invalid generation request: {exc}"))
-            return
+            return []
 
         def on_step(index: int, step: int, total: int) -> None:
             self.send(m.Progress(items[index].job, step, total))
@@ -149,14 +161,14 @@ class Child:
                 log.warning("a batch of %d ran out of memory; running its images one by one",
                             len(items))
                 speedups.free_memory(self.engine.info["device"])
+                pieces = []
                 for item in items:
                     if item.job not in batch.answered:
-                        self._denoise(batch, (item,))
-                return
+                        pieces += self._denoise(batch, (item,))
+                return pieces
             self._fail_all(batch, items, exc)
-            return
-        if denoised is not None:
-            self._finishing.put((batch, (items, denoised)))
+            return []
+        return [] if denoised is None else [(items, denoised)]
 
     def _fail_all(self, batch: _Batch, items: tuple[m.Item, ...], exc: BaseException) -> None:
         from kreaserve.engine import speedups
@@ -175,21 +187,25 @@ class Child:
     def _finish_loop(self) -> None:
         while (work := self._finishing.get()) is not None:
             batch, (items, denoised) = work
-            for index in denoised.live:
-                job = items[index].job
-                if self.cancelled(job):
-                    self.answer(batch, m.Cancelled(job))
-                    continue
-                if job in batch.answered:
-                    continue
-                try:
-                    png = encode_png(self.engine.decode(denoised, index))
-                except Exception as exc:  # noqa: BLE001 - reported for this job only
-                    self._fail_all(batch, (items[index],), exc)
-                    continue
-                seconds = (time.perf_counter() - batch.began) / len(batch.message.items)
-                self.answer(batch, m.Result(job, png, seconds))
-            del denoised  # free the latents before waiting for the next batch
+            self._finish(batch, items, denoised)
+            del work, denoised  # free the latents before waiting for the next batch
+
+    def _finish(self, batch: _Batch, items: tuple[m.Item, ...], denoised: Any) -> None:
+        """Decode, PNG-encode and send each live image of a denoised batch."""
+        for index in denoised.live:
+            job = items[index].job
+            if self.cancelled(job):
+                self.answer(batch, m.Cancelled(job))
+                continue
+            if job in batch.answered:
+                continue
+            try:
+                png = encode_png(self.engine.decode(denoised, index))
+            except Exception as exc:  # noqa: BLE001 - reported for this job only
+                self._fail_all(batch, (items[index],), exc)
+                continue
+            seconds = (time.perf_counter() - batch.began) / len(batch.message.items)
+            self.answer(batch, m.Result(job, png, seconds))
 
 
 def main(conn: Connection, cancel_slots: Any, load: m.Load) -> None:
@@ -219,7 +235,9 @@ def main(conn: Connection, cancel_slots: Any, load: m.Load) -> None:
         log.exception("engine failed to load")
         conn.send(m.LoadFailed(f"The engine could not start: {type(exc).__name__}: {exc}"))
         return
-    info = dict(engine.info, visible_devices=load.visible_devices, memory_mb=data_memory_mb())
+    info = dict(engine.info, visible_devices=load.visible_devices,
+                cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                memory_mb=data_memory_mb())
     if load.memory_limit_mb is not None:
         if info["memory_mb"] >= load.memory_limit_mb:
             conn.send(m.LoadFailed(

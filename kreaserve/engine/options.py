@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 #: What `vae_tiling` accepts. "auto": decode whole, and tile only after an out-of-memory.
 VAE_TILING = ("auto", "on", "off")
+#: What `overlap` accepts. "auto": on for CUDA, off on CPU (measured: decoding on a second
+#: thread while the next batch denoises shares the same cores there and is slower).
+OVERLAP = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class EngineOptions:
     fp8: FP8 weights and activations for the transformer's linear layers (torchao
         `Float8DynamicActivationFloat8WeightConfig`, per-row scales); CUDA compute 8.9+.
     vae_tiling: "on", "off", or "auto" (tile a decode only when it ran out of memory).
+    overlap: decode (and PNG-encode) a batch on a second thread, and on CUDA a second
+        stream, while the next batch denoises: "on", "off", or "auto" (on for CUDA only).
     """
 
     trim_padding: bool = False
@@ -33,8 +38,11 @@ class EngineOptions:
     cuda_graphs: bool = False
     fp8: bool = False
     vae_tiling: str = "auto"
+    overlap: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.overlap not in OVERLAP:
+            raise ValueError(f"overlap must be one of {', '.join(OVERLAP)}, got {self.overlap!r}")
         if self.vae_tiling not in VAE_TILING:
             raise ValueError(f"vae_tiling must be one of {', '.join(VAE_TILING)}, "
                              f"got {self.vae_tiling!r}")
@@ -50,4 +58,12 @@ class EngineOptions:
         on += [name for name in ("compile", "cuda_graphs", "fp8") if getattr(self, name)]
         if self.vae_tiling == "on":
             on.append("vae_tiling")
+        if self.overlap != "auto":
+            on.append(f"overlap={self.overlap}")
         return on
+
+    def overlaps(self, device: str) -> bool:
+        """Whether decoding runs beside the next batch's denoising on `device`."""
+        if self.overlap == "auto":
+            return device.startswith("cuda")
+        return self.overlap == "on"

@@ -190,3 +190,65 @@ def test_rate_windows_count_per_minute_and_old_ones_are_forgotten(db: Database) 
         assert limits.count_request(session, key_id, 2, start + 61) is None  # a new minute
         assert limits.forget_old_windows(session, start + 125) == 1
         assert session.execute(select(RateWindow.window_start)).scalars().all() == [start + 60]
+
+
+def _create_sized(db: Database, account_id: int, size: str, quality: str) -> Task:
+    params = queue.NewTask(prompt="a fox", size=size, quality=quality, seed=5,
+                           nsfw_check=False, callback_url=None)
+    return queue.create(db, account_id, None, "default", params, PRICE)
+
+
+def test_a_batch_claim_takes_the_oldest_task_and_more_of_its_pixel_size_only(
+    db: Database,
+) -> None:
+    account_id, _ = new_account(db, credits=100)
+    square = [_create_sized(db, account_id, "1:1", "1K").id for _ in range(2)]
+    wide = _create_sized(db, account_id, "16:9", "1K").id
+    square += [_create_sized(db, account_id, "1:1", "1K").id for _ in range(3)]
+    big = _create_sized(db, account_id, "1:1", "2K").id
+
+    first = queue.claim_batch(db, "w1", 30, 4)
+    assert [c.task_id for c in first] == square[:4]  # oldest first, the wide one skipped
+    assert {(c.width, c.height) for c in first} == {(1024, 1024)}
+    second = queue.claim_batch(db, "w1", 30, 4)
+    assert [c.task_id for c in second] == [wide]  # no other 16:9 task waits
+    third = queue.claim_batch(db, "w2", 30, 4)
+    assert [c.task_id for c in third] == [square[4]]
+    assert [c.task_id for c in queue.claim_batch(db, "w2", 30, 4)] == [big]
+    assert queue.claim_batch(db, "w2", 30, 4) == []
+    with db.transaction() as session:
+        rows = session.execute(select(Task.status, Task.worker_id, Task.attempts)
+                               .where(Task.id.in_(square[:4]))).all()
+    assert {tuple(r) for r in rows} == {(contract.PROCESSING, "w1", 1)}
+
+
+def test_a_retried_task_runs_alone_and_is_never_added_to_a_batch(db: Database) -> None:
+    account_id, _ = new_account(db, credits=100)
+    retried = create(db, account_id).id
+    [claim] = queue.claim_batch(db, "w1", 30, 1)
+    assert claim.task_id == retried and queue.requeue(db, retried, "w1")
+    fresh = [create(db, account_id).id for _ in range(3)]
+    # The retried task is the oldest: it is claimed, and alone.
+    assert [c.task_id for c in queue.claim_batch(db, "w1", 30, 4)] == [retried]
+    # A fresh batch never picks up a retried task either.
+    assert queue.requeue(db, retried, "w1")
+    batch = queue.claim_same_size(db, "w2", 30, 1024, 1024, 10)
+    assert [c.task_id for c in batch] == fresh
+
+
+def test_concurrent_batch_claims_never_hand_out_a_task_twice(db: Database) -> None:
+    account_id, _ = new_account(db, credits=100)
+    created = {create(db, account_id).id for _ in range(24)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(4)
+
+    def work(worker: int) -> None:
+        barrier.wait()
+        while batch := queue.claim_batch(db, f"w{worker}", 30, 4):
+            with lock:
+                claimed.extend(c.task_id for c in batch)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
+    assert sorted(claimed) == sorted(created)
