@@ -119,10 +119,12 @@ def run_kreaserve(engine, device: str, width: int, height: int, work) -> tuple[f
     for batch in work:
         requests = [GenerateRequest(prompt=p, width=width, height=height, seed=s)
                     for p, s in batch]
-        pending.put((offset, engine.denoise(requests)))
-        if not overlap:
-            pending.put(None)
-            finish()
+        denoised = engine.denoise(requests)
+        if overlap:
+            pending.put((offset, denoised))
+        else:
+            for index in denoised.live:
+                images[offset + index] = engine.decode(denoised, index)
         offset += len(batch)
     if overlap:
         pending.put(None)
