@@ -159,18 +159,6 @@ class Worker:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def run_forever(self) -> int:
-        """Run in the calling thread until stopped; the exit status for `kreaserve worker`."""
-        self.start()
-        try:
-            while not self._stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
-        return 1 if self.fatal_message else 0
-
     # --- engine ---------------------------------------------------------------------------
 
     def _start_engine(self) -> bool:
