@@ -14,6 +14,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -142,8 +143,11 @@ def claim(db: Database, worker_id: str, lease_seconds: float) -> Claim | None:
             .returning(Task.id, Task.prompt, Task.width, Task.height, Task.seed,
                        Task.quality, Task.attempts, Task.nsfw_check)
         ).one_or_none()
-    if row is None:
-        return None
+    return None if row is None else _claim_from(row)
+
+
+def _claim_from(row: Any) -> Claim:
+    """The Claim of a row returned by a claiming UPDATE."""
     return Claim(task_id=row.id, prompt=row.prompt, width=row.width, height=row.height,
                  seed=row.seed, quality=row.quality, attempts=row.attempts,
                  nsfw_check=bool(row.nsfw_check))
@@ -181,9 +185,7 @@ def claim_same_size(db: Database, worker_id: str, lease_seconds: float, width: i
                        Task.quality, Task.attempts, Task.nsfw_check, Task.created_at)
         ).all()
     rows = sorted(rows, key=lambda row: (row.created_at, row.id))
-    return [Claim(task_id=row.id, prompt=row.prompt, width=row.width, height=row.height,
-                  seed=row.seed, quality=row.quality, attempts=row.attempts,
-                  nsfw_check=bool(row.nsfw_check)) for row in rows]
+    return [_claim_from(row) for row in rows]
 
 
 def claim_batch(db: Database, worker_id: str, lease_seconds: float,

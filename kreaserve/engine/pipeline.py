@@ -1,4 +1,4 @@
-"""Load Krea 2 weights into diffusers' `Krea2Pipeline` and run one generation at a time.
+"""Load Krea 2 weights into diffusers' `Krea2Pipeline` and run batches of generations.
 
 `resolve_weights(spec)` decides what a weights spec ("auto", a preset, a local directory or a
 Hugging Face repo id) means; `Engine.load(...)` loads it, always through
