@@ -57,6 +57,22 @@ def engine_options(settings: Settings) -> EngineOptions:
                          overlap=settings.overlap_decode)
 
 
+def engine_load(settings: Settings, visible_devices: str | None = None) -> m.Load:
+    """What an engine child loads and warms up before the worker claims anything.
+
+    With `compile`, the warm-up runs every size the contract serves and, when tasks are
+    batched, the batched shapes too, so no task waits for a compilation.
+    """
+    compiling = settings.compile
+    sizes = tuple(sorted(set(contract.PIXELS.values()))) if compiling else ((256, 256),)
+    return m.Load(
+        weights=settings.weights, cache_dir=settings.weights_cache_dir,
+        device=settings.device, dtype=settings.dtype, options=engine_options(settings),
+        warmup_sizes=sizes, warmup_batch_size=settings.batch_size if compiling else 1,
+        visible_devices=visible_devices, memory_limit_mb=settings.engine_memory_limit_mb,
+    )
+
+
 def gpu_slots(setting: str) -> list[str | None]:
     """What each engine child gets as CUDA_VISIBLE_DEVICES, from KREASERVE_ENGINE_GPUS.
 
@@ -111,12 +127,7 @@ class Worker:
                  visible_devices: str | None = None) -> None:
         self.settings, self.db, self.storage = settings, db, storage
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.engine = engine or EngineProcess(m.Load(
-            weights=settings.weights, cache_dir=settings.weights_cache_dir,
-            device=settings.device, dtype=settings.dtype, options=engine_options(settings),
-            warmup_sizes=self._warmup_sizes(settings), visible_devices=visible_devices,
-            memory_limit_mb=settings.engine_memory_limit_mb,
-        ))
+        self.engine = engine or EngineProcess(engine_load(settings, visible_devices))
         self._on_fatal = on_fatal
         self._image_moderator: ImageModerator | None = None
         self._stop = threading.Event()
@@ -126,12 +137,6 @@ class Worker:
         self._running: dict[int, Running] = {}
         self._denoising: set[int] = set()
         self.fatal_message: str | None = None
-
-    @staticmethod
-    def _warmup_sizes(settings: Settings) -> tuple[tuple[int, int], ...]:
-        if settings.compile:  # compile now, for every size the contract serves
-            return tuple(sorted(set(contract.PIXELS.values())))
-        return ((256, 256),)
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -227,7 +227,7 @@ def main(conn: Connection, cancel_slots: Any, load: m.Load) -> None:
         engine = Engine.load(load.weights, cache_dir=load.cache_dir, device=load.device,
                              dtype=load.dtype, options=load.options)
         if load.warmup:
-            engine.warmup(load.warmup_sizes)
+            engine.warmup(load.warmup_sizes, batch_size=load.warmup_batch_size)
     except WeightsError as exc:
         conn.send(m.LoadFailed(str(exc)))
         return

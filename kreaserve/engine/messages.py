@@ -21,6 +21,8 @@ class Load:
     options: EngineOptions = field(default_factory=EngineOptions)
     #: Sizes generated once at start (with `compile`, the sizes that will be served).
     warmup_sizes: tuple[tuple[int, int], ...] = ((256, 256),)
+    #: Largest batch the worker will send; > 1 also warms the batched shapes.
+    warmup_batch_size: int = 1
     #: CUDA_VISIBLE_DEVICES for the child (set before torch is imported): one GPU per child.
     visible_devices: str | None = None
     #: Cap on the child's data memory in MiB (RLIMIT_DATA), set after loading; None: no cap.

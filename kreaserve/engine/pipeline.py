@@ -582,10 +582,22 @@ class Engine:
             raise Cancelled("cancelled between denoising steps")
         return image
 
-    def warmup(self, sizes: Sequence[tuple[int, int]] = ((256, 256),)) -> float:
+    def warmup(self, sizes: Sequence[tuple[int, int]] = ((256, 256),), *,
+               batch_size: int = 1) -> float:
         """Run one generation per size so first-request costs (allocations, compilation) are
-        paid now; returns the seconds it took."""
+        paid now; returns the seconds it took.
+
+        With `batch_size` > 1, also a batch of two prompts of different token lengths (the
+        batch carries a key mask) and one of equal lengths (no mask) at the first size: a
+        compiled engine builds one graph for each of these (the batch and text lengths are
+        dynamic beyond that, measured), which would otherwise stall the first batched tasks.
+        """
         start = time.perf_counter()
         for width, height in sizes:
             self.generate(GenerateRequest(prompt="warm-up", width=width, height=height, seed=1))
+        if batch_size > 1 and sizes:
+            width, height = sizes[0]
+            for prompts in (("warm-up", "a longer warm-up prompt"), ("warm-up", "warm-down")):
+                self.generate_batch([GenerateRequest(prompt=p, width=width, height=height,
+                                                     seed=1) for p in prompts])
         return time.perf_counter() - start

@@ -227,3 +227,49 @@ def test_option_values_are_checked() -> None:
     assert EngineOptions(trim_padding=True, fp8=True).describe() == ["trim_padding", "fp8"]
     assert EngineOptions().overlaps("cuda:0") and not EngineOptions().overlaps("cpu")
     assert EngineOptions(overlap="on").overlaps("cpu")
+
+
+@pytest.fixture(scope="module")
+def compiled(weights_cache: Path) -> Engine:
+    """Its own load: compilation changes the pipeline in place."""
+    return Engine.load("tiny-random", cache_dir=weights_cache, device="cpu",
+                       options=EngineOptions(trim_padding=True, compile=True))
+
+
+# Inductor itself still calls `torch.jit.script_method` while compiling (torch 2.13).
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compile_compiles_the_repeated_blocks_and_keeps_the_images(
+    compiled: Engine, trimmed: Engine
+) -> None:
+    """`compile` on CPU through inductor: every repeated transformer block is compiled, the
+    warm-up builds every graph a batched, trimmed engine needs (another prompt length,
+    another size, a masked batch of 3 and an unmasked batch of 2 compile nothing new), and
+    the images are the eager engine's images up to kernel rounding."""
+    from torch._dynamo.utils import counters
+
+    transformer = compiled.pipe.transformer
+    blocks = [m for m in transformer.modules()
+              if type(m).__name__ in transformer._repeated_blocks]
+    assert blocks and all(block._compiled_call_impl is not None for block in blocks)
+    assert trimmed.pipe.transformer is not transformer
+
+    before = counters["stats"]["unique_graphs"]
+    compiled.warmup(((SIZE, SIZE),), batch_size=2)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > before  # the warm-up compiled
+
+    alone = GenerateRequest(PROMPTS[1], SIZE, SIZE, seed=SEEDS[1])  # not a warm-up length
+    assert psnr(pixels(compiled.generate(alone)), pixels(trimmed.generate(alone))) > 40
+    wide = GenerateRequest(PROMPTS[0], 2 * SIZE, SIZE, seed=SEEDS[0])
+    assert psnr(pixels(compiled.generate(wide)), pixels(trimmed.generate(wide))) > 40
+    masked = compiled.generate_batch(requests())  # three lengths: a key mask
+    for ours, theirs in zip(masked, trimmed.generate_batch(requests()), strict=True):
+        assert psnr(pixels(ours), pixels(theirs)) > 40
+    equal = [GenerateRequest("a red fox", SIZE, SIZE, seed=1),
+             GenerateRequest("a red cat", SIZE, SIZE, seed=2)]
+    with torch.no_grad():
+        assert compiled._sampler.encode([r.prompt for r in equal]).mask is None
+    for ours, theirs in zip(compiled.generate_batch(equal), trimmed.generate_batch(equal),
+                            strict=True):
+        assert psnr(pixels(ours), pixels(theirs)) > 40
+    assert counters["stats"]["unique_graphs"] == graphs, "a shape the warm-up covers recompiled"

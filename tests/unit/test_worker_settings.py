@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from kreaserve import contract
 from kreaserve.config import Settings
-from kreaserve.worker import engine_options, gpu_slots
+from kreaserve.worker import engine_load, engine_options, gpu_slots
 
 
 def test_explicit_gpu_lists_and_none() -> None:
@@ -53,6 +54,20 @@ def test_engine_switches_reach_the_engine_options(monkeypatch: pytest.MonkeyPatc
     assert (options.trim_padding, options.compile, options.cuda_graphs) == (False, True, True)
     assert options.attention_backend == "flash" and options.vae_tiling == "on"
     assert Settings(_env_file=None).batch_size == 1
+
+
+def test_a_compiling_engine_warms_every_size_and_the_batched_shapes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KREASERVE_BATCH_SIZE", "4")
+    monkeypatch.setenv("KREASERVE_ENGINE_MEMORY_LIMIT_MB", "2048")
+    plain = engine_load(Settings(_env_file=None), visible_devices="1")
+    assert plain.warmup_sizes == ((256, 256),) and plain.warmup_batch_size == 1
+    assert plain.visible_devices == "1" and plain.memory_limit_mb == 2048
+    monkeypatch.setenv("KREASERVE_COMPILE", "true")
+    compiling = engine_load(Settings(_env_file=None))
+    assert set(compiling.warmup_sizes) == set(contract.PIXELS.values())
+    assert compiling.warmup_batch_size == 4 and compiling.options.compile
 
 
 @pytest.mark.parametrize(("env", "message"), [
