@@ -8,11 +8,15 @@ For each size (1K = 1024x1024, 2K = 2048x2048) and batch size (1, 2, 4):
              engine child runs them: the next batch denoises while a second thread decodes
              the previous one (`--runs` consecutive batches).
 Seconds per image = wall time of the runs / images made, after one warm-up of each at that
-size. Fidelity: PSNR of every kreaserve image against the baseline image of the same prompt
+size; the share of it spent encoding text and denoising (before decoding) is shown too.
+Fidelity: PSNR of every kreaserve image against the baseline image of the same prompt
 and seed (inf = identical pixels), and the largest pixel difference.
 
-The baseline runs first for every case, then the speed-ups are applied to the same pipeline
-(FP8 and compilation change it in place; two full-size copies would not fit one GPU).
+Both sides use one loaded pipeline. When the speed-ups leave it as it is (trimming, decode
+overlap), baseline and kreaserve alternate case by case, so drift in the machine's speed
+during a long run hits both alike. FP8, compilation, another attention kernel and forced VAE
+tiling change it in place (two full-size copies would not fit one GPU): then every baseline
+case runs first. The printed header says which order ran.
 
 CPU (here):   .venv/bin/python bench/engine_speed.py --weights mid-random
 GPU (H100):   python bench/engine_speed.py --full-size --device cuda [--fp8 --compile
@@ -53,6 +57,8 @@ class Case:
     batch: int
     baseline_s: float = 0.0
     kreaserve_s: float = 0.0
+    baseline_denoise_s: float = 0.0
+    kreaserve_denoise_s: float = 0.0
     psnr_min: float = 0.0
     max_diff: int = 0
 
@@ -75,27 +81,43 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_baseline(pipe, device: str, width: int, height: int, work) -> tuple[float, list]:  # type: ignore[no-untyped-def]
+def run_baseline(pipe, device: str, width: int, height: int, work) -> tuple[float, float, list]:  # type: ignore[no-untyped-def]
+    """Wall time, the part of it spent before decoding (text encoding and the 8 steps, timed
+    at the end of the last step), and the images."""
     import torch
 
     from kreaserve.engine.pipeline import MAX_SEQUENCE_LENGTH
 
+    steps = 8
     images = []
+    began: list[float] = []
+    ended: list[float] = []
+
+    def last_step(_pipe, step, _t, _kwargs):  # type: ignore[no-untyped-def]
+        if step == steps - 1:
+            sync(device)
+            ended.append(time.perf_counter())
+        return {}
+
     sync(device)
     start = time.perf_counter()
     for batch in work:
+        began.append(time.perf_counter())
         out = pipe(prompt=[p for p, _ in batch], width=width, height=height,
-                   num_inference_steps=8, guidance_scale=0.0,
+                   num_inference_steps=steps, guidance_scale=0.0,
                    generator=[torch.Generator(device).manual_seed(s) for _, s in batch],
-                   max_sequence_length=MAX_SEQUENCE_LENGTH, output_type="pil")
+                   max_sequence_length=MAX_SEQUENCE_LENGTH, output_type="pil",
+                   callback_on_step_end=last_step)
         images += out.images
+    denoise = sum(e - b for b, e in zip(began, ended, strict=True))
     sync(device)
-    return time.perf_counter() - start, images
+    return time.perf_counter() - start, denoise, images
 
 
-def run_kreaserve(engine, device: str, width: int, height: int, work) -> tuple[float, list]:  # type: ignore[no-untyped-def]
+def run_kreaserve(engine, device: str, width: int, height: int, work) -> tuple[float, float, list]:  # type: ignore[no-untyped-def]
     """As the engine child runs batches: with overlap (CUDA by default) a finisher thread
-    decodes batch k while batch k+1 denoises; without, each batch is decoded in turn."""
+    decodes batch k while batch k+1 denoises; without, each batch is decoded in turn.
+    Returns wall time, the time spent in `Engine.denoise` (encoding and steps), the images."""
     import queue
 
     from kreaserve.engine.pipeline import GenerateRequest
@@ -116,10 +138,15 @@ def run_kreaserve(engine, device: str, width: int, height: int, work) -> tuple[f
     if overlap:
         finisher.start()
     offset = 0
+    denoise = 0.0
     for batch in work:
         requests = [GenerateRequest(prompt=p, width=width, height=height, seed=s)
                     for p, s in batch]
+        began = time.perf_counter()
         denoised = engine.denoise(requests)
+        if denoised.ready is not None:  # this batch's steps only: a device-wide sync would
+            denoised.ready.synchronize()  # also wait for the previous batch's overlapped decode
+        denoise += time.perf_counter() - began
         if overlap:
             pending.put((offset, denoised))
         else:
@@ -130,7 +157,13 @@ def run_kreaserve(engine, device: str, width: int, height: int, work) -> tuple[f
         pending.put(None)
         finisher.join()
     sync(device)
-    return time.perf_counter() - start, [images[i] for i in range(offset)]
+    return time.perf_counter() - start, denoise, [images[i] for i in range(offset)]
+
+
+def changes_pipeline(options: EngineOptions) -> bool:
+    """Whether applying `options` alters the loaded pipeline, so the baseline must run first."""
+    return bool(options.fp8 or options.compile or options.attention_backend
+                or options.vae_tiling == "on")
 
 
 def hardware(device: str) -> str:
@@ -197,31 +230,33 @@ def main() -> int:
     sizes = [int(b) for b in args.batches.split(",")]
     cases = [Case(tier, batch) for tier in tiers for batch in sizes]
     baseline_images: dict[tuple[str, int], list] = {}
-    warm: set[str] = set()
-    for case in cases:
+    warm: dict[str, set[str]] = {"baseline": set(), "kreaserve": set()}
+
+    def measure_baseline(case: Case) -> None:
         width, height = SIZES[case.tier]
-        if case.tier not in warm:  # one warm-up per size
+        if case.tier not in warm["baseline"]:  # one warm-up per size
             run_baseline(pipe, args.device, width, height, batches(1, 1))
-        seconds, images = run_baseline(pipe, args.device, width, height,
-                                       batches(case.batch, args.runs))
-        warm.add(case.tier)
+            warm["baseline"].add(case.tier)
+        seconds, denoise, images = run_baseline(pipe, args.device, width, height,
+                                                batches(case.batch, args.runs))
         case.baseline_s = seconds / len(images)
+        case.baseline_denoise_s = denoise / len(images)
         baseline_images[(case.tier, case.batch)] = images
         print(f"baseline  {case.tier} batch {case.batch}: {case.baseline_s:.3f} s/image",
               flush=True)
 
-    speedups.apply(pipe, options, args.device)
-    engine = Engine(pipe, weights=weights, device=args.device, dtype=dtype, source=label,
-                    options=options)
-    warm.clear()
-    for case in cases:
+    def measure_kreaserve(engine: Engine, case: Case) -> None:
         width, height = SIZES[case.tier]
-        if case.tier not in warm:  # one warm-up per size (compiles, with --compile)
+        # One warm-up per size; compiled, one per case too (a batch has its own graphs).
+        if case.tier not in warm["kreaserve"]:
             run_kreaserve(engine, args.device, width, height, batches(1, 1))
-        seconds, images = run_kreaserve(engine, args.device, width, height,
-                                        batches(case.batch, args.runs))
-        warm.add(case.tier)
+            warm["kreaserve"].add(case.tier)
+        if options.compile and case.batch > 1:
+            run_kreaserve(engine, args.device, width, height, batches(case.batch, 1))
+        seconds, denoise, images = run_kreaserve(engine, args.device, width, height,
+                                                 batches(case.batch, args.runs))
         case.kreaserve_s = seconds / len(images)
+        case.kreaserve_denoise_s = denoise / len(images)
         pairs = [(np.asarray(a), np.asarray(b))
                  for a, b in zip(baseline_images[(case.tier, case.batch)], images, strict=True)]
         case.psnr_min = min(psnr(a, b) for a, b in pairs)
@@ -229,16 +264,40 @@ def main() -> int:
         print(f"kreaserve {case.tier} batch {case.batch}: {case.kreaserve_s:.3f} s/image",
               flush=True)
 
+    def engine_with_speedups() -> Engine:
+        speedups.apply(pipe, options, args.device)
+        return Engine(pipe, weights=weights, device=args.device, dtype=dtype, source=label,
+                      options=options)
+
+    if changes_pipeline(options):
+        # FP8, compilation, another attention kernel or forced tiling change the pipeline in
+        # place (two full-size copies would not fit one GPU): every baseline case first.
+        order = "every baseline case, then the speed-ups applied and every kreaserve case"
+        for case in cases:
+            measure_baseline(case)
+        engine = engine_with_speedups()
+        for case in cases:
+            measure_kreaserve(engine, case)
+    else:
+        # Same pipeline object for both: alternate per case, so a machine that speeds up or
+        # slows down during a long run affects both sides of every row alike.
+        order = "baseline and kreaserve alternating per case"
+        engine = engine_with_speedups()
+        for case in cases:
+            measure_baseline(case)
+            measure_kreaserve(engine, case)
+
     print(f"\n{date.today()} · {hardware(args.device)} · {platform.machine()} · torch "
           f"{torch.__version__} · {label} · {args.dtype} · speed-ups: "
-          f"{', '.join(options.describe()) or 'none'} · {args.runs} batches per case\n")
+          f"{', '.join(options.describe()) or 'none'} · {args.runs} batches per case · {order}\n")
     print("| size | batch | baseline s/image | kreaserve s/image | speed-up | "
-          "min PSNR vs baseline | max pixel diff |")
-    print("|---|---|---|---|---|---|---|")
+          "of which encode + steps (baseline / kreaserve) | min PSNR vs baseline | "
+          "max pixel diff |")
+    print("|---|---|---|---|---|---|---|---|")
     for case in cases:
         print(f"| {case.tier} | {case.batch} | {case.baseline_s:.3f} | {case.kreaserve_s:.3f} | "
-              f"{case.baseline_s / case.kreaserve_s:.2f}x | {case.psnr_min:.1f} dB | "
-              f"{case.max_diff} |")
+              f"{case.baseline_s / case.kreaserve_s:.2f}x | {case.baseline_denoise_s:.3f} / "
+              f"{case.kreaserve_denoise_s:.3f} | {case.psnr_min:.1f} dB | {case.max_diff} |")
     return 0
 
 
