@@ -535,6 +535,15 @@ class Engine:
         vae.enable_tiling()
         try:
             return self._sampler.decode(latents, width=width, height=height)[0]
+        except Exception as retry:
+            # The whole decode did not fit; if the tiles do not either, that is still a memory
+            # failure, whatever the kernel library calls it (oneDNN under a host memory cap
+            # says "could not create a primitive").
+            speedups.free_memory(self._device)
+            raise MemoryError(
+                f"decoding a {width}x{height} image ran out of memory, and the tiled retry "
+                f"failed too ({type(retry).__name__}: {retry})"
+            ) from retry
         finally:
             vae.disable_tiling()
 

@@ -195,6 +195,28 @@ def test_a_decode_out_of_memory_is_retried_tiled_when_tiling_is_auto(
         off.generate(request)
 
 
+def test_a_tiled_retry_that_fails_too_is_reported_as_out_of_memory(
+    untrimmed: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a host memory cap oneDNN reports a failed allocation as "could not create a
+    primitive"; after a whole decode ran out of memory that is still a memory failure."""
+    vae = untrimmed.pipe.vae
+    tiling_seen: list[bool] = []
+
+    def decode_that_never_fits(*args: Any, **kwargs: Any) -> Any:
+        tiling_seen.append(vae.use_tiling)
+        if not vae.use_tiling:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+                               "can't allocate memory: you tried to allocate 9663676416 bytes")
+        raise RuntimeError("could not create a primitive")
+
+    monkeypatch.setattr(vae, "decode", decode_that_never_fits)
+    with pytest.raises(MemoryError, match="tiled retry failed too .*could not create") as caught:
+        untrimmed.generate(GenerateRequest(PROMPTS[0], 512, 512, seed=3))
+    assert tiling_seen == [False, True] and vae.use_tiling is False
+    assert speedups.is_out_of_memory(caught.value)
+
+
 def test_out_of_memory_is_recognised_for_cuda_and_host_allocations() -> None:
     assert speedups.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
     assert speedups.is_out_of_memory(MemoryError())
