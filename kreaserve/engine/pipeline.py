@@ -538,8 +538,8 @@ class Engine:
         except Exception as retry:
             # The whole decode did not fit; if the tiles do not either, that is still a memory
             # failure, whatever the kernel library calls it (oneDNN under a host memory cap
-            # says "could not create a primitive").
-            speedups.free_memory(self._device)
+            # says "could not create a primitive"). Whoever handles it frees the memory, as
+            # for any out-of-memory.
             raise MemoryError(
                 f"decoding a {width}x{height} image ran out of memory, and the tiled retry "
                 f"failed too ({type(retry).__name__}: {retry})"
