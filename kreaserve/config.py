@@ -139,6 +139,19 @@ class Settings(BaseSettings):
         default="", description="Comma-separated host names or addresses exempt from the "
         "internal-address rule, for test receivers only. Never set it in production.",
     )
+    callback_concurrency: int = Field(
+        default=8, ge=1, le=256, description="Callback attempts one `serve` process runs at "
+        "once (each may wait up to 10 s for its receiver).",
+    )
+    callback_account_concurrency: int = Field(
+        default=2, ge=1, le=256, description="Most callback attempts of one account under "
+        "way at once, over all senders: an account whose receivers hang cannot hold the "
+        "slots other accounts' callbacks need.",
+    )
+    callback_redeliveries_per_minute: int = Field(
+        default=10, ge=1, description="Redeliveries (POST .../callbacks/redeliver) one "
+        "account may queue per minute (429 with Retry-After beyond).",
+    )
 
     # --- moderation --------------------------------------------------------
     moderation_basic_categories: str = Field(

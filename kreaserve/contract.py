@@ -65,6 +65,7 @@ ERROR_TYPES: dict[int, str] = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    409: "invalid_request_error",
     410: "not_found_error",
     413: "request_too_large_error",
     415: "invalid_request_error",

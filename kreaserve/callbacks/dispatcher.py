@@ -36,12 +36,14 @@ class CallbackDispatcher:
     """Background sender of the callback outbox."""
 
     def __init__(self, settings: Settings, db: Database, url_secret: bytes, *,
-                 concurrency: int = 8, poll_seconds: float = 0.1) -> None:
+                 poll_seconds: float = 0.1) -> None:
         self.settings, self.db, self.url_secret = settings, db, url_secret
         self.id = f"{socket.gethostname()}-{os.getpid()}-callbacks-{uuid.uuid4().hex[:6]}"
         self.allow_hosts = settings.callback_allow_host_set
-        self._concurrency, self._poll = concurrency, poll_seconds
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="kreaserve-callback")
+        self._concurrency, self._poll = settings.callback_concurrency, poll_seconds
+        self._per_account = settings.callback_account_concurrency
+        self._pool = ThreadPoolExecutor(self._concurrency,
+                                        thread_name_prefix="kreaserve-callback")
         self._busy = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -64,7 +66,8 @@ class CallbackDispatcher:
             with self._lock:
                 free = self._concurrency - self._busy
             try:
-                due = outbox.claim_due(self.db, self.id, free, LOCK_SECONDS)
+                due = outbox.claim_due(self.db, self.id, free, LOCK_SECONDS,
+                                       per_account=self._per_account)
             except Exception:  # noqa: BLE001 - keep sending through database hiccups
                 log.exception("claiming callbacks failed")
                 due = []

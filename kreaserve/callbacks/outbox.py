@@ -7,11 +7,12 @@ so a sender that died mid-attempt hands its deliveries on.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.orm import Session, aliased
 
 from kreaserve import contract
 from kreaserve.db import Database
@@ -50,30 +51,50 @@ class Due:
     body: bytes | None
 
 
-def claim_due(db: Database, sender: str, limit: int, lock_seconds: float) -> list[Due]:
-    """Lock up to `limit` deliveries whose next attempt is due."""
+def claim_due(db: Database, sender: str, limit: int, lock_seconds: float,
+              per_account: int | None = None) -> list[Due]:
+    """Lock up to `limit` deliveries whose next attempt is due, fairly across accounts.
+
+    Each account's oldest due delivery comes before any account's second one (round robin
+    by account), and with `per_account` an account never holds more than that many locked
+    deliveries, whichever sender holds them: one account's receivers that hang cannot take
+    every slot. Three statements, not `UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE
+    SKIP LOCKED)`: PostgreSQL may evaluate such a subquery more than once and so lock more
+    than n rows (see queue.claim_same_size)."""
     if limit <= 0:
         return []
     now = time.time()
-    due = (
-        select(CallbackDelivery.id)
-        .where(CallbackDelivery.status == PENDING, CallbackDelivery.next_attempt_at <= now,
-               (CallbackDelivery.locked_until.is_(None)) | (CallbackDelivery.locked_until < now))
-        .order_by(CallbackDelivery.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    row = CallbackDelivery
+    free = (row.locked_until.is_(None)) | (row.locked_until < now)
+    rank = func.row_number().over(partition_by=row.account_id,
+                                  order_by=(row.next_attempt_at, row.id))
+    due = (select(row.id, row.account_id, row.next_attempt_at, rank.label("rank"))
+           .where(row.status == PENDING, row.next_attempt_at <= now, free).subquery())
+    fair = select(due.c.id).order_by(due.c.rank, due.c.next_attempt_at, due.c.id).limit(limit)
+    if per_account is not None:
+        busy = (select(row.account_id, func.count().label("held"))
+                .where(row.status == PENDING, row.locked_until >= now)
+                .group_by(row.account_id).subquery())
+        fair = (fair.outerjoin(busy, busy.c.account_id == due.c.account_id)
+                .where(due.c.rank + func.coalesce(busy.c.held, 0) <= per_account))
     with db.transaction() as session:
+        candidates = list(session.execute(fair).scalars())
+        if not candidates:
+            return []
+        # Lock what is still free (the condition is checked again on the locked row).
+        ids = list(session.execute(
+            select(row.id).where(row.id.in_(candidates), row.status == PENDING, free)
+            .with_for_update(skip_locked=True)).scalars())
+        if not ids:
+            return []
         rows = session.execute(
-            update(CallbackDelivery)
-            .where(CallbackDelivery.id.in_(due.scalar_subquery()))
+            update(row)
+            .where(row.id.in_(ids))
             .values(locked_by=sender, locked_until=now + lock_seconds)
-            .returning(CallbackDelivery.id, CallbackDelivery.task_id,
-                       CallbackDelivery.account_id, CallbackDelivery.url,
-                       CallbackDelivery.webhook_id, CallbackDelivery.attempts,
-                       CallbackDelivery.body)
+            .returning(row.id, row.task_id, row.account_id, row.url, row.webhook_id,
+                       row.attempts, row.body)
         ).all()
-    return [Due(*row) for row in rows]
+    return [Due(*values) for values in rows]
 
 
 def record_attempt(db: Database, due: Due, sender: str, *, body: bytes, started_at: float,
@@ -121,7 +142,48 @@ def deliveries(db: Database, task_id: str
     return [(row, by_delivery[row.id]) for row in rows]
 
 
-def redeliver(db: Database, task: Task) -> None:
-    """Queue a new delivery of an ended task's callback (same webhook-id, fresh attempts)."""
+class DeliveryPending(Exception):
+    """The task's callback is still being delivered; a redelivery would run beside it."""
+
+
+class RedeliveryLimited(Exception):
+    """The account has redelivered as often as it may this minute."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+REDELIVERY_WINDOW_SECONDS = 60.0
+
+
+def redeliver(db: Database, task: Task, per_minute: int) -> None:
+    """Queue a new delivery of an ended task's callback (same webhook-id, fresh attempts).
+
+    Refused while one of the task's deliveries is still pending (each is up to four
+    attempts of 10 s; stacking them is how one account could fill the sender), and past
+    `per_minute` redeliveries by the account in the last minute. The count is of the
+    outbox itself (deliveries of a task that already had one), so it holds across API
+    processes and needs no table of its own."""
+    now = time.time()
     with db.transaction() as session:
+        # Serialise redeliveries of one task (PostgreSQL; SQLite serialises all writers).
+        session.execute(select(Task.id).where(Task.id == task.id).with_for_update())
+        pending = session.execute(
+            select(func.count()).select_from(CallbackDelivery)
+            .where(CallbackDelivery.task_id == task.id, CallbackDelivery.status == PENDING)
+        ).scalar_one()
+        if pending:
+            raise DeliveryPending
+        earlier = aliased(CallbackDelivery)
+        recent = list(session.execute(
+            select(CallbackDelivery.created_at)
+            .where(CallbackDelivery.account_id == task.account_id,
+                   CallbackDelivery.created_at > now - REDELIVERY_WINDOW_SECONDS,
+                   exists().where(earlier.task_id == CallbackDelivery.task_id,
+                                  earlier.id < CallbackDelivery.id))
+            .order_by(CallbackDelivery.created_at)).scalars())
+        if len(recent) >= per_minute:
+            oldest = recent[len(recent) - per_minute]
+            raise RedeliveryLimited(max(1, math.ceil(oldest + REDELIVERY_WINDOW_SECONDS - now)))
         enqueue(session, task)

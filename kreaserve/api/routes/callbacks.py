@@ -67,7 +67,19 @@ async def redeliver(task_id: str, services: ServicesDep, principal: PrincipalDep
             raise APIError(400, "task_not_finished",
                            "A callback is sent when the task ends; it has not ended yet.",
                            "task_id")
-        outbox.redeliver(services.db, task)
+        try:
+            outbox.redeliver(services.db, task,
+                             services.settings.callback_redeliveries_per_minute)
+        except outbox.DeliveryPending:
+            raise APIError(409, "callback_pending",
+                           "This task's callback is still being delivered; redeliver it "
+                           "once that delivery has succeeded or failed.", "task_id") from None
+        except outbox.RedeliveryLimited as exc:
+            raise APIError(429, "redelivery_rate_limited",
+                           f"This account may redeliver "
+                           f"{services.settings.callback_redeliveries_per_minute} callbacks "
+                           f"per minute; retry in {exc.retry_after} s.",
+                           headers={"Retry-After": str(exc.retry_after)}) from None
         delivery, attempts = outbox.deliveries(services.db, task_id)[-1]
         return delivery_object(delivery, attempts)
 
