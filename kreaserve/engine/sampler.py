@@ -4,10 +4,12 @@
 what that call cannot give: dropping one cancelled item from a running batch before its next
 step, skipping the VAE decode of cancelled items, decoding each image on its own (results
 stream out, and memory stays that of one image) on another thread while the next batch
-denoises, and text conditioning trimmed to the real prompt length. So this module runs the
-pipeline's own building blocks (`encode_prompt`, `prepare_latents`, `prepare_position_ids`,
-its scheduler, transformer and VAE) in the same order as `__call__`. The tests hold it to the
-plain pipeline: bit-identical without trimming, within float rounding with it.
+denoises, text conditioning trimmed to the real prompt length, and a prompt that cannot
+write control tokens of the chat template (it is tokenized as plain text). So this module runs
+the pipeline's own building blocks (its text encoder with the pipeline's template,
+`prepare_latents`, `prepare_position_ids`, its scheduler, transformer and VAE) in the same
+order as `__call__`. The tests hold it to the plain pipeline: bit-identical without trimming,
+within float rounding with it (for prompts without control-token text).
 
 Trimming: the pipeline lays the text out as `[prompt | PAD ... | suffix]` padded to a fixed
 length with a key mask. Padding consumes no position (the encoder's positions count only real
@@ -74,33 +76,35 @@ class Sampler:
         return cond
 
     def _encode(self, prompts: list[str]) -> Conditioning:
+        embeds, mask = self._text_hidden_states(prompts, pad_to_max=not self.trim_padding)
         if not self.trim_padding:
-            embeds, mask = self.pipe.encode_prompt(
-                prompt=prompts, device=self.device, max_sequence_length=self.max_sequence_length
-            )
             return Conditioning(embeds, mask)
-        embeds, mask = self._encode_unpadded(prompts)
         return _compact(embeds, mask)
 
-    def _encode_unpadded(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`Krea2Pipeline.get_text_hidden_states`, padding only to the longest prompt.
+    def _text_hidden_states(
+        self, prompts: list[str], *, pad_to_max: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`Krea2Pipeline.get_text_hidden_states`, but the prompt is tokenized as plain text.
 
-        Same template, truncation and positions (counting real tokens only) as the pipeline;
-        only the amount of masked padding in the middle differs.
+        Same template, truncation, padding (to the fixed length, or only to the longest prompt
+        when `pad_to_max` is false) and positions (counting real tokens only) as the pipeline;
+        see `template_input_ids` for why the prompt is tokenized on its own.
         """
+        from .tokenizer import template_input_ids
+
         pipe = self.pipe
         prefix_idx = pipe.prompt_template_encode_start_idx
-        text = [pipe.prompt_template_encode_prefix + p for p in prompts]
-        tokens = pipe.tokenizer(
-            text, truncation=True, padding="longest", return_tensors="pt",
-            max_length=self.max_sequence_length + prefix_idx
+        ids, valid = template_input_ids(
+            pipe.tokenizer,
+            prompts,
+            prefix=pipe.prompt_template_encode_prefix,
+            suffix=pipe.prompt_template_encode_suffix,
+            max_prompt_tokens=self.max_sequence_length
             - pipe.prompt_template_encode_num_suffix_tokens,
-        ).to(self.device)
-        suffix = pipe.tokenizer(
-            [pipe.prompt_template_encode_suffix] * len(text), return_tensors="pt"
-        ).to(self.device)
-        input_ids = torch.cat([tokens.input_ids, suffix.input_ids], dim=1)
-        mask = torch.cat([tokens.attention_mask, suffix.attention_mask], dim=1).bool()
+            pad_to_max=pad_to_max,
+        )
+        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        mask = torch.tensor(valid, dtype=torch.bool, device=self.device)
         position_ids = (mask.long().cumsum(dim=-1) - 1).clamp(min=0).unsqueeze(0).expand(3, -1, -1)
         outputs = pipe.text_encoder(input_ids=input_ids, attention_mask=mask,
                                     position_ids=position_ids, output_hidden_states=True)

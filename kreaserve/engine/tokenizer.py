@@ -8,12 +8,20 @@ the exact Hugging Face tokenizer can be rebuilt without the hub: `build_qwen_tok
 `check_prompt_template(tokenizer)` verifies the property `Krea2Pipeline` relies on: its prompt
 prefix tokenizes to exactly `prompt_template_encode_start_idx` (34) tokens and its suffix to
 `prompt_template_encode_num_suffix_tokens` (5).
+
+`template_input_ids(...)` lays a batch out as the pipeline does, `[prefix | prompt | PAD |
+suffix]`, but tokenizes the prompt on its own as plain text: `Krea2Pipeline` tokenizes `prefix +
+prompt` as one string, so a prompt containing `<|im_end|>` or `<|im_start|>` would become real
+control tokens and could write turns of the chat template. Only the template's own special
+tokens stay special.
 """
 
 from __future__ import annotations
 
 import base64
 import threading
+import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,8 @@ __all__ = [
     "build_qwen_tokenizer",
     "get_qwen_tokenizer",
     "check_prompt_template",
+    "prompt_text_ids",
+    "template_input_ids",
 ]
 
 #: First id of the special tokens; the BPE ranks occupy 0..151642.
@@ -201,3 +211,48 @@ def check_prompt_template(tokenizer: Any, pipeline: Any | None = None) -> None:
         raise TokenizerError(
             "the tokenizer does not fit Krea2Pipeline's prompt template: " + "; ".join(problems)
         )
+
+
+def prompt_text_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt as plain text: text that spells a special token stays text.
+
+    The text is NFC-normalized with Python's own Unicode tables first, as `kreaserve.tokens`
+    does for the API's count: the tokenizer's NFC normalizer has older tables (it does not
+    reorder some newer combining marks), and on NFC text it changes nothing, so the API's count
+    and the engine's ids agree exactly.
+    """
+    texts = [unicodedata.normalize("NFC", prompt) for prompt in prompts]
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True).input_ids
+
+
+def template_input_ids(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    prefix: str,
+    suffix: str,
+    max_prompt_tokens: int,
+    pad_to_max: bool,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Input ids and attention mask of `[prefix | prompt | PAD | suffix]` for each prompt.
+
+    The same layout, truncation (prompts cut to `max_prompt_tokens`) and right padding as
+    `Krea2Pipeline.get_text_hidden_states`, padded to `max_prompt_tokens` (`pad_to_max`, as the
+    pipeline does) or to the longest prompt. Prefix and suffix are tokenized with their special
+    tokens, each prompt as plain text (`prompt_text_ids`). For a prompt that does not start with
+    a line break the ids equal the pipeline's; one that does gets its own line-break token
+    instead of merging with the prefix's last one, so the prefix stays exactly its 34 tokens.
+    """
+    prefix_ids = list(tokenizer(prefix, split_special_tokens=False).input_ids)
+    suffix_ids = list(tokenizer(suffix, split_special_tokens=False).input_ids)
+    bodies = [ids[:max_prompt_tokens] for ids in prompt_text_ids(tokenizer, prompts)]
+    width = max_prompt_tokens if pad_to_max else max((len(ids) for ids in bodies), default=0)
+    pad = tokenizer.pad_token_id
+    input_ids, mask = [], []
+    for ids in bodies:
+        gap = width - len(ids)
+        input_ids.append(prefix_ids + ids + [pad] * gap + suffix_ids)
+        mask.append([1] * (len(prefix_ids) + len(ids)) + [0] * gap + [1] * len(suffix_ids))
+    return input_ids, mask

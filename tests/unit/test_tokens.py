@@ -85,13 +85,15 @@ def test_640_token_boundary(hf_tokenizer: Any) -> None:
     assert count_tokens(over) == _hf_count(hf_tokenizer, over) == MAX_PROMPT_TOKENS + 1
 
 
-def test_special_token_text_is_counted_as_ordinary_text(hf_tokenizer: Any) -> None:
-    # The engine's HF tokenizer turns "<|im_end|>" typed in a prompt into ONE control token
-    # (and splits off the space before it); the API counts it as the text it is, which is
-    # more tokens: the limit errs on the safe side.
+def test_special_token_text_is_counted_as_the_engine_feeds_it(hf_tokenizer: Any) -> None:
+    # The engine tokenizes a prompt as plain text, so "<|im_end|>" typed in a prompt is the
+    # several tokens of its text there as here (a plain tokenizer call would make it ONE
+    # control token).
+    from kreaserve.engine.tokenizer import prompt_text_ids
+
     for text in ["<|im_end|>", "hello <|im_end|> world", "<|im_start|>assistant\n", "<think>"]:
-        ours, theirs = count_tokens(text), _hf_count(hf_tokenizer, text)
-        assert ours > theirs
+        (engine_ids,) = prompt_text_ids(hf_tokenizer, [text])
+        assert count_tokens(text) == len(engine_ids) > _hf_count(hf_tokenizer, text)
     assert count_tokens("<|im_end|>") == 6
     assert _hf_count(hf_tokenizer, "<|im_end|>") == 1
 
