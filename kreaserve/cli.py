@@ -38,8 +38,20 @@ Weights = Annotated[str | None, typer.Option(
 
 
 def settings_from(**overrides: Any) -> Settings:
-    """Settings from the environment, with the flags that were given on top."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from the environment, with the flags that were given on top; an invalid
+    setting stops the command with one line per bad variable."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from kreaserve.config_errors import explain
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except (ValidationError, SettingsError) as exc:
+        for line in explain(Settings, exc, flags=given):
+            typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
 def setup_logging() -> None:
@@ -49,9 +61,17 @@ def setup_logging() -> None:
 
 def open_database(settings: Settings):  # type: ignore[no-untyped-def]
     """Migrate (idempotent) and connect."""
+    import sqlalchemy.exc
+
     from kreaserve.db import Database, upgrade
 
-    upgrade(settings.resolved_database_url)
+    where = settings.resolved_database_url.split("@")[-1]
+    try:
+        upgrade(settings.resolved_database_url)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError) as exc:
+        first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()
+        raise fail(f"cannot open the database {where}: {first[0] if first else exc} "
+                   "(check KREASERVE_DATABASE_URL)") from None
     return Database(settings.resolved_database_url)
 
 
@@ -61,6 +81,24 @@ def fail(message: str) -> typer.Exit:
 
 
 # --- serve / worker ------------------------------------------------------------------------
+
+def bind_listener(host: str, port: int):  # type: ignore[no-untyped-def]
+    """The server's listening socket, bound before anything slow starts, so that a port in
+    use stops `serve` at once instead of after the engine has loaded."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                   "(choose another with --port or KREASERVE_PORT)") from None
+    sock.set_inheritable(True)
+    return sock
+
 
 @app.command()
 def serve(
@@ -84,6 +122,8 @@ def serve(
     setup_logging()
     settings = settings_from(host=host, port=port, weights=weights, data_dir=data_dir,
                              database_url=database_url, public_url=public_url)
+    listener = bind_listener(settings.host, settings.port)
+    settings.port = listener.getsockname()[1]  # --port 0: the port the system chose
     db = open_database(settings)
     storage = LocalStorage(settings.images_dir)
     server: uvicorn.Server | None = None
@@ -106,7 +146,7 @@ def serve(
     application = create_app(settings, db=db, storage=storage, background=background)
     server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port,
                                            log_config=None, access_log=False))
-    server.run()
+    server.run(sockets=[listener])
     if embedded is not None and embedded.fatal_message:
         raise fail(embedded.fatal_message)
     if not server.started:
@@ -370,13 +410,12 @@ def generate(
                                                 help="API key.")] = None,
 ) -> None:
     """Generate one image through a running server, with a progress bar, and save it."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from kreaserve.client import Client, KreaserveError
 
     if not api_key:
         raise fail("no API key: pass --api-key or set KREASERVE_API_KEY "
                    "(create one with `kreaserve keys create`)")
+    check_output(output)
     import httpx
 
     with Client(url, api_key) as client:
@@ -386,27 +425,62 @@ def generate(
             raise fail(f"{exc.message} ({exc.code}{', ' + exc.param if exc.param else ''})") \
                 from None
         except httpx.HTTPError as exc:
-            raise fail(f"cannot reach {url}: {exc}") from None
-        columns = (TextColumn("{task.description}"), BarColumn(),
-                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+            raise fail(f"cannot reach {url}: {exc or type(exc).__name__}") from None
+        task_id = task["id"]
         try:
-            with Progress(*columns, transient=False) as bar:
-                line = bar.add_task(task["status"], total=100)
-
-                def update(current: dict[str, Any]) -> None:
-                    bar.update(line, completed=current["progress"], description=current["status"])
-
-                task = client.wait(task["id"], poll=0.25, on_update=update)
+            task = wait_with_progress(client, task)
+            if task["status"] != "completed":
+                error = task.get("error", {})
+                raise fail(f"task {task_id} {task['status']}: {error.get('message', '')} "
+                           f"({error.get('code', '')})")
+            client.download(task["results"][0], output)
         except KeyboardInterrupt:
-            client.cancel(task["id"])
-            typer.echo(f"cancelled {task['id']}", err=True)
+            try:
+                client.cancel(task_id)
+            except (httpx.HTTPError, KreaserveError):
+                typer.echo(f"could not cancel {task_id}: the server did not answer", err=True)
+                raise typer.Exit(130) from None
+            typer.echo(f"cancelled {task_id}", err=True)
             raise typer.Exit(130) from None
-        if task["status"] != "completed":
-            error = task.get("error", {})
-            raise fail(f"task {task['id']} {task['status']}: {error.get('message', '')} "
-                       f"({error.get('code', '')})")
-        client.download(task["results"][0], output)
-    typer.echo(f"saved {output} (task {task['id']}, seed {task.get('seed')})")
+        except (httpx.HTTPError, KreaserveError, OSError) as exc:
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            raise fail(f"lost task {task_id}: {reason}. It may still finish: query it with "
+                       f"GET {url}/v1/tasks/{task_id}") from None
+    typer.echo(f"saved {output} (task {task_id}, seed {task.get('seed')})")
+
+
+def check_output(output: Path) -> None:
+    """Refuse, before any task is created (and charged), an output that cannot be saved:
+    the server returns PNG, so the name must end in .png; a missing folder is created."""
+    if output.suffix.lower() != ".png":
+        raise fail(f"-o {output}: the server returns PNG images, so the file name must end "
+                   "in .png (JPEG and WebP output are not supported yet)")
+    if output.is_dir():
+        raise fail(f"-o {output} is a folder; give a file name ending in .png")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"-o {output}: cannot create the folder {output.parent}: "
+                   f"{exc.strerror or exc}") from None
+    import os
+
+    if not os.access(output.parent, os.W_OK):
+        raise fail(f"-o {output}: the folder {output.parent} is not writable")
+
+
+def wait_with_progress(client: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """Poll the task to its end, drawing a progress bar."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        line = bar.add_task(task["status"], total=100)
+
+        def update(current: dict[str, Any]) -> None:
+            bar.update(line, completed=current["progress"], description=current["status"])
+
+        return client.wait(task["id"], poll=0.25, on_update=update)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ beside a server (same environment) writes to that server's database.
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 
@@ -215,6 +216,15 @@ class Settings(BaseSettings):
             raise ValueError("KREASERVE_CUDA_GRAPHS needs KREASERVE_COMPILE: CUDA graphs are "
                              "captured by torch.compile's reduce-overhead mode")
         return self
+
+    @field_validator("engine_gpus")
+    @classmethod
+    def _gpu_list(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("auto", "none") or re.fullmatch(r"\d+(\s*,\s*\d+)*", value):
+            return value
+        raise ValueError("it takes auto, none, or GPU indexes separated by commas, "
+                         "such as 0,1,2,3")
 
     @field_validator("public_url")
     @classmethod

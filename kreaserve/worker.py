@@ -182,7 +182,9 @@ class Worker:
                       "device": device, "warning": info.get("warning")}
         if info.get("warning"):
             log.warning("%s", info["warning"])
-        log.info("engine ready in %.1f s: %s", ready.load_seconds, info)
+        log.info("engine ready in %.1f s: weights %s (%s), %s on %s", ready.load_seconds,
+                 self._info["weights"], info.get("source") or info.get("kind", "?"),
+                 info.get("dtype", "?"), device or "?")
         self._state = "ready"
         self._heartbeat()
         return True

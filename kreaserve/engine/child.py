@@ -220,6 +220,11 @@ def main(conn: Connection, cancel_slots: Any, load: m.Load) -> None:
         if "torch" in sys.modules:
             raise RuntimeError("torch was imported before CUDA_VISIBLE_DEVICES could be set")
         os.environ["CUDA_VISIBLE_DEVICES"] = load.visible_devices
+    if not sys.stderr.isatty():
+        # Loading bars redrawn with carriage returns are garbage in a log file; tqdm reads
+        # this when it is imported, below.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     started = time.perf_counter()
     try:
         from kreaserve.engine.pipeline import Engine, WeightsError

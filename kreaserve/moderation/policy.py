@@ -128,8 +128,9 @@ def decide(rule_scores: Mapping[str, float], semantic_scores: Mapping[str, float
 def log_decision(decision: Decision, *, config: ModerationConfig, prompt: str | None,
                  closest: str | None = None, evidence: str | None = None,
                  kind: str = "prompt") -> None:
-    """Log one decision: refusals at WARNING, the rest at INFO."""
-    level = logging.INFO if decision.allowed else logging.WARNING
+    """Log one decision: refusals at WARNING, the rest at DEBUG (an allowed prompt's
+    closest category is routine, not news)."""
+    level = logging.DEBUG if decision.allowed else logging.WARNING
     if not logger.isEnabledFor(level):
         return
     fields = {

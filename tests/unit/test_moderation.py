@@ -295,7 +295,7 @@ def _records_text(records: list[logging.LogRecord]) -> str:
 def test_decisions_are_logged_without_the_prompt_unless_enabled(
         cache_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     quiet = PromptModerator(ModerationConfig(cache_dir=cache_dir, log_prompts=False))
-    with caplog.at_level(logging.INFO, logger="kreaserve.moderation"):
+    with caplog.at_level(logging.DEBUG, logger="kreaserve.moderation"):
         quiet.check("a purple giraffe named Zorblaxian in a meadow", strict=False)
         quiet.check("nude photo of a 12 year old Zorblaxian", strict=True)
     text = _records_text(caplog.records)
@@ -307,13 +307,18 @@ def test_decisions_are_logged_without_the_prompt_unless_enabled(
     assert refused.moderation["score"] >= 0.5  # type: ignore[attr-defined]
     assert "category=sexual_minors" in refused.getMessage() and "score=" in refused.getMessage()
     allowed = caplog.records[0]
-    assert allowed.levelno == logging.INFO and "score=" in allowed.getMessage()
+    assert allowed.levelno == logging.DEBUG and "score=" in allowed.getMessage()
 
     caplog.clear()
     loud = PromptModerator(ModerationConfig(cache_dir=cache_dir, log_prompts=True))
-    with caplog.at_level(logging.INFO, logger="kreaserve.moderation"):
+    with caplog.at_level(logging.DEBUG, logger="kreaserve.moderation"):
         loud.check("a purple giraffe named Zorblaxian", strict=False)
     assert "Zorblaxian" in _records_text(caplog.records)
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="kreaserve.moderation"):
+        quiet.check("a purple giraffe named Zorblaxian", strict=False)
+    assert caplog.records == []  # allowed prompts are not news at INFO
 
 
 # --- the image check -----------------------------------------------------------------------

@@ -22,11 +22,12 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> JSONResponse:
     """200 once any live worker reports a warm engine; 503 with the reasons otherwise.
-    Warnings (such as noise-only tiny-random weights) are shown either way."""
+    Warnings (such as noise-only tiny-random weights) are listed once, however many
+    engines share them, either way."""
     workers = await run_in_threadpool(queue.live_workers, services.db)
     engines: list[dict[str, Any]] = [
         {"worker": w.id, "state": w.state, "weights": w.weights, "device": w.device,
-         "warning": w.warning, "message": w.message}
+         "message": w.message}
         for w in workers
     ]
     warnings = sorted({w.warning for w in workers if w.warning})
