@@ -60,11 +60,13 @@ def setup_logging() -> None:
 
 
 def open_database(settings: Settings):  # type: ignore[no-untyped-def]
-    """Migrate (idempotent) and connect."""
+    """Close the data folder to other users, migrate (idempotent) and connect."""
     import sqlalchemy.exc
 
     from kreaserve.db import Database, upgrade
+    from kreaserve.private import private_dir
 
+    private_dir(settings.data_dir)
     where = settings.resolved_database_url.split("@")[-1]
     try:
         upgrade(settings.resolved_database_url)

@@ -284,14 +284,15 @@ class Settings(BaseSettings):
         """The URL-signing key, created once in the data folder when not configured."""
         if self.secret_key:
             return self.secret_key.encode()
+        from kreaserve.private import FILE_MODE, private_dir, private_file, write_new
+
+        private_dir(self.data_dir)
         path = self.data_dir / "secret.key"
         if not path.exists():
             import secrets
 
-            self.data_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{secrets.token_hex(4)}")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.chmod(0o600)
+            write_new(tmp, secrets.token_hex(32).encode())  # created 0600, then filled
             try:
                 # Link, not rename: when two processes race, the first key wins for both.
                 path.hardlink_to(tmp)

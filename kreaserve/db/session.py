@@ -14,6 +14,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from kreaserve.private import private_dir, private_file
+
 
 def normalize_url(url: str) -> str:
     """Plain `postgresql://` (and `postgres://`) URLs use the psycopg 3 driver."""
@@ -29,7 +31,13 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 before SQLite opens it; its WAL and shared memory inherit that.
+            database = Path(parsed.database)
+            if not database.parent.is_dir():
+                private_dir(database.parent)
+            for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+                if path == database or path.exists():
+                    private_file(path)
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
         )

@@ -7,6 +7,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from kreaserve.private import private_dir
+
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
 
 
@@ -14,8 +16,7 @@ class LocalStorage:
     """Images under one root folder; a key is a relative path without '..'."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(Path(root).resolve())
 
     def _file(self, key: str) -> Path:
         if not _KEY_RE.match(key) or ".." in key.split("/"):
@@ -25,8 +26,8 @@ class LocalStorage:
     def put(self, key: str, data: bytes) -> None:
         """Write the whole file or nothing (temp file, fsync, rename)."""
         target = self._file(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")  # created 0600
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
