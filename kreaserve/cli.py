@@ -118,6 +118,7 @@ def serve(
     import uvicorn
 
     from kreaserve.api.app import create_app
+    from kreaserve.http_server import make_server
     from kreaserve.maintenance import Maintenance
     from kreaserve.storage import LocalStorage
 
@@ -146,8 +147,7 @@ def serve(
 
         background.append(CallbackDispatcher(settings, db, settings.hmac_key()))
     application = create_app(settings, db=db, storage=storage, background=background)
-    server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port,
-                                           log_config=None, access_log=False))
+    server = make_server(application, settings)
     server.run(sockets=[listener])
     if embedded is not None and embedded.fatal_message:
         raise fail(embedded.fatal_message)

@@ -49,6 +49,21 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `serve` binds to.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `serve` binds to.")
     max_body_bytes: int = Field(default=1024 * 1024, description="Largest accepted request body.")
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A request's headers must arrive within this long of "
+        "their first byte (or of the connection); a slower connection is closed.",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A request's whole body must arrive within this long "
+        "of its headers; a slower connection is closed.",
+    )
+    keep_alive_seconds: float = Field(
+        default=5.0, gt=0, description="An idle keep-alive connection is closed after this long.",
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="Open connections (or requests under way) per process "
+        "beyond which new requests are answered 503.",
+    )
 
     # --- the engine and worker ---------------------------------------------
     weights: str = Field(
@@ -300,4 +315,6 @@ class Settings(BaseSettings):
                 pass
             finally:
                 tmp.unlink(missing_ok=True)
+        elif path.stat().st_mode & 0o777 != FILE_MODE:
+            private_file(path)  # a key written by an older version
         return path.read_text().strip().encode()
