@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,9 +53,10 @@ def settings_from(**overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def setup_logging(settings: Settings) -> None:
+    from kreaserve import logs
+
+    logs.setup(settings.log_format, settings.log_level)
 
 
 def open_database(settings: Settings):  # type: ignore[no-untyped-def]
@@ -122,9 +122,9 @@ def serve(
     from kreaserve.maintenance import Maintenance
     from kreaserve.storage import LocalStorage
 
-    setup_logging()
     settings = settings_from(host=host, port=port, weights=weights, data_dir=data_dir,
                              database_url=database_url, public_url=public_url)
+    setup_logging(settings)
     listener = bind_listener(settings.host, settings.port)
     settings.port = listener.getsockname()[1]  # --port 0: the port the system chose
     db = open_database(settings)
@@ -160,6 +160,10 @@ def worker_command(
     weights: Weights = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", min=0, max=65535,
+        help="Serve this worker's Prometheus metrics (GET /metrics) on this port, on the "
+        "address KREASERVE_HOST.")] = None,
 ) -> None:
     """Run a worker only: claims tasks from the shared database and runs the engine."""
     import signal
@@ -168,9 +172,11 @@ def worker_command(
     from kreaserve.storage import LocalStorage
     from kreaserve.worker import WorkerGroup
 
-    setup_logging()
     settings = settings_from(weights=weights, data_dir=data_dir, database_url=database_url)
+    setup_logging(settings)
     db = open_database(settings)
+    if metrics_port is not None:
+        serve_worker_metrics(settings.host, metrics_port, db)
     storage = LocalStorage(settings.images_dir)
     runner = WorkerGroup(settings, db, storage)
     maintenance = Maintenance(settings, db, storage)
@@ -182,6 +188,21 @@ def worker_command(
         maintenance.stop()
     if status:
         raise fail(runner.fatal_message or "the worker stopped")
+
+
+def serve_worker_metrics(host: str, port: int, db: Any) -> None:
+    """The worker's /metrics on a port of its own (prometheus-client's server thread)."""
+    from prometheus_client import start_http_server
+
+    from kreaserve import metrics
+
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=metrics.registry_for(db))
+    except OSError as exc:
+        raise fail(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} "
+                   "(choose another --metrics-port)") from None
+    logging.getLogger("kreaserve.worker").info(
+        "metrics at http://%s:%d/metrics", host, server.server_address[1])
 
 
 # --- keys and credits ----------------------------------------------------------------------

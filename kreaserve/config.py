@@ -217,6 +217,20 @@ class Settings(BaseSettings):
         default=100, ge=1, description="Default per-key limit of pending + processing tasks."
     )
 
+    # --- observability -------------------------------------------------------
+    log_format: str = Field(
+        default="text", pattern="^(text|json)$", description="text (one readable line per "
+        "event) or json (one JSON object per line, for log collectors).",
+    )
+    log_level: str = Field(
+        default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$",
+        description="Least severe level logged: DEBUG, INFO, WARNING or ERROR.",
+    )
+    metrics_token: str | None = Field(
+        default=None, description="Bearer token GET /metrics requires; unset: /metrics is "
+        "open (restrict it at your proxy).",
+    )
+
     def price(self, model: str, user_group: str, quality: str) -> float:
         """Credits of one image: the model's price for the group, else the tier default."""
         by_group = self.prices.get(model, {})

@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from kreaserve import contract, ledger, limits
+from kreaserve import contract, ledger, limits, metrics
 from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from kreaserve.db.models import Task, Worker
@@ -81,6 +81,8 @@ class Claim:
     quality: str
     attempts: int
     nsfw_check: bool = False
+    created_at: float = 0.0
+    batch: int = 1  # how many tasks were claimed together with it (itself included)
 
 
 def create(db: Database, account_id: int, key_id: int | None, user_group: str,
@@ -111,6 +113,7 @@ def create(db: Database, account_id: int, key_id: int | None, user_group: str,
             results_purged=False,
         )
         session.add(task)
+    metrics.task_created(task)
     return task
 
 
@@ -141,7 +144,7 @@ def claim(db: Database, worker_id: str, lease_seconds: float) -> Claim | None:
                     lease_expires_at=now + lease_seconds, attempts=Task.attempts + 1,
                     started_at=func.coalesce(Task.started_at, now), progress=0)
             .returning(Task.id, Task.prompt, Task.width, Task.height, Task.seed,
-                       Task.quality, Task.attempts, Task.nsfw_check)
+                       Task.quality, Task.attempts, Task.nsfw_check, Task.created_at)
         ).one_or_none()
     return None if row is None else _claim_from(row)
 
@@ -150,7 +153,7 @@ def _claim_from(row: Any) -> Claim:
     """The Claim of a row returned by a claiming UPDATE."""
     return Claim(task_id=row.id, prompt=row.prompt, width=row.width, height=row.height,
                  seed=row.seed, quality=row.quality, attempts=row.attempts,
-                 nsfw_check=bool(row.nsfw_check))
+                 nsfw_check=bool(row.nsfw_check), created_at=row.created_at)
 
 
 def claim_same_size(db: Database, worker_id: str, lease_seconds: float, width: int,
@@ -195,10 +198,14 @@ def claim_batch(db: Database, worker_id: str, lease_seconds: float,
     first = claim(db, worker_id, lease_seconds)
     if first is None:
         return []
-    if max_size <= 1 or first.attempts > 1:
-        return [first]
-    return [first, *claim_same_size(db, worker_id, lease_seconds, first.width, first.height,
-                                    max_size - 1)]
+    claims = [first]
+    if max_size > 1 and first.attempts <= 1:
+        claims += claim_same_size(db, worker_id, lease_seconds, first.width, first.height,
+                                  max_size - 1)
+    if len(claims) > 1:
+        claims = [replace(claim, batch=len(claims)) for claim in claims]
+    metrics.tasks_claimed(claims)
+    return claims
 
 
 @dataclass(frozen=True)
@@ -246,8 +253,9 @@ def _end(session: Session, task_id: str, worker_id: str | None, status: str,
 
 
 def complete(db: Database, task_id: str, worker_id: str, result_keys: list[str],
-             ttl_seconds: float, engine_seconds: float) -> bool:
-    """Mark completed and charge the reservation (billing confirmation), atomically."""
+             ttl_seconds: float, engine_seconds: float, batch: int | None = None) -> bool:
+    """Mark completed and charge the reservation (billing confirmation), atomically.
+    `batch`: how many images ran in its pipeline call (a metrics label)."""
     now = time.time()
     with db.transaction() as session:
         task = _end(session, task_id, worker_id, contract.COMPLETED, progress=100,
@@ -256,6 +264,7 @@ def complete(db: Database, task_id: str, worker_id: str, result_keys: list[str],
         if task is None:
             return False
         ledger.charge(session, task.account_id, task.price_units, task.id)
+    metrics.task_ended(task, batch=batch)
     return True
 
 
@@ -269,6 +278,7 @@ def fail(db: Database, task_id: str, worker_id: str | None, code: str, message: 
         if task is None:
             return False
         ledger.release(session, task.account_id, task.price_units, task.id)
+    metrics.task_ended(task)
     return True
 
 
@@ -295,16 +305,21 @@ def cancel(db: Database, account_id: int, task_id: str) -> Task | None:
         if task is not None:
             ledger.release(session, task.account_id, task.price_units, task.id)
             outbox.enqueue(session, task)
-            return task
-        session.execute(
-            update(Task)
-            .where(Task.id == task_id, Task.account_id == account_id,
-                   Task.status == contract.PROCESSING)
-            .values(cancel_requested=True)
-        )
-        return session.execute(
-            select(Task).where(Task.id == task_id, Task.account_id == account_id)
-        ).scalar_one_or_none()
+            cancelled_now = task
+        else:
+            cancelled_now = None
+            session.execute(
+                update(Task)
+                .where(Task.id == task_id, Task.account_id == account_id,
+                       Task.status == contract.PROCESSING)
+                .values(cancel_requested=True)
+            )
+            task = session.execute(
+                select(Task).where(Task.id == task_id, Task.account_id == account_id)
+            ).scalar_one_or_none()
+    if cancelled_now is not None:
+        metrics.task_ended(cancelled_now)
+    return task
 
 
 def requeue(db: Database, task_id: str, worker_id: str) -> bool:
@@ -325,6 +340,7 @@ def reap(db: Database, max_attempts: int) -> int:
     Returns how many tasks were recovered or failed.
     """
     now = time.time()
+    ended = []
     with db.transaction() as session:
         expired = session.execute(
             select(Task.id, Task.attempts, Task.cancel_requested)
@@ -348,6 +364,9 @@ def reap(db: Database, max_attempts: int) -> int:
                 continue
             if task is not None:
                 ledger.release(session, task.account_id, task.price_units, task.id)
+                ended.append(task)
+    for task in ended:
+        metrics.task_ended(task)
     return len(expired)
 
 

@@ -387,7 +387,7 @@ class Worker:
         key = f"{claim.task_id}/0.png"
         self.storage.put(key, result.png)
         if queue.complete(self.db, claim.task_id, self.id, [key],
-                          self.settings.result_ttl_seconds, result.seconds):
+                          self.settings.result_ttl_seconds, result.seconds, batch=claim.batch):
             log.info("task %s completed (%.2f s of engine time)", claim.task_id, result.seconds)
         else:
             self.storage.delete(key)  # no longer ours: do not leave an orphan file

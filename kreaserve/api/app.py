@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kreaserve.api import errors
 from kreaserve.api.deps import Services
+from kreaserve.api.observe import ObserveMiddleware
 from kreaserve.api.routes import (
     admin,
     callbacks,
@@ -20,6 +21,7 @@ from kreaserve.api.routes import (
     health,
     images,
     keys,
+    metrics,
     pages,
     tasks,
 )
@@ -66,6 +68,8 @@ def create_app(settings: Settings, *, db: Database | None = None,
                   docs_url="/docs", redoc_url=None)
     app.state.services = services
     errors.install(app)
-    for module in (images, tasks, callbacks, credits, keys, admin, pages, files, health):
+    for module in (images, tasks, callbacks, credits, keys, admin, pages, files, health,
+                   metrics):
         app.include_router(module.router)
+    app.add_middleware(ObserveMiddleware)
     return app

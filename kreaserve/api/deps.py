@@ -58,6 +58,7 @@ async def get_principal(request: Request, services: ServicesDep) -> accounts.Pri
     principal, refusal = await run_in_threadpool(lookup)
     if principal is None:
         raise APIError(401, "invalid_api_key", "The API key is not valid or has been revoked.")
+    request.state.account_id = principal.account_id  # for the access log
     if refusal is not None:
         raise rate_limited(refusal)
     return principal

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from kreaserve import accounts, contract, presenters
+from kreaserve import accounts, contract, metrics, presenters
 from kreaserve.callbacks import outbox, signing, ssrf
 from kreaserve.config import Settings
 from kreaserve.db import Database
@@ -123,6 +123,7 @@ class CallbackDispatcher:
         duration = time.perf_counter() - clock
         status = outbox.record_attempt(self.db, delivery, self.id, body=body, started_at=started,
                                        duration=duration, status_code=status_code, error=error)
+        metrics.callback_attempt(error, status_code, delivery.attempts + 1)
         log.info("callback of task %s attempt %d: %s (%s, %.2f s)", delivery.task_id,
                  delivery.attempts + 1, status, error or status_code, duration)
         return status

@@ -214,7 +214,9 @@ def main(conn: Connection, cancel_slots: Any, load: m.Load) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the worker decides what
     # stops, and tells this process with a Shutdown message.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
+    from kreaserve import logs
+
+    logs.setup(prefix="engine")  # the parent's KREASERVE_LOG_FORMAT and _LEVEL
     if load.visible_devices is not None:
         # One GPU per child: CUDA reads this once, when torch initialises it below.
         if "torch" in sys.modules:

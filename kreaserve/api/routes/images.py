@@ -68,5 +68,7 @@ async def create_generation(request: Request, services: ServicesDep,
             ) from None
         return task_object(services, task)
 
-    return await run_in_threadpool(create)
+    created = await run_in_threadpool(create)
+    request.state.task_id = created["id"]  # for the access log
+    return created
 
