@@ -167,9 +167,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+#: The largest limit an operator may set: it fits the table's 32-bit columns and, as a
+#: credit amount, its integer units.
+LIMIT_MAX = 1_000_000_000
+
+
 def _positive_or_none(value: int | float | None, field: str) -> int | float | None:
-    if value is not None and value <= 0:
-        raise PydanticCustomError(f"invalid_{field}", f"{field} must be positive or null")
+    if value is not None and not 0 < value <= LIMIT_MAX:  # also refuses NaN
+        raise PydanticCustomError(f"invalid_{field}",
+                                  f"{field} must be positive, at most {LIMIT_MAX}, or null")
     return value
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from kreaserve import accounts, limits
 from kreaserve.api.errors import APIError
@@ -75,28 +76,65 @@ PrincipalDep = Annotated[accounts.Principal, Depends(get_principal)]
 
 async def read_json_body(request: Request, limit: int) -> Any:
     """The decoded JSON body; 413 past `limit` bytes (also for chunked bodies), 400 when
-    it is not JSON."""
+    it is not JSON, holds NaN or Infinity (not JSON, though Python reads them), a number
+    of more than 4,300 digits, or text no database stores (NUL, lone surrogates)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise APIError(400, "invalid_content_length", "Content-Length is not a number.")
         if int(declared) > limit:
             raise APIError(413, "request_too_large",
                            f"The request body is larger than {limit} bytes.")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, "request_too_large",
-                           f"The request body is larger than {limit} bytes.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, "request_too_large",
+                               f"The request body is larger than {limit} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise APIError(400, "client_disconnected",
+                       "The client went away before its request body arrived.") from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise APIError(400, "invalid_json", "The request body is empty; send a JSON object.")
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise APIError(400, "invalid_json",
-                       f"The request body is not valid JSON: {exc}.") from None
+        payload = json.loads(raw, parse_constant=_refuse_constant)
     except RecursionError:
         raise APIError(400, "invalid_json", "The request body is nested too deeply.") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
+        raise APIError(400, "invalid_json",
+                       f"The request body is not valid JSON: {exc}.") from None
+    _check_text(payload)
+    return payload
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_text(payload: Any) -> None:
+    """400 naming the top-level field when any string (or key) holds NUL or a lone
+    surrogate: SQLite and PostgreSQL drivers fail on them only when they are stored."""
+    stack: list[tuple[Any, str | None]] = [(payload, None)]
+    while stack:
+        value, field = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, field or key))
+                stack.append((item, field or key))
+        elif isinstance(value, list):
+            stack.extend((item, field) for item in value)
+        elif isinstance(value, str) and ("\x00" in value or not _encodable(value)):
+            name = field or "request"
+            raise APIError(400, "invalid_text", f"{name} must be text without NUL characters "
+                           "or lone surrogates", field)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

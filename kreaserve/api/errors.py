@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from kreaserve.contract import ERROR_TYPES
 
@@ -71,6 +72,13 @@ def install(app: FastAPI) -> None:
                        param),
             status_code=400,
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _exc: ClientDisconnect) -> JSONResponse:
+        # Nobody reads this answer; it keeps a client that hung up out of the error log.
+        log.info("client went away during %s %s", request.method, request.url.path)
+        return JSONResponse(error_body(400, "client_disconnected", "The client went away."),
+                            status_code=400)
 
     @app.exception_handler(sqlalchemy.exc.OperationalError)
     @app.exception_handler(sqlalchemy.exc.InterfaceError)

@@ -42,7 +42,7 @@ async def body_of(request: Request, services: ServicesDep, model: type[schemas.M
 
 
 def parse_account_id(account_id: str) -> int:
-    if not account_id.isdigit() or len(account_id) > 18:
+    if not (account_id.isascii() and account_id.isdigit()) or len(account_id) > 18:
         raise APIError(400, "invalid_account_id", "Account ids are positive integers.",
                        "account_id")
     return int(account_id)

@@ -40,14 +40,21 @@ async def get_credits(services: ServicesDep, principal: PrincipalDep) -> dict[st
 MAX_USAGE_DAYS = 366
 
 
+#: Days a usage query may name: the calendar's ends would overflow the day arithmetic.
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9999, 12, 30)
+
+
 def parse_day(value: str | None, param: str, default: date) -> date:
     if value is None:
         return default
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value) if value.isascii() else None
     except ValueError:
-        raise APIError(400, f"invalid_{param}", f"{param} must be a date like 2026-11-24",
-                       param) from None
+        day = None
+    if day is None or not FIRST_DAY <= day <= LAST_DAY:
+        raise APIError(400, f"invalid_{param}", f"{param} must be a date like 2026-11-24, "
+                       f"from {FIRST_DAY} to {LAST_DAY}", param)
+    return day
 
 
 @router.get("/v1/usage")
@@ -57,7 +64,7 @@ async def get_usage(services: ServicesDep, principal: PrincipalDep,
     inclusive (default: the last 30 days)."""
     today = datetime.now(UTC).date()
     last = parse_day(end, "end", today)
-    first = parse_day(start, "start", last - timedelta(days=29))
+    first = parse_day(start, "start", max(FIRST_DAY, last - timedelta(days=29)))
     if first > last:
         raise APIError(400, "invalid_start", "start must not be after end", "start")
     if (last - first).days >= MAX_USAGE_DAYS:

@@ -18,9 +18,9 @@ router = APIRouter()
 def get_file(key: str, services: ServicesDep, expires: str = "",
              signature: str = "") -> FileResponse:
     """403 when the signature does not match, 410 once expired, 404 when the file is gone."""
-    if not expires.isdigit() or not signature or not signing.verify(
-        services.url_secret, key, int(expires), signature
-    ):
+    well_formed = (expires.isascii() and expires.isdigit() and len(expires) <= 12
+                   and signature.isascii() and 0 < len(signature) <= 128)
+    if not well_formed or not signing.verify(services.url_secret, key, int(expires), signature):
         raise APIError(403, "invalid_signature", "This URL's signature is not valid.")
     if int(expires) < time.time():
         raise APIError(410, "url_expired",

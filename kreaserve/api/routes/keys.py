@@ -72,7 +72,7 @@ async def create_key(request: Request, services: ServicesDep,
 
 
 def parse_key_id(key_id: str) -> int:
-    if not key_id.isdigit() or len(key_id) > 18:
+    if not (key_id.isascii() and key_id.isdigit()) or len(key_id) > 18:  # not "²", "١"
         raise APIError(400, "invalid_key_id", "Key ids are positive integers.", "key_id")
     return int(key_id)
 

@@ -20,6 +20,9 @@ def check_task_id(task_id: str) -> None:
     if not task_id.startswith(contract.TASK_ID_PREFIX):
         raise APIError(400, "invalid_task_id",
                        f"Task ids start with '{contract.TASK_ID_PREFIX}'.", "task_id")
+    if len(task_id) > 64 or not (task_id.isascii() and task_id.isprintable()):
+        # No id of ours is longer or holds such characters (PostgreSQL refuses NUL).
+        raise APIError(400, "invalid_task_id", "This is not a task id.", "task_id")
 
 
 def not_found(task_id: str) -> APIError:
