@@ -128,8 +128,9 @@ def _check_text(payload: Any) -> None:
             stack.extend((item, field) for item in value)
         elif isinstance(value, str) and ("\x00" in value or not _encodable(value)):
             name = field or "request"
-            raise APIError(400, "invalid_text", f"{name} must be text without NUL characters "
-                           "or lone surrogates", field)
+            raise APIError(400, f"invalid_{field}" if field else "invalid_json",
+                           f"{name} must be text without NUL characters or lone surrogates",
+                           field)
 
 
 def _encodable(text: str) -> bool:
