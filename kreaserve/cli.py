@@ -54,9 +54,14 @@ def settings_from(**overrides: Any) -> Settings:
 
 
 def setup_logging(settings: Settings) -> None:
-    from kreaserve import logs
+    """Logs and, when KREASERVE_TRACING asks for it, OpenTelemetry span export."""
+    from kreaserve import logs, tracing
 
     logs.setup(settings.log_format, settings.log_level)
+    try:
+        tracing.setup(settings.tracing)
+    except tracing.TracingUnavailable as exc:
+        raise fail(str(exc)) from None
 
 
 def open_database(settings: Settings):  # type: ignore[no-untyped-def]

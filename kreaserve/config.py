@@ -226,6 +226,11 @@ class Settings(BaseSettings):
         default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$",
         description="Least severe level logged: DEBUG, INFO, WARNING or ERROR.",
     )
+    tracing: str = Field(
+        default="off", pattern="^(off|otlp|console)$", description="OpenTelemetry spans of "
+        "requests and callbacks: off, otlp (to OTEL_EXPORTER_OTLP_ENDPOINT) or console; "
+        "needs pip install 'kreaserve[otel]'.",
+    )
     metrics_token: str | None = Field(
         default=None, description="Bearer token GET /metrics requires; unset: /metrics is "
         "open (restrict it at your proxy).",

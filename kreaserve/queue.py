@@ -67,6 +67,7 @@ class NewTask:
     nsfw_check: bool
     callback_url: str | None
     model: str = contract.MODEL
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def create(db: Database, account_id: int, key_id: int | None, user_group: str,
             id=task_id, account_id=account_id, api_key_id=key_id, model=params.model,
             prompt=params.prompt, size=params.size, quality=params.quality, width=width,
             height=height, seed=seed, nsfw_check=params.nsfw_check,
-            callback_url=params.callback_url, status=contract.PENDING, progress=0,
+            callback_url=params.callback_url, traceparent=params.traceparent,
+            status=contract.PENDING, progress=0,
             cancel_requested=False, created=created, created_at=now, attempts=0,
             price_units=price_units, user_group=user_group, billing_state="reserved",
             results_purged=False,

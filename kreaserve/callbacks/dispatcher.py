@@ -18,8 +18,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from sqlalchemy import select
 
-from kreaserve import accounts, contract, metrics, presenters
+from kreaserve import accounts, contract, metrics, presenters, tracing
 from kreaserve.callbacks import outbox, signing, ssrf
 from kreaserve.config import Settings
 from kreaserve.db import Database
@@ -101,25 +102,17 @@ class CallbackDispatcher:
         body = delivery.body or self.render(delivery.task_id)
         with self.db.transaction() as session:
             secret = accounts.webhook_secret(session, delivery.account_id)
+            traceparent = session.scalar(select(Task.traceparent)
+                                         .where(Task.id == delivery.task_id))
         started = time.time()
         headers = {"content-type": "application/json", "user-agent": USER_AGENT,
                    **signing.signed_headers(secret, delivery.webhook_id, body, started)}
         clock = time.perf_counter()
-        status_code: int | None = None
-        error: str | None = None
-        try:
-            response = ssrf.post_pinned(delivery.url, body, headers,
-                                        timeout=contract.CALLBACK_TIMEOUT,
-                                        allow_hosts=self.allow_hosts)
-            status_code = response.status_code
-            if not 200 <= status_code < 300:
-                error = f"HTTP {status_code}"
-        except ssrf.UnsafeURLError as exc:
-            error = f"refused: {exc}"
-        except httpx.TimeoutException:
-            error = f"timed out after {contract.CALLBACK_TIMEOUT:.0f} s"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+        with tracing.span("callback", traceparent, kind="client",
+                          attributes={"kreaserve.task_id": delivery.task_id}):
+            if traceparent:  # the callback continues the create request's trace
+                headers["traceparent"] = tracing.outgoing(traceparent)
+            status_code, error = self._post(delivery.url, body, headers)
         duration = time.perf_counter() - clock
         status = outbox.record_attempt(self.db, delivery, self.id, body=body, started_at=started,
                                        duration=duration, status_code=status_code, error=error)
@@ -127,3 +120,18 @@ class CallbackDispatcher:
         log.info("callback of task %s attempt %d: %s (%s, %.2f s)", delivery.task_id,
                  delivery.attempts + 1, status, error or status_code, duration)
         return status
+
+    def _post(self, url: str, body: bytes, headers: dict[str, str]
+              ) -> tuple[int | None, str | None]:
+        """(HTTP status, error text) of one POST; error None on a 2xx answer."""
+        try:
+            response = ssrf.post_pinned(url, body, headers, timeout=contract.CALLBACK_TIMEOUT,
+                                        allow_hosts=self.allow_hosts)
+        except ssrf.UnsafeURLError as exc:
+            return None, f"refused: {exc}"
+        except httpx.TimeoutException:
+            return None, f"timed out after {contract.CALLBACK_TIMEOUT:.0f} s"
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:500]
+        status_code = response.status_code
+        return status_code, None if 200 <= status_code < 300 else f"HTTP {status_code}"

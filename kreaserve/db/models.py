@@ -101,6 +101,8 @@ class Task(Base):
     seed: Mapped[int] = mapped_column(Integer)
     nsfw_check: Mapped[bool] = mapped_column(Boolean, default=False)
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: The W3C trace context of the create request, continued by its callback.
+    traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
 
     status: Mapped[str] = mapped_column(String(16))
     progress: Mapped[int] = mapped_column(Integer, default=0)

@@ -403,3 +403,27 @@ def test_two_api_processes_on_one_database_send_each_callback_once(
         second.stop()
         first.stop()
         drop()
+
+
+def test_the_create_requests_traceparent_reaches_the_callback(server: Server,
+                                                              receiver: Receiver) -> None:
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    traced, plain = receiver.url([200]), receiver.url([200])
+    with server.client(server.key()) as client:
+        created = [client.post("/v1/images/generations",
+                               json={**GOOD, "callback_url": url}, headers=headers).json()
+                   for url, headers in ((traced, {"traceparent": f"00-{trace_id}-{parent}-01"}),
+                                        (plain, {}))]
+        for task in created:
+            wait_until_done(client, task["id"])
+    [hit] = receiver.wait_hits(traced, 1)
+    version, sent_trace, sent_parent, flags = hit.headers["traceparent"].split("-")
+    assert (version, sent_trace, flags) == ("00", trace_id, "01")
+    assert len(sent_parent) == 16 and sent_parent != parent  # the callback is its own span
+    [untraced] = receiver.wait_hits(plain, 1)
+    assert "traceparent" not in untraced.headers
+    scraped = httpx.get(f"{server.url}/metrics").text
+    delivered = [line for line in scraped.splitlines()
+                 if line.startswith("kreaserve_callback_attempts_total{")
+                 and 'outcome="delivered"' in line and 'attempt="1"' in line]
+    assert delivered and float(delivered[0].split()[-1]) >= 2

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import ledger, queue, schemas
+from kreaserve import ledger, queue, schemas, tracing
 from kreaserve.api.deps import PrincipalDep, ServicesDep, rate_limited, read_json_body
 from kreaserve.api.errors import APIError
 from kreaserve.api.presenters import task_object
@@ -42,7 +42,7 @@ async def create_generation(request: Request, services: ServicesDep,
     params = queue.NewTask(
         prompt=body.prompt, size=body.size or "1:1", quality=body.quality or "1K",
         seed=body.seed or None, nsfw_check=bool(body.nsfw_check), callback_url=body.callback_url,
-        model=body.model,
+        model=body.model, traceparent=tracing.incoming(request.headers.get("traceparent")),
     )
     price = ledger.to_units(services.settings.price(params.model, principal.user_group,
                                                     params.quality))
