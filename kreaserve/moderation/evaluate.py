@@ -10,7 +10,12 @@ Recall of a category is the share of its prompts that are refused (under any cat
 prompts refused under it whose label is that category. In basic mode the strict-only labels
 (explicit, gore) are neither safe nor targets: refusing them is reported as "outside" blocks.
 
-``--holdout`` runs the second, smaller set written after the classifier was frozen.
+``--set`` picks a bundled set: ``main`` (the default), ``holdout`` (a smaller set written
+after the classifier was first frozen; ``--holdout`` is the same), ``tuning`` (issue 17's
+failure families: double meanings, medical education, negations, explicit-only prompts; the
+rules were tuned on it) or ``independent`` (696 prompts written for issue 17 by someone who
+never saw the rules, from the category definitions only; held out: no rule, word list or
+exemplar was fitted to it).
 ``--ablation`` adds rules-only and semantic-only rows; ``--cv`` cross-validates the semantic
 classifier on the exemplars (never on the evaluation set) for each L2 penalty; ``--misses``
 lists the prompts each mode gets wrong.
@@ -46,6 +51,9 @@ BASIC_MAX_SAFE_BLOCK = 0.01
 BASIC_MIN_RECALL = 0.95
 STRICT_MAX_SAFE_BLOCK = 0.03
 STRICT_MIN_RECALL = 0.95
+#: Issue 17: explicit-only or gore-only prompts refused in basic mode (under a basic category
+#: they do not belong to), like safe prompts.
+BASIC_MAX_OUTSIDE_BLOCK = 0.03
 MAX_MEDIAN_MS = 5.0
 
 
@@ -56,10 +64,20 @@ class Example:
     kind: str
 
 
-def load_eval_set(path: Path | None = None) -> list[Example]:
+#: The bundled evaluation sets by name (see the module doc).
+EVAL_SETS = {
+    "main": "data/eval_prompts.jsonl",
+    "holdout": "data/eval_holdout.jsonl",
+    "tuning": "data/eval_tuning.jsonl",
+    "independent": "data/eval_independent.jsonl",
+}
+
+
+def load_eval_set(path: Path | None = None, *, name: str = "main") -> list[Example]:
+    """The labelled prompts of `path`, or of the bundled set `name` (EVAL_SETS)."""
     if path is None:
-        raw = resources.files("kreaserve.moderation").joinpath(
-            "data/eval_prompts.jsonl").read_text("utf-8")
+        raw = resources.files("kreaserve.moderation").joinpath(EVAL_SETS[name]).read_text(
+            "utf-8")
     else:
         raw = Path(path).read_text("utf-8")
     return [Example(**json.loads(line)) for line in raw.splitlines() if line.strip()]
@@ -132,6 +150,9 @@ class Report:
                 s = basic.categories.get(c)
                 if s and s.recall < BASIC_MIN_RECALL:
                     out.append(f"basic blocks {s.recall:.1%} of {c} (target >= 95%)")
+            if basic.outside and basic.outside_blocked / basic.outside > BASIC_MAX_OUTSIDE_BLOCK:
+                out.append(f"basic refuses {basic.outside_blocked}/{basic.outside} strict-only "
+                           f"prompts (target <= {BASIC_MAX_OUTSIDE_BLOCK:.0%})")
         if strict is not None:
             if strict.safe_block_rate > STRICT_MAX_SAFE_BLOCK:
                 out.append(f"strict blocks {strict.safe_block_rate:.1%} of safe prompts "
@@ -173,9 +194,11 @@ def _score_mode(examples: Sequence[Example], scores: Sequence[tuple[Mapping, Map
             s.exact += int(d.category == ex.label)
             right = refused
         else:
+            # Strict-only content in basic mode: refusing it names a basic category it does not
+            # belong to, so it counts as a miss (and against the safe-refusal target).
             report.outside += 1
             report.outside_blocked += int(refused)
-            right = True
+            right = not refused
         kind = report.by_kind.setdefault(f"{ex.label == 'safe' and 'safe' or 'unsafe'}/"
                                          f"{ex.kind}", [0, 0])
         if ex.label == "safe" or ex.label in checked:
@@ -303,8 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"(default {default_cache_dir()})")
     parser.add_argument("--eval-file", type=Path, default=None,
                         help="a JSONL file of {prompt, label, kind} (default: the bundled set)")
+    parser.add_argument("--set", dest="eval_set", choices=tuple(EVAL_SETS), default="main",
+                        help="which bundled set to run (default main)")
     parser.add_argument("--holdout", action="store_true",
-                        help="use the bundled holdout set (data/eval_holdout.jsonl) instead")
+                        help="the same as --set holdout")
     parser.add_argument("--basic-threshold", type=float, default=None)
     parser.add_argument("--strict-threshold", type=float, default=None)
     parser.add_argument("--precision", choices=("int8", "fp32"), default="int8")
@@ -332,11 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(cross_validate(config, (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
                              precision=args.precision))
         return 0
-    eval_file = args.eval_file
-    if args.holdout:
-        eval_file = Path(str(resources.files("kreaserve.moderation").joinpath(
-            "data/eval_holdout.jsonl")))
-    examples = load_eval_set(eval_file)
+    examples = load_eval_set(args.eval_file,
+                             name="holdout" if args.holdout else args.eval_set)
     report = run_evaluation(config, examples=examples, latency=not args.no_latency,
                             precision=args.precision)
     reports = [report]

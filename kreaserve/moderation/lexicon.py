@@ -87,7 +87,7 @@ forced, forcing, forcibly, against her will, against his will, against their wil
 without consent, without her consent, without his consent, without their consent, coerced,
 coercion, held down, holding her down, pinned down, pinned to, drugged, roofied,
 unconscious, passed out, kidnapped, abducted, captive, captives, at gunpoint, at knifepoint,
-blackmailed, resisting, struggling, terrified, victim, victims, hidden camera, hidden cam,
+blackmailed, resisting, victim, victims, hidden camera, hidden cam,
 spy cam, spycam, spy camera, secretly filmed, secretly filming, secretly photographed, voyeur,
 voyeurism, peeping, peeping tom, violated, attacker, attackers, abuser,
 tearing off, ripping off, tear off, rip off
@@ -163,11 +163,11 @@ colour color colours colors palette palettes tone tones toned shade shades lipst
 lip lips gloss heels heel pumps shoes shoe sandals boots flats beige makeup nail nails polish
 paint wall walls blush pink eyeshadow foundation tights stockings hue hues neutral neutrals
 scheme swatch swatches dress dresses gown blouse leather suede fabric linen silk satin tan
-bodysuit bra mesh
+bodysuit bra mesh colored coloured
 """
 _NAKED_NEXT = """
 eye eyes mole flame flames cake cakes truth chef branches branch tree trees wire wires ambition
-lunch singularity bulb lightbulb
+lunch singularity bulb lightbulb neck necked
 """
 
 _COLOURS = """
@@ -193,7 +193,7 @@ SENSE_EXCEPTIONS: dict[str, tuple[str, ...]] = {
     "baby": ("baby blue", "baby pink", "baby shower", "baby spinach", "baby carrots",
              "baby carrot", "baby grand", "baby breath", "baby s breath", "baby back ribs",
              "baby oil", "baby bump"),
-    "kid": ("kid gloves", "karate kid"),
+    "kid": ("kid gloves", "karate kid", "kid leather", "kid goat", "kid goats"),
     "teen": ("teen titans",),
     "teenage": ("teenage mutant",),
     "minor": tuple(f"minor {w}" for w in ("league", "leagues", "key", "keys", "chord", "chords",
@@ -211,6 +211,7 @@ SENSE_EXCEPTIONS: dict[str, tuple[str, ...]] = {
     "cum": ("cum laude", "summa cum", "magna cum"),
     "tits": ("blue tits", "great tits", "coal tits", "long tailed tits", "marsh tits"),
     "erection": ("erection of",),
+    "nipples": ("nipples of venus",),
     "sexual": ("sexual health", "sexual orientation", "sexual education", "sexual reproduction",
                "sexual selection", "sexual dimorphism", "sexual harassment awareness"),
     "sexually": ("sexually transmitted",),
@@ -268,12 +269,22 @@ timothy tina tom tony tyler vanessa victoria vin vladimir will william winona za
 zoe zoey
 """
 
+#: Well-known fictional characters: a name, but not of a real person.
+FICTIONAL = """
+harry potter, jessica rabbit, peter pan, peter parker, mary jane, bruce wayne, clark kent,
+tony stark, diana prince, james bond, jack sparrow, luke skywalker, john wick, sherlock holmes,
+john snow, jon snow, indiana jones, alice liddell, daisy duck, minnie mouse, wonder woman,
+lara croft, harley quinn, poison ivy, jessica jones, barbara gordon, mary poppins, ellen ripley
+"""
+
 #: Capitalised words that follow a first name without making it a person ("Rose Garden").
 NOT_SURNAMES = """
 street avenue road lane park lake river garden gardens bay city town hill hills valley island
 beach mountain forest hotel church school college university hall house tower bridge station
 day night style france italy spain germany japan china india mexico brazil london texas
-california york beach tokyo rome berlin
+california york beach tokyo rome berlin falls opera square center centre museum theatre
+theater airport palace castle cathedral harbour harbor gate canyon coast springs heights
+plaza mall market stadium arena temple abbey avenue boulevard county state province
 """
 
 

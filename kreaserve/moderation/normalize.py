@@ -41,6 +41,7 @@ _AGE_TOKEN = re.compile(r"\d+(?:yo|yrs?|y|years?|th|st|nd|rd|s|k|p|d|x|mm|cm|m|f
 _RUN3 = re.compile(r"(.)\1{2,}")
 #: Where a word is split: anything that is not a letter, digit, leet character or asterisk.
 _SPLIT_RE = re.compile(r"[^a-z0-9" + re.escape(_LEET_CHARS) + r"*]+")
+_SPLIT_KEEP_RE = re.compile(r"([^a-z0-9" + re.escape(_LEET_CHARS) + r"*]+)")
 
 
 @lru_cache(maxsize=1)
@@ -92,22 +93,48 @@ class Token:
     text: str
     joined: bool = False
     variants: tuple[str, ...] = ()  # leetspeak readings of a joined run ("l0linsfw")
+    brk: int = 0  # punctuation before the word: 2 a sentence break, 1 a comma or colon, 0 none
+
+
+#: Punctuation that ends a sentence, and punctuation that only separates the parts of one.
+_SENTENCE_BREAK = re.compile(r"[.!?;\n]")
+_CLAUSE_BREAK = re.compile(r"[,:()\[\]]")
+
+
+def _break_level(separator: str) -> int:
+    if _SENTENCE_BREAK.search(separator):
+        return 2
+    return 1 if _CLAUSE_BREAK.search(separator) else 0
+
+
+def _raw_pieces(lower: str) -> list[tuple[str, int]]:
+    """Words with the punctuation before each: 2 after a sentence break, 1 after a comma,
+    colon or bracket, else 0 (negation scopes end there; see context.py)."""
+    pieces: list[tuple[str, int]] = []
+    pending = ""
+    for piece in _SPLIT_KEEP_RE.split(lower):
+        if _SPLIT_RE.fullmatch(piece):
+            pending += piece
+            continue
+        stripped = piece.strip("!+|*")
+        if not stripped:
+            pending += piece
+            continue
+        # Symbols that end or start a word are punctuation, not leetspeak ("wow!", "$5").
+        start = piece.index(stripped)
+        pending += piece[:start]
+        pieces.append((stripped, _break_level(pending)))
+        pending = piece[start + len(stripped):]
+    return pieces
 
 
 def _raw_tokens(lower: str) -> list[str]:
-    tokens = []
-    for piece in _SPLIT_RE.split(lower):
-        if not piece:
-            continue
-        # Symbols that end or start a word are punctuation, not leetspeak ("wow!", "$5").
-        piece = piece.strip("!+|*")
-        if piece:
-            tokens.append(piece)
-    return tokens
+    return [piece for piece, _ in _raw_pieces(lower)]
 
 
-def _join_runs(tokens: list[str]) -> list[Token]:
+def _join_runs(pieces: list[tuple[str, int]]) -> list[Token]:
     """Join three or more consecutive one-character tokens (``g o r e``, ``n.u.d.e``)."""
+    tokens = [piece for piece, _ in pieces]
     out: list[Token] = []
     i = 0
     while i < len(tokens):
@@ -116,10 +143,10 @@ def _join_runs(tokens: list[str]) -> list[Token]:
             j += 1
         run = tokens[i:j]
         if len(run) >= 3 and any(_HAS_LETTER.match(t) for t in run):
-            out.append(Token("".join(run), joined=True))
+            out.append(Token("".join(run), joined=True, brk=pieces[i][1]))
             i = j
         else:
-            out.append(Token(tokens[i]))
+            out.append(Token(tokens[i], brk=pieces[i][1]))
             i += 1
     return out
 
@@ -180,17 +207,17 @@ class Canonicalizer:
     def tokens(self, folded: str) -> list[Token]:
         lower = folded.casefold()
         out = []
-        for tok in _join_runs(_raw_tokens(lower)):
+        for tok in _join_runs(_raw_pieces(lower)):
             if tok.joined:
                 word = self.canonical_word(tok.text)
                 if word in self.vocabulary:
-                    out.append(Token(word))
+                    out.append(Token(word, brk=tok.brk))
                 else:
                     variants = tuple(v for v in _leet_variants(tok.text) if v != tok.text) \
                         if any(ch in LEET for ch in tok.text) else ()
-                    out.append(Token(word, joined=True, variants=variants))
+                    out.append(Token(word, joined=True, variants=variants, brk=tok.brk))
             else:
-                out.append(Token(self.canonical_word(tok.text)))
+                out.append(Token(self.canonical_word(tok.text), brk=tok.brk))
         return out
 
 

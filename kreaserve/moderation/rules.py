@@ -19,6 +19,7 @@ from functools import lru_cache
 from importlib import resources
 
 from . import lexicon
+from .context import ANATOMY, Context, read_context
 from .normalize import Normalized, Token, _raw_tokens
 
 SEXUAL_MINORS = "sexual_minors"
@@ -128,6 +129,7 @@ class Rules:
             key=lambda item: -len(item[0]))
         self._first_names = frozenset(lexicon.FIRST_NAMES.split())
         self._not_surnames = frozenset(lexicon.NOT_SURNAMES.split())
+        self._fictional = lexicon.phrases(lexicon.FICTIONAL)
         self._attribution = frozenset(w for p in lexicon.phrases(lexicon.ATTRIBUTION)
                                       for w in p.split())
 
@@ -152,36 +154,51 @@ class Rules:
                     masked.update(j for j in range(i, i + length) if words[j] == target)
         return masked
 
-    def _hits(self, tokens: tuple[Token, ...]) -> dict[str, list[tuple[int, int]]]:
+    def _matches(self, tokens: tuple[Token, ...]) -> list[tuple[str, int, int]]:
+        """Every (group, start, end) the lexicon matches, before any masking."""
         words = [t.text for t in tokens]
-        masked = self._masked(words)
-        hits: dict[str, list[tuple[int, int]]] = {}
+        found: list[tuple[str, int, int]] = []
         n = len(words)
         for i in range(n):
             for length in range(1, self._max_len + 1):
                 if i + length > n:
                     break
-                groups = self._index.get(tuple(words[i:i + length]))
-                if groups and not any(j in masked for j in range(i, i + length)):
-                    for group in groups:
-                        hits.setdefault(group, []).append((i, i + length))
+                for group in self._index.get(tuple(words[i:i + length]), ()):
+                    found.append((group, i, i + length))
             if tokens[i].joined:
                 readings = (tokens[i].text, *tokens[i].variants)
                 for joined, key in self._joined_terms:
                     if any(joined in text for text in readings):
-                        for group in self._index[key]:
-                            hits.setdefault(group, []).append((i, i + 1))
-        return hits
+                        found.extend((group, i, i + 1) for group in self._index[key])
+        return found
+
+    def _read(self, tokens: tuple[Token, ...]) -> tuple[dict[str, list[tuple[int, int]]],
+                                                         Context, set[int]]:
+        """The groups found (spans that no sense exception, negation or drink name masks),
+        the prompt's context, and the indexes the sense exceptions mask."""
+        words = [t.text for t in tokens]
+        matches = self._matches(tokens)
+        context = read_context(tokens, [(s, e) for _, s, e in matches])
+        senses = self._masked(words)
+        masked = senses | context.masked
+        hits: dict[str, list[tuple[int, int]]] = {}
+        for group, start, end in matches:
+            if not any(j in masked for j in range(start, end)):
+                hits.setdefault(group, []).append((start, end))
+        return hits, context, senses
 
     def semantic_text(self, norm: Normalized) -> str:
-        """The canonical text with each masked sense replaced by its meaning ("nude colour"
-        -> "beige colour"): the semantic classifier reads what the rules understood."""
+        """The canonical text as the rules understood it, for the semantic classifier: each
+        masked sense replaced by its meaning ("nude colour" -> "beige colour"), a drink name
+        by "cocktail", and negations left out ("a battle, no gore" -> "a battle")."""
         words = [t.text for t in norm.tokens]
-        for i in sorted(self._masked(words)):
+        _hits, context, senses = self._read(norm.tokens)
+        for i in sorted(senses):
             substitute = lexicon.SENSE_SUBSTITUTES.get(words[i])
             if substitute is not None:
                 words[i] = substitute
-        return " ".join(words)
+        words = [context.substitutes.get(i, w) for i, w in enumerate(words)]
+        return " ".join(w for i, w in enumerate(words) if i not in context.dropped)
 
     def _names(self, norm: Normalized, hits: dict[str, list[tuple[int, int]]]) -> bool:
         """Whether a real person's name is the subject (not "in the style of <name>")."""
@@ -191,6 +208,8 @@ class Rules:
                 return True
         for match in _NAME_PATTERN.finditer(norm.folded):
             first, last = match.group(1), match.group(2)
+            if f"{first} {last.split()[0]}".lower() in self._fictional:
+                continue
             if first.lower() in self._first_names and last.split()[0].lower() not in \
                     self._not_surnames:
                 before = _raw_tokens(norm.folded[:match.start()].casefold())[-3:]
@@ -217,7 +236,7 @@ class Rules:
     # --- scoring -------------------------------------------------------------------------------
 
     def score(self, norm: Normalized) -> RuleResult:
-        hits = self._hits(norm.tokens)
+        hits, context, _senses = self._read(norm.tokens)
         words = [t.text for t in norm.tokens]
         has = {g for g, spans in hits.items() if spans}
         result = RuleResult()
@@ -262,8 +281,12 @@ class Rules:
             else:
                 result.put(REAL_PERSON_SEXUAL, 0.45, "NAME+SUGGESTIVE")
 
-        # nudity and explicit sexual content
-        if explicit:
+        # nudity and explicit sexual content (anatomy words in a medical or teaching context
+        # are anatomy: they still combined with minors, names and force above)
+        explicit_words = {" ".join(words[s:e]) for s, e in hits.get("EXPLICIT", [])}
+        if explicit and context.medical and explicit_words <= ANATOMY:
+            result.put(EXPLICIT_SEXUAL, 0.3, "EXPLICIT_ANATOMY+MEDICAL")
+        elif explicit:
             result.put(EXPLICIT_SEXUAL, 0.95, "EXPLICIT")
         elif weak:
             result.put(EXPLICIT_SEXUAL, 0.4, "EXPLICIT_WEAK")

@@ -192,11 +192,18 @@ class Encoder:
 
 # --- the classifier ------------------------------------------------------------------------------
 
+#: The training files: the original exemplars, and those added for issue 17's failure families
+#: (explicit prompts naming places, fiction and consensual adults; medicine and first aid as
+#: teaching; modest clothing), written apart from every evaluation set.
+EXEMPLAR_FILES = ("data/exemplars.jsonl", "data/exemplars_tuning.jsonl")
+
+
 def load_exemplars() -> list[tuple[str, str]]:
-    """(text, label) pairs of data/exemplars.jsonl."""
-    raw = resources.files("kreaserve.moderation").joinpath("data/exemplars.jsonl").read_text(
-        "utf-8")
-    rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    """(text, label) pairs of the training files (EXEMPLAR_FILES)."""
+    rows = []
+    for name in EXEMPLAR_FILES:
+        raw = resources.files("kreaserve.moderation").joinpath(name).read_text("utf-8")
+        rows += [json.loads(line) for line in raw.splitlines() if line.strip()]
     return [(r["text"], r["label"]) for r in rows]
 
 
