@@ -148,7 +148,7 @@ class Report:
                            f"(target <= {BASIC_MAX_SAFE_BLOCK:.0%})")
             for c in BASIC_CATEGORIES:
                 s = basic.categories.get(c)
-                if s and s.recall < BASIC_MIN_RECALL:
+                if s and s.n and s.recall < BASIC_MIN_RECALL:
                     out.append(f"basic blocks {s.recall:.1%} of {c} (target >= 95%)")
             if basic.outside and basic.outside_blocked / basic.outside > BASIC_MAX_OUTSIDE_BLOCK:
                 out.append(f"basic refuses {basic.outside_blocked}/{basic.outside} strict-only "
@@ -159,7 +159,7 @@ class Report:
                            f"(target <= {STRICT_MAX_SAFE_BLOCK:.0%})")
             for c in STRICT_CATEGORIES:
                 s = strict.categories.get(c)
-                if s and s.recall < STRICT_MIN_RECALL:
+                if s and s.n and s.recall < STRICT_MIN_RECALL:
                     out.append(f"strict blocks {s.recall:.1%} of {c} (target >= 95%)")
         if self.latency_ms and self.latency_ms.get("median", 0.0) > MAX_MEDIAN_MS:
             out.append(f"median check latency {self.latency_ms['median']:.2f} ms "

@@ -29,6 +29,7 @@ tearing off her clothes, ripping off her clothes, tear off her clothes, rip off 
 tore off her clothes, ripped off her clothes, taking off her clothes, takes off her clothes,
 took off her clothes, removing her clothes, remove her clothes, tearing off his clothes,
 ripping off his clothes, taking off his clothes
+, doing the deed, getting it on, in the buff
 """
 
 #: Sexualising words that are not explicit alone (``sexy``, ``lingerie``): they decide a
@@ -42,6 +43,38 @@ sexualised, in a sexual pose, sexual pose, sexy pose, erotic pose, lewd pose
 #: Modifiers that ask for explicit content without saying what (weak alone).
 EXPLICIT_WEAK = """
 explicit, uncensored, r18, rule 34, 18 plus, x rated
+"""
+
+#: Other languages, in Latin script (prompts are folded, so without accents). The semantic
+#: classifier reads English only, so these words carry such prompts alone.
+EXPLICIT_OTHER_LANGUAGES = """
+nackt, nackte, nackter, nacktes, nackten, nacktfoto, nacktbilder, ohne kleidung, desnuda,
+desnudo, desnudas, desnudos, desnudez, sin ropa, nue, nues, toute nue, sans vetements,
+sans aucun vetement, nuda, nude integrale, senza vestiti, nua, nuas, sem roupa, sexo, sesso,
+sexe, pornografia, pornographie, pornografico, pornografica, голый, голая, голое, голые,
+голую, голого, голышом, обнаженная, обнаженный, обнаженные, обнаженное, нагая, нагой, секс,
+порно, эротика, эротическое, эротическая
+"""
+EXPLICIT_WEAK_OTHER_LANGUAGES = """
+explizit, explicito, explicita, explicite, esplicito, esplicita, unzensiert, sin censura,
+откровенное, откровенная, откровенный, без цензуры
+"""
+SEXUAL_VIOLENCE_OTHER_LANGUAGES = """
+vergewaltigung, vergewaltigt, vergewaltigen, vergewaltiger, violacion, violada, violado,
+violar, violador, viol d une, viol de, un viol, le viol, violee, violer, violeur, stupro,
+stuprata, stuprare, violentata, estupro, estuprada, abuso sexual, agresion sexual,
+agression sexuelle, sexuelle gewalt, sexueller missbrauch, violenza sessuale,
+violencia sexual, gegen ihren willen, contra su voluntad, contre son gre, sans son consentement,
+sin su consentimiento, contro la sua volonta, изнасилование, изнасилования, изнасиловать,
+изнасилована, изнасиловал, изнасилуют, сексуальное насилие, против ее воли
+"""
+GORE_OTHER_LANGUAGES = """
+zerstuckelt, zerstuckelte, zerstuckelter, zerstuckelten, gedarme, eingeweide, enthauptet,
+verstummelt, verstummelte, descuartizado, descuartizada, descuartizados, tripas fuera, visceras,
+decapitado, decapitada, mutilado, mutilada, desmembrado, desmembrada, mutile, mutilee, mutiles,
+decapite, decapitee, demembre, entrailles, organes a l air, sbudellato, squartato, squartata,
+mutilato, mutilata, decapitato, viscere, расчлененный, расчлененное, расчлененная, расчлененка,
+кишки, обезглавленный, обезглавленная, обезглавлен, изуродованный труп, вспоротый живот
 """
 
 # --- minors -----------------------------------------------------------------------------------
@@ -79,6 +112,12 @@ molester, molesters, non consensual, nonconsensual, non con, noncon, nonconsent,
 upskirt, upskirts, downblouse, creepshot, creepshots, creep shot, revenge porn, sex slave,
 sex slaves, sexual slavery, forced sex, forced nudity, forced prostitution, grope, groped,
 groping, groper
+, ravish, ravished, ravishes, had his way with her, has his way with her,
+have his way with her, having his way with her, begs him to stop, begging him to stop,
+begged him to stop, too drunk to consent, too drunk to say yes, too drunk to say no,
+spiked her drink, slipped something in her drink, date rape drug, leaked nudes,
+stolen nudes, nudes stolen, nude photos stolen, nude pictures stolen, hacked nudes,
+leaked sex tape
 """
 
 #: Force, coercion, incapacity and covert filming: sexual violence with a sexual word.
@@ -132,6 +171,9 @@ decomposing body, severed head, severed heads, severed limb, severed limbs, seve
 severed arms, severed leg, severed legs, severed hand, severed hands, severed finger,
 severed fingers, intestines spilling, spilling intestines,
 spilled intestines, intestines spilled
+, innards, insides hanging out, insides spilling out, organs hanging out,
+guts hanging out, intestines hanging out, entrails hanging out, vivisected, vivisection,
+unzipped from throat to groin
 """
 
 #: Graphic but weaker alone: decide only in strict mode (and with the semantic classifier).

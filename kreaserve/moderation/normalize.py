@@ -68,6 +68,35 @@ def _homoglyph_table() -> dict[int, str]:
     return table
 
 
+#: Russian (and Ukrainian) letters in Latin, for words that are Cyrillic text rather than Latin
+#: words disguised with Cyrillic look-alikes (after combining marks are gone: й is и here).
+_CYRILLIC_LATIN = dict(zip(
+    "абвгдежзиклмнопрстуфхцчшщъыьэюяіїєґ",
+    "a b v g d e zh z i k l m n o p r s t u f kh ts ch sh shch - y - e yu ya i i e g".split(),
+    strict=True,
+))
+_CYRILLIC_WORD = re.compile(r"\w*[\u0400-\u04ff]\w*")
+
+
+def _transliterate(match: re.Match[str]) -> str:
+    """A word with a Cyrillic letter that imitates no Latin one is Cyrillic text: spell it in
+    Latin letters ("Голый" -> "Golyi"). A word of look-alikes only ("nudе") is left to the
+    homoglyph table."""
+    word = match.group(0)
+    table = _homoglyph_table()
+    if all(ord(ch) in table or not "\u0400" <= ch <= "\u04ff" for ch in word):
+        return word
+    out = []
+    for ch in word:
+        latin = _CYRILLIC_LATIN.get(ch.lower())
+        if latin is None:
+            out.append(ch)
+        else:
+            latin = latin.strip("-")
+            out.append(latin.capitalize() if ch.isupper() else latin)
+    return "".join(out)
+
+
 def fold(text: str) -> str:
     """Fold compatibility forms, invisible characters, accents and homoglyphs; keep case."""
     text = unicodedata.normalize("NFKC", text)
@@ -80,7 +109,8 @@ def fold(text: str) -> str:
             out.append(" ")
             continue
         out.append(ch)
-    text = "".join(out).translate(_homoglyph_table())
+    text = _CYRILLIC_WORD.sub(_transliterate, "".join(out))
+    text = text.translate(_homoglyph_table())
     return unicodedata.normalize("NFC", text)
 
 

@@ -20,7 +20,7 @@ from importlib import resources
 
 from . import lexicon
 from .context import ANATOMY, Context, read_context
-from .normalize import Normalized, Token, _raw_tokens
+from .normalize import Normalized, Token, _raw_tokens, fold
 
 SEXUAL_MINORS = "sexual_minors"
 SEXUAL_VIOLENCE = "sexual_violence"
@@ -60,7 +60,8 @@ def _age(value: str) -> int:
 
 
 def _phrase_tokens(phrase: str) -> tuple[str, ...]:
-    return tuple(_raw_tokens(phrase.casefold()))
+    """A lexicon phrase as prompt tokens: folded like prompts (Cyrillic spelled in Latin)."""
+    return tuple(_raw_tokens(fold(phrase).casefold()))
 
 
 @lru_cache(maxsize=1)
@@ -105,6 +106,8 @@ class Rules:
 
         for group in _GROUPS:
             for phrase in lexicon.phrases(getattr(lexicon, group)):
+                add(_phrase_tokens(phrase), group)
+            for phrase in lexicon.phrases(getattr(lexicon, f"{group}_OTHER_LANGUAGES", "")):
                 add(_phrase_tokens(phrase), group)
         for name in public_figures():
             add(name, "NAME")
