@@ -16,8 +16,9 @@ cannot express, and each was a source of refused safe prompts under ``nsfw_check
   drink. A name that a rule phrase straddles ("having sex on the beach") is not masked.
 * **Medical education.** With a medical or teaching context (diagram, anatomy, clinic,
   breastfeeding, ...), anatomical words ("vulva", "nipple", "penis") are anatomy: they no
-  longer decide ``explicit_sexual`` alone. They still combine with a minor, a real person or
-  force into the basic categories exactly as before: the context never weakens those.
+  longer decide ``explicit_sexual`` alone, and the semantic classifier reads them as
+  "anatomy". In the rules they still combine with a minor, a real person or force into the
+  basic categories exactly as before: the context never weakens those.
 """
 
 from __future__ import annotations
@@ -56,13 +57,37 @@ _NEGATIVE_SECTION = ("negative",)  # "Negative prompt: ...", "negative: ..."
 DRINK_NAMES: tuple[tuple[str, ...], ...] = tuple(
     tuple(name.split())
     for name in (
-        "sex on the beach", "sex on the beach cocktail", "porn star martini",
-        "pornstar martini", "screaming orgasm", "multiple orgasm", "slippery nipple",
-        "buttery nipple", "dirty nipple", "naked and famous", "the naked and famous",
-        "naked lady", "blow job", "blowjob", "between the sheets", "sex in the driveway",
-        "sex with an alligator", "bloody mary", "bloody maria", "bloody caesar", "bloody marys",
-        "corpse reviver", "angel s tit", "angels tit", "brain hemorrhage", "bleeding heart",
-        "zombie", "suffering bastard", "death in the afternoon", "hanky panky", "leg spreader",
+        "sex on the beach",
+        "sex on the beach cocktail",
+        "porn star martini",
+        "pornstar martini",
+        "screaming orgasm",
+        "multiple orgasm",
+        "slippery nipple",
+        "buttery nipple",
+        "dirty nipple",
+        "naked and famous",
+        "the naked and famous",
+        "naked lady",
+        "blow job",
+        "blowjob",
+        "between the sheets",
+        "sex in the driveway",
+        "sex with an alligator",
+        "bloody mary",
+        "bloody maria",
+        "bloody caesar",
+        "bloody marys",
+        "corpse reviver",
+        "angel s tit",
+        "angels tit",
+        "brain hemorrhage",
+        "bleeding heart",
+        "zombie",
+        "suffering bastard",
+        "death in the afternoon",
+        "hanky panky",
+        "leg spreader",
     )
 )
 #: Words that show a drink is meant.
@@ -116,9 +141,13 @@ def _negations(tokens: Sequence[Token], out: Context) -> None:
     i = 0
     while i < n:
         word = words[i]
-        if word in _NEGATIVE_SECTION and i + 1 < n and (
-            words[i + 1] in ("prompt", "prompts")
-            or ((i == 0 or tokens[i].brk > 0) and tokens[i + 1].brk == 1)
+        if (
+            word in _NEGATIVE_SECTION
+            and i + 1 < n
+            and (
+                words[i + 1] in ("prompt", "prompts")
+                or ((i == 0 or tokens[i].brk > 0) and tokens[i + 1].brk == 1)
+            )
         ):
             # "Negative prompt: a, b, c": everything up to the end of the sentence.
             j = i + 1
@@ -142,15 +171,15 @@ def _negations(tokens: Sequence[Token], out: Context) -> None:
                 out.dropped.update(range(i, last + 1))
                 i = last + 1
                 continue
-        if word in _POSTFIX_NEGATORS and i > 0 and tokens[i].brk == 0 and \
-                words[i - 1] in NEGATABLE:
+        if word in _POSTFIX_NEGATORS and i > 0 and tokens[i].brk == 0 and words[i - 1] in NEGATABLE:
             out.masked.add(i - 1)
             out.dropped.update((i - 1, i))
         i += 1
 
 
-def _drink_names(tokens: Sequence[Token], straddled: Sequence[tuple[int, int]],
-                 out: Context) -> None:
+def _drink_names(
+    tokens: Sequence[Token], straddled: Sequence[tuple[int, int]], out: Context
+) -> None:
     words = [t.text for t in tokens]
     if not DRINK_CONTEXT.intersection(words):
         return
@@ -174,4 +203,8 @@ def read_context(tokens: Sequence[Token], phrase_spans: Sequence[tuple[int, int]
     _negations(tokens, out)
     _drink_names(tokens, phrase_spans, out)
     out.medical = bool(MEDICAL_CONTEXT.intersection(t.text for t in tokens))
+    if out.medical:  # the semantic copy reads the anatomy as what it is here
+        for i, token in enumerate(tokens):
+            if token.text in ANATOMY:
+                out.substitutes.setdefault(i, "anatomy")
     return out

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -38,23 +37,6 @@ HARD_NEGATIVES = (
     "killer whale",
     "Shoot the moon album cover",
 )
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The one-time ONNX export, built once per test session (set
-    KREASERVE_TEST_MODERATION_CACHE to reuse one between runs)."""
-    reuse = os.environ.get("KREASERVE_TEST_MODERATION_CACHE")
-    path = Path(reuse) if reuse else tmp_path_factory.mktemp("moderation-cache")
-    semantic.ensure_encoder(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def moderator(cache_dir: Path) -> PromptModerator:
-    m = PromptModerator(ModerationConfig(cache_dir=cache_dir))
-    m.warm()
-    return m
 
 
 @pytest.fixture(scope="session")
@@ -234,12 +216,31 @@ def test_evaluation_meets_the_targets(moderator: PromptModerator, cache_dir: Pat
     assert holdout.failures() == []
 
 
+@pytest.mark.parametrize(("name", "size"), [("main", 389), ("holdout", 135), ("tuning", 317),
+                                            ("independent", 696)])
+def test_issue_17_targets_on_every_bundled_set(cache_dir: Path, name: str, size: int) -> None:
+    """At most 3 % of safe prompts refused in either mode, recall at least 95 % in both modes
+    (basic: its three categories; strict: all five), strict-only prompts refused in basic mode
+    at most 3 %. The independent set was written by someone who never saw the rules."""
+    examples = evaluate.load_eval_set(name=name)
+    assert len(examples) == size
+    report = evaluate.run_evaluation(ModerationConfig(cache_dir=cache_dir), examples=examples,
+                                     latency=False)
+    print("\n" + evaluate.format_report(report))
+    assert report.failures() == []
+    for mode in report.modes.values():
+        assert mode.safe and mode.safe_blocked / mode.safe <= 0.03, mode.mode
+        assert mode.target_recall >= 0.95, mode.mode
+    basic = report.modes["basic"]
+    assert basic.outside and basic.outside_blocked / basic.outside <= 0.03
+
+
 def test_exemplars_are_kept_apart_from_the_evaluation_sets(moderator: PromptModerator) -> None:
     exemplars = semantic.load_exemplars()
+    assert len(exemplars) > 500  # both training files
     texts = [moderator.semantic_text(t) for t, _ in exemplars]
-    data = Path(evaluate.__file__).parent / "data"
-    prompts = [e.prompt for f in ("eval_prompts.jsonl", "eval_holdout.jsonl")
-               for e in evaluate.load_eval_set(data / f)]
+    prompts = [e.prompt for name in evaluate.EVAL_SETS
+               for e in evaluate.load_eval_set(name=name)]
     eval_texts = [moderator.semantic_text(p) for p in prompts]
     assert not set(texts) & set(eval_texts)
     assert not {t.casefold() for t, _ in exemplars} & {p.casefold() for p in prompts}
