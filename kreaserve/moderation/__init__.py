@@ -9,11 +9,10 @@
 
 from __future__ import annotations
 
-import re
 import threading
 
 from .image import ImageModerator
-from .normalize import Canonicalizer, fold, normalize
+from .normalize import Canonicalizer, Normalized, fold, normalize
 from .policy import (
     BASIC_CATEGORIES,
     CATEGORIES,
@@ -32,7 +31,6 @@ from .semantic import DEFAULT_PRECISION, ModerationUnavailable, SemanticClassifi
 #: CHUNK_WORDS words): a mean-pooled embedding of a long prompt dilutes one unsafe clause.
 CHUNK_FROM = 40
 CHUNK_WORDS = 20
-_CLAUSE_SPLIT = re.compile(r"[,;.!?\n|()\[\]]+")
 
 
 class PromptModerator:
@@ -56,11 +54,10 @@ class PromptModerator:
         """What the semantic classifier reads for `prompt` (normalised, senses resolved)."""
         return self._rules.semantic_text(normalize(prompt, self._canonicalizer))
 
-    def _chunks(self, prompt: str) -> list[str]:
+    def _chunks(self, norm: Normalized) -> list[str]:
         chunks: list[str] = []
         current: list[str] = []
-        for clause in _CLAUSE_SPLIT.split(prompt):
-            words = self.semantic_text(clause).split()
+        for words in self._rules.semantic_clauses(norm):
             if current and len(current) + len(words) > CHUNK_WORDS:
                 chunks.append(" ".join(current))
                 current = []
@@ -74,7 +71,7 @@ class PromptModerator:
         norm = normalize(prompt, self._canonicalizer)
         rules = self._rules.score(norm)
         text = self._rules.semantic_text(norm)
-        chunks = self._chunks(prompt) if len(norm.tokens) > CHUNK_FROM else []
+        chunks = self._chunks(norm) if len(norm.tokens) > CHUNK_FROM else []
         semantic = self._semantic.scores(text, chunks) if text else {}
         decision = decide(rules.scores, semantic, config=self.config, strict=strict)
         closest = None

@@ -128,7 +128,7 @@ class Token:
 
 #: Punctuation that ends a sentence, and punctuation that only separates the parts of one.
 _SENTENCE_BREAK = re.compile(r"[.!?;\n]")
-_CLAUSE_BREAK = re.compile(r"[,:()\[\]]")
+_CLAUSE_BREAK = re.compile(r"[,:|()\[\]]")
 
 
 def _break_level(separator: str) -> int:

@@ -194,14 +194,34 @@ class Rules:
         """The canonical text as the rules understood it, for the semantic classifier: each
         masked sense replaced by its meaning ("nude colour" -> "beige colour"), a drink name
         by "cocktail", and negations left out ("a battle, no gore" -> "a battle")."""
+        return " ".join(word for word, _brk in self._semantic_words(norm))
+
+    def semantic_clauses(self, norm: Normalized) -> list[list[str]]:
+        """`semantic_text`'s words split into the prompt's clauses (at commas and sentence
+        breaks), read in the context of the whole prompt: a clause of a "Negative prompt:"
+        list stays negated."""
+        clauses: list[list[str]] = []
+        for word, brk in self._semantic_words(norm):
+            if brk or not clauses:
+                clauses.append([])
+            clauses[-1].append(word)
+        return clauses
+
+    def _semantic_words(self, norm: Normalized) -> list[tuple[str, int]]:
         words = [t.text for t in norm.tokens]
         _hits, context, senses = self._read(norm.tokens)
         for i in sorted(senses):
             substitute = lexicon.SENSE_SUBSTITUTES.get(words[i])
             if substitute is not None:
                 words[i] = substitute
-        words = [context.substitutes.get(i, w) for i, w in enumerate(words)]
-        return " ".join(w for i, w in enumerate(words) if i not in context.dropped)
+        out: list[tuple[str, int]] = []
+        brk = 0
+        for i, token in enumerate(norm.tokens):
+            brk = max(brk, token.brk)
+            if i not in context.dropped:
+                out.append((context.substitutes.get(i, words[i]), brk))
+                brk = 0
+        return out
 
     def _names(self, norm: Normalized, hits: dict[str, list[tuple[int, int]]]) -> bool:
         """Whether a real person's name is the subject (not "in the style of <name>")."""

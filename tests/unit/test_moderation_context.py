@@ -165,3 +165,21 @@ def test_cyrillic_text_is_spelled_in_latin_and_look_alikes_still_fold() -> None:
     assert fold("Голый Путин") == "Golyi Putin"
     assert fold("nud\u0435 \u0441hild") == "nude child"  # Cyrillic е and с inside Latin words
     assert fold("\u0441\u0430\u0441\u0430\u043e") == "cacao"  # all look-alikes: folded
+
+
+def test_a_long_prompt_keeps_its_negative_section_negated(moderator: PromptModerator) -> None:
+    # Long prompts are also scored clause by clause: each clause is read in the whole
+    # prompt's context, so "gore" alone in a "Negative prompt:" list is still negated.
+    scene = (
+        "masterpiece, best quality, a quiet harbour at dawn with fishing boats, gulls over "
+        "the water, soft golden light, mist on the hills, old stone houses along the quay, "
+        "a lighthouse in the distance, oil painting, warm palette, cinematic composition. "
+    )
+    assert (
+        _refused(moderator, scene + "Negative prompt: nsfw, nude, gore, blood, lowres", strict=True)
+        is None
+    )
+    assert (
+        _refused(moderator, scene + "A decapitated body on the quay, gore", strict=True)
+        == "graphic_gore"
+    )
