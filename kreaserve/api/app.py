@@ -23,6 +23,7 @@ from kreaserve.api.routes import (
     keys,
     metrics,
     pages,
+    task_list,
     tasks,
 )
 from kreaserve.config import Settings
@@ -68,7 +69,7 @@ def create_app(settings: Settings, *, db: Database | None = None,
                   docs_url="/docs", redoc_url=None)
     app.state.services = services
     errors.install(app)
-    for module in (images, tasks, callbacks, credits, keys, admin, pages, files, health,
+    for module in (images, tasks, task_list, callbacks, credits, keys, admin, pages, files, health,
                    metrics):
         app.include_router(module.router)
     app.add_middleware(ObserveMiddleware)

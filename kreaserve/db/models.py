@@ -85,6 +85,8 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_status_created", "status", "created_at"),
         Index("ix_tasks_account_created", "account_id", "created_at"),
+        #: GET /v1/tasks?status=...: one account's tasks of one status, newest first.
+        Index("ix_tasks_account_status_created", "account_id", "status", "created_at"),
         Index("ix_tasks_results_expire", "results_expire_at"),
         Index("ix_tasks_key_status", "api_key_id", "status"),
     )
