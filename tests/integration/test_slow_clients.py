@@ -136,3 +136,5 @@ def test_50_slow_sockets_are_closed_within_the_deadlines_and_others_keep_their_l
     assert during <= max(3 * before, before + 0.05), (before, during)
     with httpx.Client(base_url=server.url, timeout=10) as client:
         assert client.get("/healthz").status_code == 200  # still serving
+    log = server.api.output()
+    assert "unhandled error" not in log and "Traceback" not in log, log[-4000:]
