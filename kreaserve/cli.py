@@ -58,6 +58,7 @@ def setup_logging(settings: Settings) -> None:
     from kreaserve import logs, tracing
 
     logs.setup(settings.log_format, settings.log_level)
+    logging.getLogger("botocore").setLevel(logging.WARNING)  # not "found credentials..."
     try:
         tracing.setup(settings.tracing)
     except tracing.TracingUnavailable as exc:
@@ -85,6 +86,24 @@ def open_database(settings: Settings):  # type: ignore[no-untyped-def]
 def fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(1)
+
+
+def open_checked_storage(settings: Settings):  # type: ignore[no-untyped-def]
+    """The configured store, probed: a missing bucket, refused credentials or an
+    unreachable endpoint stop the command with one line; the S3 lifecycle rule is set."""
+    from kreaserve.storage import StorageError, open_storage
+
+    storage = open_storage(settings)
+    try:
+        storage.check()
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+    if settings.s3_bucket and settings.s3_lifecycle:
+        from kreaserve.storage.s3 import S3Storage
+
+        assert isinstance(storage, S3Storage)
+        storage.ensure_lifecycle(settings.result_ttl_seconds)
+    return storage
 
 
 # --- serve / worker ------------------------------------------------------------------------
@@ -125,15 +144,20 @@ def serve(
     from kreaserve.api.app import create_app
     from kreaserve.http_server import make_server
     from kreaserve.maintenance import Maintenance
-    from kreaserve.storage import LocalStorage
+    from kreaserve.service_secrets import SharedSecretError, url_signing_key
+    from kreaserve.storage import ResultLinks
 
     settings = settings_from(host=host, port=port, weights=weights, data_dir=data_dir,
                              database_url=database_url, public_url=public_url)
     setup_logging(settings)
     listener = bind_listener(settings.host, settings.port)
     settings.port = listener.getsockname()[1]  # --port 0: the port the system chose
+    storage = open_checked_storage(settings)
     db = open_database(settings)
-    storage = LocalStorage(settings.images_dir)
+    try:
+        url_secret = url_signing_key(settings, db)
+    except SharedSecretError as exc:
+        raise fail(str(exc)) from None
     server: uvicorn.Server | None = None
 
     def on_fatal(_message: str) -> None:
@@ -150,7 +174,8 @@ def serve(
     if settings.callback_dispatch:
         from kreaserve.callbacks.dispatcher import CallbackDispatcher
 
-        background.append(CallbackDispatcher(settings, db, settings.hmac_key()))
+        links = ResultLinks.for_settings(settings, storage, url_secret)
+        background.append(CallbackDispatcher(settings, db, links))
     application = create_app(settings, db=db, storage=storage, background=background)
     server = make_server(application, settings)
     server.run(sockets=[listener])
@@ -174,15 +199,14 @@ def worker_command(
     import signal
 
     from kreaserve.maintenance import Maintenance
-    from kreaserve.storage import LocalStorage
     from kreaserve.worker import WorkerGroup
 
     settings = settings_from(weights=weights, data_dir=data_dir, database_url=database_url)
     setup_logging(settings)
+    storage = open_checked_storage(settings)
     db = open_database(settings)
     if metrics_port is not None:
         serve_worker_metrics(settings.host, metrics_port, db)
-    storage = LocalStorage(settings.images_dir)
     runner = WorkerGroup(settings, db, storage)
     maintenance = Maintenance(settings, db, storage)
     signal.signal(signal.SIGTERM, lambda *_: runner.request_stop())

@@ -41,8 +41,48 @@ class Settings(BaseSettings):
     )
     secret_key: str | None = Field(
         default=None,
-        description="HMAC key for signed result URLs. Default: generated once into "
-        "<data_dir>/secret.key. Set it explicitly when several processes serve files.",
+        description="HMAC key for signed result URLs. Default: on PostgreSQL, generated "
+        "once into the database (every replica agrees); on SQLite, generated once into "
+        "<data_dir>/secret.key.",
+    )
+
+    # --- S3 result storage (unset bucket: the local folder) ---------------------
+    s3_bucket: str | None = Field(
+        default=None, description="Store results in this S3-compatible bucket instead of "
+        "<data_dir>/images; every API process and worker then needs no shared disk.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (MinIO, R2, B2...); default AWS, or "
+        "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL.",
+    )
+    s3_region: str | None = Field(
+        default=None, description="Region of the bucket; default AWS_REGION / "
+        "AWS_DEFAULT_REGION, else us-east-1.",
+    )
+    s3_access_key_id: str | None = Field(
+        default=None, description="Access key; default the usual AWS chain "
+        "(AWS_ACCESS_KEY_ID, ~/.aws, instance roles).",
+    )
+    s3_secret_access_key: str | None = Field(
+        default=None, description="Secret of s3_access_key_id; default the AWS chain."
+    )
+    s3_prefix: str = Field(
+        default="results/", description="Object name prefix of result images; the bucket "
+        "lifecycle rule covers only this prefix.",
+    )
+    s3_addressing_style: str = Field(
+        default="auto", pattern="^(auto|path|virtual)$", description="Bucket in the path "
+        "(MinIO and most self-hosted stores) or in the host name: auto, path or virtual.",
+    )
+    s3_links: str = Field(
+        default="direct", pattern="^(direct|redirect)$", description="direct: result URLs "
+        "are presigned links to the store, ending when the result expires; redirect: "
+        "/files/... URLs of the API that redirect to a presigned link of 5 minutes.",
+    )
+    s3_lifecycle: bool = Field(
+        default=True, description="At start, add a bucket lifecycle rule deleting result "
+        "objects a day after they expire (a backstop of the sweep; skipped with a warning "
+        "where the store has none).",
     )
 
     # --- the HTTP server ---------------------------------------------------
@@ -259,6 +299,15 @@ class Settings(BaseSettings):
             return value
         raise ValueError("it takes auto, none, or GPU indexes separated by commas, "
                          "such as 0,1,2,3")
+
+    @model_validator(mode="after")
+    def _presigned_links_fit(self) -> Settings:
+        if self.s3_bucket and self.s3_links == "direct" and \
+                self.result_ttl_seconds > 7 * 24 * 3600:
+            raise ValueError("KREASERVE_RESULT_TTL_SECONDS is over 7 days, the longest a "
+                             "presigned S3 link lives; lower it or set "
+                             "KREASERVE_S3_LINKS=redirect")
+        return self
 
     @field_validator("public_url")
     @classmethod

@@ -4,22 +4,19 @@ answers and for callback bodies, so both are the same bytes."""
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from kreaserve import contract, ledger, schemas
 from kreaserve.db.models import Task
-from kreaserve.storage import signing
+from kreaserve.storage import ResultLinks
 
 
-def task_object(task: Task, *, base_url: str, url_secret: bytes,
+def task_object(task: Task, *, links: ResultLinks,
                 estimated_time: int | None) -> dict[str, Any]:
     """The task as GET /v1/tasks/{id} shows it (the create answer is the same object)."""
     results = None
     if task.status == contract.COMPLETED:
-        expires = math.floor(task.results_expire_at or 0)
-        results = [signing.signed_url(base_url, url_secret, key, expires)
-                   for key in task.result_keys or []]
+        results = links.urls(list(task.result_keys or []), task.results_expire_at or 0)
     error = None
     if task.status in (contract.FAILED, contract.CANCELLED) and task.error_code:
         error = {"code": task.error_code, "message": task.error_message or ""}

@@ -29,7 +29,7 @@ from kreaserve.engine import messages as m
 from kreaserve.engine.options import EngineOptions
 from kreaserve.engine.process import EngineDied, EngineProcess, EngineStartError
 from kreaserve.moderation import ImageModerator
-from kreaserve.storage import Storage
+from kreaserve.storage import Storage, StorageError, result_key
 
 log = logging.getLogger("kreaserve.worker")
 
@@ -384,13 +384,26 @@ class Worker:
                 queue.fail(self.db, claim.task_id, self.id, "content_policy_violation",
                            decision.message)
                 return
-        key = f"{claim.task_id}/0.png"
-        self.storage.put(key, result.png)
+        key = result_key(claim.task_id)
+        try:
+            self.storage.put(key, result.png)
+        except StorageError as exc:
+            # Nothing was stored, so nothing is linked or charged: run it once more,
+            # then fail it service_unavailable (credits released, callback sent).
+            log.error("task %s: %s", claim.task_id, exc)
+            self._failed(claim, m.Failed(result.job, "service_unavailable",
+                                         "The result store is unavailable; the image "
+                                         "could not be saved.", retryable=True))
+            return
         if queue.complete(self.db, claim.task_id, self.id, [key],
                           self.settings.result_ttl_seconds, result.seconds, batch=claim.batch):
             log.info("task %s completed (%.2f s of engine time)", claim.task_id, result.seconds)
         else:
-            self.storage.delete(key)  # no longer ours: do not leave an orphan file
+            try:
+                self.storage.delete(key)  # no longer ours: do not leave an orphan file
+            except StorageError as exc:
+                log.warning("task %s: could not delete the orphan result: %s",
+                            claim.task_id, exc)
 
     def _cancelled(self, claim: queue.Claim) -> None:
         if self._stop.is_set() and not queue.renew(

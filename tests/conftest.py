@@ -19,6 +19,7 @@ import pytest
 
 from kreaserve import accounts, ledger
 from kreaserve.db import Database, upgrade
+from tests.s3util import MotoServer, moto_server
 
 POSTGRES_URL = os.environ.get("KREASERVE_TEST_POSTGRES_URL",
                               "postgresql://postgres@127.0.0.1:5432/test")
@@ -67,6 +68,14 @@ def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One preset cache for the whole session (the tiny-random build happens once, here)."""
     override = os.environ.get("KREASERVE_TEST_CACHE_DIR")
     return Path(override) if override else tmp_path_factory.mktemp("weights-cache")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A real S3 server (moto in server mode, its own process) for the whole session;
+    take a fresh bucket per test with `s3_server.new_bucket()`."""
+    with moto_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

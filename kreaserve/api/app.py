@@ -29,7 +29,8 @@ from kreaserve.api.routes import (
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.moderation import PromptModerator
-from kreaserve.storage import LocalStorage, Storage
+from kreaserve.service_secrets import url_signing_key
+from kreaserve.storage import ResultLinks, Storage, open_storage
 
 log = logging.getLogger("kreaserve.api")
 
@@ -47,9 +48,10 @@ def create_app(settings: Settings, *, db: Database | None = None,
                background: Sequence[Background] = ()) -> FastAPI:
     """Build the app; `background` services start and stop with it."""
     db = db or Database(settings.resolved_database_url)
-    storage = storage or LocalStorage(settings.images_dir)
-    services = Services(settings=settings, db=db, storage=storage,
-                        url_secret=settings.hmac_key(),
+    storage = storage or open_storage(settings)
+    url_secret = url_signing_key(settings, db)
+    services = Services(settings=settings, db=db, storage=storage, url_secret=url_secret,
+                        links=ResultLinks.for_settings(settings, storage, url_secret),
                         moderator=PromptModerator(settings.moderation_config()))
 
     @asynccontextmanager

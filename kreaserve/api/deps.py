@@ -15,7 +15,7 @@ from kreaserve.api.errors import APIError
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.moderation import PromptModerator
-from kreaserve.storage import Storage
+from kreaserve.storage import ResultLinks, Storage
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Services:
     db: Database
     storage: Storage
     url_secret: bytes
+    links: ResultLinks
     moderator: PromptModerator
 
 

@@ -13,5 +13,4 @@ def task_object(services: Services, task: Task, with_estimate: bool = True) -> d
     """The task as GET /v1/tasks/{id} shows it (the create answer is the same object)."""
     live = task.status not in contract.TERMINAL
     estimate = queue.estimate_seconds(services.db, task) if (live and with_estimate) else None
-    return presenters.task_object(task, base_url=services.settings.base_url,
-                                  url_secret=services.url_secret, estimated_time=estimate)
+    return presenters.task_object(task, links=services.links, estimated_time=estimate)

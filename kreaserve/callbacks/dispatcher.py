@@ -25,6 +25,7 @@ from kreaserve.callbacks import outbox, signing, ssrf
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.db.models import Task
+from kreaserve.storage import ResultLinks
 
 log = logging.getLogger("kreaserve.callbacks")
 
@@ -36,9 +37,9 @@ LOCK_SECONDS = contract.CALLBACK_TIMEOUT + 50.0
 class CallbackDispatcher:
     """Background sender of the callback outbox."""
 
-    def __init__(self, settings: Settings, db: Database, url_secret: bytes, *,
+    def __init__(self, settings: Settings, db: Database, links: ResultLinks, *,
                  poll_seconds: float = 0.1) -> None:
-        self.settings, self.db, self.url_secret = settings, db, url_secret
+        self.settings, self.db, self.links = settings, db, links
         self.id = f"{socket.gethostname()}-{os.getpid()}-callbacks-{uuid.uuid4().hex[:6]}"
         self.allow_hosts = settings.callback_allow_host_set
         self._concurrency, self._poll = settings.callback_concurrency, poll_seconds
@@ -93,8 +94,7 @@ class CallbackDispatcher:
         with self.db.transaction() as session:
             task = session.get(Task, task_id)
             assert task is not None and task.status in contract.TERMINAL
-            body = presenters.task_object(task, base_url=self.settings.base_url,
-                                          url_secret=self.url_secret, estimated_time=None)
+            body = presenters.task_object(task, links=self.links, estimated_time=None)
         return presenters.render_json(body)
 
     def attempt(self, delivery: outbox.Due) -> str:

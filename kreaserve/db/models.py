@@ -1,4 +1,5 @@
-"""The tables: accounts, API keys, the credit ledger, tasks (the queue) and workers.
+"""The tables: accounts, API keys, the credit ledger, tasks (the queue), workers and the
+secrets every process of a fleet must share.
 
 Times are Unix seconds as floats: the same on SQLite and PostgreSQL, no zone to get wrong.
 Credits are integers in units of 1/10000 credit, so sums are exact.
@@ -204,3 +205,14 @@ class RateWindow(Base):
     key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     count: Mapped[int] = mapped_column(Integer)
+
+
+class ServiceSecret(Base):
+    """A secret every process of a fleet must agree on (the URL-signing key), generated
+    once by whichever process needs it first; see kreaserve/service_secrets.py."""
+
+    __tablename__ = "service_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)

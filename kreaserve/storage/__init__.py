@@ -1,6 +1,9 @@
 """Where result images live, and the signed URLs that hand them out."""
 
-from kreaserve.storage.base import Storage
+from kreaserve.storage.base import Storage, StorageError, result_key
+from kreaserve.storage.factory import open_storage
+from kreaserve.storage.links import ResultLinks
 from kreaserve.storage.local import LocalStorage
 
-__all__ = ["LocalStorage", "Storage"]
+__all__ = ["LocalStorage", "ResultLinks", "Storage", "StorageError", "open_storage",
+           "result_key"]

@@ -1,4 +1,5 @@
-"""The storage port: put, read and delete result images by key."""
+"""The storage port: put, delete and link result images by key; and the one place keys
+are named."""
 
 from __future__ import annotations
 
@@ -6,13 +7,34 @@ from pathlib import Path
 from typing import Protocol
 
 
+class StorageError(RuntimeError):
+    """The store refused or could not be reached; the message is one line for people."""
+
+
+def result_key(task_id: str, index: int = 0) -> str:
+    """The storage key of a task's `index`-th image: `<task_id>/<index>.png`."""
+    return f"{task_id}/{index}.png"
+
+
 class Storage(Protocol):
-    """A place for result images; keys look like `<task_id>/0.png`."""
+    """A place for result images; keys come from `result_key`.
+
+    `put` stores the whole image or nothing (no reader ever sees a partial object), and
+    raises StorageError when the store is unavailable."""
 
     def put(self, key: str, data: bytes) -> None: ...
 
     def path(self, key: str) -> Path | None:
-        """A local file to serve the key from, or None when it is gone."""
+        """A local file to serve the key from, or None when it is gone (or not local)."""
+        ...
+
+    def presigned_url(self, key: str, expires_at: int) -> str | None:
+        """A direct link to the object valid until `expires_at` (Unix seconds), or None
+        when this store has none (the API serves the file itself)."""
         ...
 
     def delete(self, key: str) -> None: ...
+
+    def check(self) -> None:
+        """Raise StorageError (one line: what is wrong) unless the store is usable."""
+        ...

@@ -42,6 +42,12 @@ class LocalStorage:
         file = self._file(key)
         return file if file.is_file() else None
 
+    def presigned_url(self, key: str, expires_at: int) -> str | None:
+        return None  # the API serves local files itself, behind its own signed URLs
+
+    def check(self) -> None:
+        return None  # the folder was made in __init__; a failure there already raised
+
     def delete(self, key: str) -> None:
         file = self._file(key)
         file.unlink(missing_ok=True)
