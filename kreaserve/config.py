@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         default=None, description="S3 endpoint (MinIO, R2, B2...); default AWS, or "
         "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL.",
     )
+    s3_public_endpoint_url: str | None = Field(
+        default=None, description="Endpoint clients reach the store at, when it differs "
+        "from s3_endpoint_url (e.g. http://minio:9000 inside compose, a public host "
+        "outside); result links are signed for it. Default s3_endpoint_url.",
+    )
     s3_region: str | None = Field(
         default=None, description="Region of the bucket; default AWS_REGION / "
         "AWS_DEFAULT_REGION, else us-east-1.",

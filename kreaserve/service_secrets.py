@@ -31,9 +31,11 @@ class SharedSecretError(RuntimeError):
 def shared_secret(db: Database, name: str) -> str:
     """The secret called `name`, created (64 hex digits) by the first caller."""
     insert = postgres_insert if db.is_postgres else sqlite_insert
-    statement = insert(ServiceSecret).values(
-        name=name, value=secrets.token_hex(32), created_at=time.time()
-    ).on_conflict_do_nothing(index_elements=["name"])
+    statement = (
+        insert(ServiceSecret)
+        .values(name=name, value=secrets.token_hex(32), created_at=time.time())
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
     with db.transaction() as session:
         session.execute(statement)
     with db.transaction() as session:

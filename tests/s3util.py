@@ -49,16 +49,25 @@ class MotoServer:
     @property
     def env(self) -> dict[str, str]:
         """The environment a kreaserve process needs to use this server."""
-        return {"KREASERVE_S3_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": self.region}
+        return {
+            "KREASERVE_S3_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+        }
 
     def client(self, **overrides: Any) -> Any:
         import boto3
         from botocore.config import Config
 
-        options = {"endpoint_url": self.url, "aws_access_key_id": self.access_key,
-                   "aws_secret_access_key": self.secret_key, "region_name": self.region,
-                   "config": Config(signature_version="s3v4"), **overrides}
+        options = {
+            "endpoint_url": self.url,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+            "region_name": self.region,
+            "config": Config(signature_version="s3v4"),
+            **overrides,
+        }
         return boto3.client("s3", **options)
 
     def new_bucket(self, name: str | None = None) -> str:
@@ -84,8 +93,11 @@ def _start(log: Path, env: dict[str, str]) -> MotoServer:
         with log.open("ab") as handle:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
+                env={**os.environ, **env},
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and popen.poll() is None:
@@ -109,12 +121,24 @@ def moto_server(tmp: Path, *, auth: bool = False) -> Iterator[MotoServer]:
         if auth:
             import boto3
 
-            iam = boto3.client("iam", endpoint_url=server.url, region_name=server.region,
-                               aws_access_key_id="bootstrap", aws_secret_access_key="x")
+            iam = boto3.client(
+                "iam",
+                endpoint_url=server.url,
+                region_name=server.region,
+                aws_access_key_id="bootstrap",
+                aws_secret_access_key="x",
+            )
             iam.create_user(UserName="kreaserve")
-            iam.put_user_policy(UserName="kreaserve", PolicyName="all", PolicyDocument=json.dumps(
-                {"Version": "2012-10-17",
-                 "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+            iam.put_user_policy(
+                UserName="kreaserve",
+                PolicyName="all",
+                PolicyDocument=json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+                    }
+                ),
+            )
             key = iam.create_access_key(UserName="kreaserve")["AccessKey"]
             server.access_key, server.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
         yield server

@@ -5,5 +5,4 @@ from kreaserve.storage.factory import open_storage
 from kreaserve.storage.links import ResultLinks
 from kreaserve.storage.local import LocalStorage
 
-__all__ = ["LocalStorage", "ResultLinks", "Storage", "StorageError", "open_storage",
-           "result_key"]
+__all__ = ["LocalStorage", "ResultLinks", "Storage", "StorageError", "open_storage", "result_key"]

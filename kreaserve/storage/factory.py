@@ -14,9 +14,13 @@ def open_storage(settings: Settings) -> Storage:
         return LocalStorage(settings.images_dir)
     from kreaserve.storage.s3 import S3Storage  # boto3 only when S3 is used
 
-    return S3Storage(settings.s3_bucket, prefix=settings.s3_prefix,
-                     endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-                     access_key_id=settings.s3_access_key_id,
-                     secret_access_key=settings.s3_secret_access_key,
-                     addressing_style=settings.s3_addressing_style)
-
+    return S3Storage(
+        settings.s3_bucket,
+        prefix=settings.s3_prefix,
+        endpoint_url=settings.s3_endpoint_url,
+        public_endpoint_url=settings.s3_public_endpoint_url,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+        addressing_style=settings.s3_addressing_style,
+    )

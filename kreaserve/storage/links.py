@@ -18,14 +18,14 @@ class ResultLinks:
     the expiry; otherwise it goes to `/files/...` on `base_url`, which serves the local
     file, or redirects to a presigned link of a few minutes."""
 
-    def __init__(self, storage: Storage, base_url: str, url_secret: bytes,
-                 direct: bool = True) -> None:
+    def __init__(
+        self, storage: Storage, base_url: str, url_secret: bytes, direct: bool = True
+    ) -> None:
         self.storage, self.base_url, self.url_secret = storage, base_url, url_secret
         self.direct = direct
 
     @classmethod
-    def for_settings(cls, settings: Settings, storage: Storage,
-                     url_secret: bytes) -> ResultLinks:
+    def for_settings(cls, settings: Settings, storage: Storage, url_secret: bytes) -> ResultLinks:
         return cls(storage, settings.base_url, url_secret, direct=settings.s3_links == "direct")
 
     def urls(self, keys: list[str], expires_at: float) -> list[str]:
@@ -34,5 +34,4 @@ class ResultLinks:
             links = [self.storage.presigned_url(key, expires) for key in keys]
             if all(link is not None for link in links):
                 return [link for link in links if link is not None]
-        return [signing.signed_url(self.base_url, self.url_secret, key, expires)
-                for key in keys]
+        return [signing.signed_url(self.base_url, self.url_secret, key, expires) for key in keys]

@@ -47,21 +47,31 @@ def receiver(tls: tuple[Path, Path, Path]) -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def server(s3: MotoServer, tls: tuple[Path, Path, Path], weights_cache: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    s3: MotoServer,
+    tls: tuple[Path, Path, Path],
+    weights_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("s3-server")
     bucket = s3.new_bucket()
-    env = {**s3.env, **callback_env(tls), "KREASERVE_S3_BUCKET": bucket,
-           "KREASERVE_WEIGHTS": "tiny-random"}
-    running = start_server(tmp, f"sqlite:///{tmp / 'k.db'}", weights_cache,
-                           embedded_worker=True, extra_env=env)
+    env = {
+        **s3.env,
+        **callback_env(tls),
+        "KREASERVE_S3_BUCKET": bucket,
+        "KREASERVE_WEIGHTS": "tiny-random",
+    }
+    running = start_server(
+        tmp, f"sqlite:///{tmp / 'k.db'}", weights_cache, embedded_worker=True, extra_env=env
+    )
     running.env["bucket"] = bucket
     yield running
     running.stop()
 
 
 def test_results_live_in_the_bucket_behind_links_that_end_at_expiry(
-        server: Server, s3: MotoServer) -> None:
+    server: Server, s3: MotoServer
+) -> None:
     account_id, key = server.account(credits=10)
     with server.client(key) as client:
         task_id = client.post("/v1/images/generations", json=SMALL).json()["id"]
@@ -82,7 +92,8 @@ def test_results_live_in_the_bucket_behind_links_that_end_at_expiry(
 
 
 def test_a_store_outage_fails_the_task_unavailable_uncharged_with_its_callback(
-        server: Server, s3: MotoServer, receiver: Receiver) -> None:
+    server: Server, s3: MotoServer, receiver: Receiver
+) -> None:
     account_id, key = server.account(credits=10)
     s3.stop()  # the store goes away while the service runs
     hook = receiver.url([200])

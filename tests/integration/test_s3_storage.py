@@ -34,9 +34,14 @@ PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(200_000)
 
 
 def storage_for(s3: MotoServer, bucket: str, **options: object) -> S3Storage:
-    return S3Storage(bucket, endpoint_url=s3.url, region=s3.region,
-                     access_key_id=s3.access_key, secret_access_key=s3.secret_key,
-                     **options)  # type: ignore[arg-type]
+    return S3Storage(
+        bucket,
+        endpoint_url=s3.url,
+        region=s3.region,
+        access_key_id=s3.access_key,
+        secret_access_key=s3.secret_key,
+        **options,
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -55,13 +60,21 @@ def sigv4_signature(url: str, secret: str) -> str:
     parts = urlsplit(url)
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     params.pop("X-Amz-Signature")
-    query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
-                     for k, v in sorted(params.items()))
-    canonical = "\n".join(["GET", parts.path, query, f"host:{parts.netloc}\n", "host",
-                           "UNSIGNED-PAYLOAD"])
+    query = "&".join(
+        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
+    )
+    canonical = "\n".join(
+        ["GET", parts.path, query, f"host:{parts.netloc}\n", "host", "UNSIGNED-PAYLOAD"]
+    )
     scope = params["X-Amz-Credential"].split("/", 1)[1]
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", params["X-Amz-Date"], scope,
-                         hashlib.sha256(canonical.encode()).hexdigest()])
+    to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            params["X-Amz-Date"],
+            scope,
+            hashlib.sha256(canonical.encode()).hexdigest(),
+        ]
+    )
     key = f"AWS4{secret}".encode()
     for part in scope.split("/"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
@@ -77,6 +90,7 @@ def signed_end(url: str) -> int:
 
 # --- the store -----------------------------------------------------------------------------
 
+
 def test_a_stored_image_downloads_through_its_presigned_link(store: S3Storage) -> None:
     key = result_key("task-unified-1-abcdefgh")
     store.put(key, PNG)
@@ -88,8 +102,9 @@ def test_a_stored_image_downloads_through_its_presigned_link(store: S3Storage) -
     assert store.path(key) is None
 
 
-def test_a_link_ends_exactly_when_the_result_expires(store: S3Storage,
-                                                     s3_server: MotoServer) -> None:
+def test_a_link_ends_exactly_when_the_result_expires(
+    store: S3Storage, s3_server: MotoServer
+) -> None:
     """moto does not enforce expiry, so the proof is the signature: the link's end
     (X-Amz-Date + X-Amz-Expires) is the result's expiry, and those parameters are covered
     by a SigV4 signature made with the store's secret, so no one can stretch them."""
@@ -110,8 +125,35 @@ def test_a_link_ends_exactly_when_the_result_expires(store: S3Storage,
     assert store.presigned_url(key, int(time.time()) - 1) is None
 
 
-def test_result_links_are_direct_until_expiry_then_the_apis_expired_url(
-        store: S3Storage) -> None:
+def test_links_are_signed_for_the_public_endpoint_when_it_differs(
+    s3_server: MotoServer, bucket: str
+) -> None:
+    """Processes reach the store at one address (here a pass-through proxy), clients at
+    another (the server itself): links name and are signed for the clients' one."""
+    proxy = CuttingProxy(s3_server.url, cut=1 << 30)
+    try:
+        store = S3Storage(
+            bucket,
+            endpoint_url=proxy.url,
+            public_endpoint_url=s3_server.url,
+            region=s3_server.region,
+            access_key_id=s3_server.access_key,
+            secret_access_key=s3_server.secret_key,
+        )
+        key = result_key("task-unified-6-abcdefgh")
+        store.put(key, PNG)
+        link = store.presigned_url(key, int(time.time()) + 60)
+        assert link is not None and link.startswith(f"{s3_server.url}/{bucket}/results/")
+        assert (
+            sigv4_signature(link, s3_server.secret_key)
+            == dict(parse_qsl(urlsplit(link).query))["X-Amz-Signature"]
+        )
+        assert httpx.get(link).content == PNG
+    finally:
+        proxy.close()
+
+
+def test_result_links_are_direct_until_expiry_then_the_apis_expired_url(store: S3Storage) -> None:
     key = result_key("task-unified-3-abcdefgh")
     direct = ResultLinks(store, "http://api.example", b"secret", direct=True)
     future = time.time() + 600
@@ -120,21 +162,24 @@ def test_result_links_are_direct_until_expiry_then_the_apis_expired_url(
     # Once expired there is nothing to presign: the API's URL answers 410.
     [gone] = direct.urls([key], time.time() - 1)
     assert gone.startswith("http://api.example/files/")
-    [redirected] = ResultLinks(store, "http://api.example", b"secret",
-                               direct=False).urls([key], future)
+    [redirected] = ResultLinks(store, "http://api.example", b"secret", direct=False).urls(
+        [key], future
+    )
     assert redirected.startswith("http://api.example/files/")
 
 
 def test_the_sweep_deletes_expired_objects_and_keeps_the_others(
-        store: S3Storage, tmp_path: Path) -> None:
+    store: S3Storage, tmp_path: Path
+) -> None:
     url = f"sqlite:///{tmp_path / 'sweep.db'}"
     from kreaserve.db import upgrade
 
     upgrade(url)
     db = Database(url)
     account_id, _ = new_account(db)
-    params = queue.NewTask(prompt="a fox", size="1:1", quality="1K", seed=1,
-                           nsfw_check=False, callback_url=None)
+    params = queue.NewTask(
+        prompt="a fox", size="1:1", quality="1K", seed=1, nsfw_check=False, callback_url=None
+    )
     keys = {}
     for ttl in (-1, 3600):  # one expired a second ago, one live for an hour
         task = queue.create(db, account_id, None, "default", params, 4500)
@@ -150,16 +195,24 @@ def test_the_sweep_deletes_expired_objects_and_keeps_the_others(
 
 
 def test_the_lifecycle_rule_is_added_beside_the_buckets_own_rules(
-        store: S3Storage, bucket: str, s3_server: MotoServer) -> None:
+    store: S3Storage, bucket: str, s3_server: MotoServer
+) -> None:
     client = s3_server.client()
-    theirs = {"ID": "their-logs", "Filter": {"Prefix": "logs/"}, "Status": "Enabled",
-              "Expiration": {"Days": 30}}
-    client.put_bucket_lifecycle_configuration(Bucket=bucket,
-                                              LifecycleConfiguration={"Rules": [theirs]})
+    theirs = {
+        "ID": "their-logs",
+        "Filter": {"Prefix": "logs/"},
+        "Status": "Enabled",
+        "Expiration": {"Days": 30},
+    }
+    client.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [theirs]}
+    )
     assert store.ensure_lifecycle(86400)
     assert store.ensure_lifecycle(86400)  # a second start changes nothing
-    rules = {rule["ID"]: rule for rule in
-             client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    rules = {
+        rule["ID"]: rule
+        for rule in client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    }
     assert set(rules) == {"their-logs", LIFECYCLE_RULE_ID}
     ours = rules[LIFECYCLE_RULE_ID]
     assert ours["Filter"] == {"Prefix": "results/"} and ours["Expiration"] == {"Days": 2}
@@ -185,6 +238,7 @@ def test_a_ttl_past_seven_days_needs_redirect_links() -> None:
 
 
 # --- uploads cut short, and outages --------------------------------------------------------
+
 
 class CuttingProxy:
     """A TCP proxy in front of the S3 server that passes everything through, except that
@@ -242,9 +296,14 @@ def test_an_upload_cut_half_way_leaves_no_object(s3_server: MotoServer, bucket: 
     proxy = CuttingProxy(s3_server.url, cut=len(PNG) // 2)
     try:
         direct = storage_for(s3_server, bucket)
-        cut = S3Storage(bucket, endpoint_url=proxy.url, region=s3_server.region,
-                        access_key_id=s3_server.access_key,
-                        secret_access_key=s3_server.secret_key, max_attempts=2)
+        cut = S3Storage(
+            bucket,
+            endpoint_url=proxy.url,
+            region=s3_server.region,
+            access_key_id=s3_server.access_key,
+            secret_access_key=s3_server.secret_key,
+            max_attempts=2,
+        )
         key = result_key("task-unified-4-abcdefgh")
         with pytest.raises(StorageError, match="upload failed"):
             cut.put(key, PNG)
@@ -267,14 +326,23 @@ def test_a_store_that_went_away_raises_storage_error(tmp_path: Path) -> None:
 
 # --- refusals at start ----------------------------------------------------------------------
 
+
 def start_and_fail(command: list[str], env: dict[str, str], tmp: Path) -> tuple[float, str]:
     """Run a kreaserve command that must refuse to start; (seconds, stderr)."""
     clock = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "kreaserve.cli", *command],
-                          env={**os.environ, "KREASERVE_DATA_DIR": str(tmp / "data"),
-                               "KREASERVE_PORT": str(free_port()), "KREASERVE_WEIGHTS":
-                               "tiny-random", **env},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "kreaserve.cli", *command],
+        env={
+            **os.environ,
+            "KREASERVE_DATA_DIR": str(tmp / "data"),
+            "KREASERVE_PORT": str(free_port()),
+            "KREASERVE_WEIGHTS": "tiny-random",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     return time.monotonic() - clock, done.stderr
 
@@ -287,27 +355,39 @@ def s3_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServe
 
 
 CASES = {
-    "missing bucket": ({"KREASERVE_S3_BUCKET": "no-such-bucket"}, False,
-                       "S3 bucket 'no-such-bucket' at {url} does not exist: create it, or set "
-                       "KREASERVE_S3_BUCKET to an existing bucket"),
-    "wrong credentials": ({"KREASERVE_S3_BUCKET": "kreaserve-results",
-                           "AWS_SECRET_ACCESS_KEY": "not-the-secret"}, True,
-                          "S3 bucket 'kreaserve-results' at {url} refused our credentials "
-                          "(HTTP 403): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
-    "unknown key": ({"KREASERVE_S3_BUCKET": "kreaserve-results",
-                     "AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000"}, True,
-                    "refused our credentials (HTTP 403)"),
-    "unreachable endpoint": ({"KREASERVE_S3_BUCKET": "kreaserve-results",
-                              "KREASERVE_S3_ENDPOINT_URL": "http://127.0.0.1:{port}"}, False,
-                             "cannot reach the S3 endpoint http://127.0.0.1:{port} "),
+    "missing bucket": (
+        {"KREASERVE_S3_BUCKET": "no-such-bucket"},
+        False,
+        "S3 bucket 'no-such-bucket' at {url} does not exist: create it, or set "
+        "KREASERVE_S3_BUCKET to an existing bucket",
+    ),
+    "wrong credentials": (
+        {"KREASERVE_S3_BUCKET": "kreaserve-results", "AWS_SECRET_ACCESS_KEY": "not-the-secret"},
+        True,
+        "S3 bucket 'kreaserve-results' at {url} refused our credentials "
+        "(HTTP 403): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    ),
+    "unknown key": (
+        {"KREASERVE_S3_BUCKET": "kreaserve-results", "AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000"},
+        True,
+        "refused our credentials (HTTP 403)",
+    ),
+    "unreachable endpoint": (
+        {
+            "KREASERVE_S3_BUCKET": "kreaserve-results",
+            "KREASERVE_S3_ENDPOINT_URL": "http://127.0.0.1:{port}",
+        },
+        False,
+        "cannot reach the S3 endpoint http://127.0.0.1:{port} ",
+    ),
 }
 
 
 @pytest.mark.parametrize("command", [["serve", "--no-worker"], ["worker"]])
 @pytest.mark.parametrize("case", list(CASES))
 def test_serve_and_worker_refuse_a_bad_store_in_one_line(
-        case: str, command: list[str], s3_server: MotoServer, s3_with_auth: MotoServer,
-        tmp_path: Path) -> None:
+    case: str, command: list[str], s3_server: MotoServer, s3_with_auth: MotoServer, tmp_path: Path
+) -> None:
     overrides, auth, expected = CASES[case]
     s3 = s3_with_auth if auth else s3_server
     port = free_port()

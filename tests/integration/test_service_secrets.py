@@ -48,15 +48,17 @@ def test_concurrent_first_starts_agree_on_one_secret(database_url: str) -> None:
     db.dispose()
 
 
-def test_postgres_replicas_sign_with_the_databases_key(postgres_server: str,
-                                                       tmp_path: Path) -> None:
+def test_postgres_replicas_sign_with_the_databases_key(
+    postgres_server: str, tmp_path: Path
+) -> None:
     url, drop = make_postgres_database(postgres_server)
     try:
         upgrade(url)
         replicas = [Database(url) for _ in range(2)]
-        keys = [url_signing_key(Settings(data_dir=tmp_path / f"replica-{n}",
-                                         database_url=url), db)
-                for n, db in enumerate(replicas)]
+        keys = [
+            url_signing_key(Settings(data_dir=tmp_path / f"replica-{n}", database_url=url), db)
+            for n, db in enumerate(replicas)
+        ]
         assert keys[0] == keys[1]
         assert keys[0] == shared_secret(replicas[0], URL_SIGNING_KEY).encode()
         assert not list(tmp_path.glob("replica-*/secret.key"))  # no disk involved
@@ -87,23 +89,31 @@ def drop_secrets_table(url: str) -> None:
     db.dispose()
 
 
-def test_a_database_that_cannot_hold_the_key_says_what_to_set(postgres_server: str,
-                                                             tmp_path: Path) -> None:
+def test_a_database_that_cannot_hold_the_key_says_what_to_set(
+    postgres_server: str, tmp_path: Path
+) -> None:
     url, drop = make_postgres_database(postgres_server)
     try:
         upgrade(url)
         drop_secrets_table(url)
         db = Database(url)
-        with pytest.raises(SharedSecretError, match="set KREASERVE_SECRET_KEY to one value "
-                                                    "on every API process"):
+        with pytest.raises(
+            SharedSecretError, match="set KREASERVE_SECRET_KEY to one value on every API process"
+        ):
             url_signing_key(Settings(data_dir=tmp_path, database_url=url), db)
         db.dispose()
         done = subprocess.run(
             [sys.executable, "-m", "kreaserve.cli", "serve", "--no-worker"],
-            env={**os.environ, "KREASERVE_DATABASE_URL": url,
-                 "KREASERVE_DATA_DIR": str(tmp_path / "data"),
-                 "KREASERVE_PORT": str(free_port())},
-            capture_output=True, text=True, timeout=120)
+            env={
+                **os.environ,
+                "KREASERVE_DATABASE_URL": url,
+                "KREASERVE_DATA_DIR": str(tmp_path / "data"),
+                "KREASERVE_PORT": str(free_port()),
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 1
         errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and "KREASERVE_SECRET_KEY" in errors[0], done.stderr
