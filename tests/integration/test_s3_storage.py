@@ -398,3 +398,42 @@ def test_serve_and_worker_refuse_a_bad_store_in_one_line(
     assert lines[0].startswith("error: ")
     assert expected.format(url=s3.url, port=port) in lines[0]
     assert seconds < 30  # before any engine or server starts
+
+
+def test_the_apis_redirect_hands_out_a_five_minute_link_then_410(
+    s3_server: MotoServer, bucket: str, tmp_path: Path
+) -> None:
+    """KREASERVE_S3_LINKS=redirect: the task shows the API's signed URL; the API checks it
+    and its expiry itself, then redirects to a presigned link of at most 5 minutes."""
+    from fastapi.testclient import TestClient
+
+    from kreaserve.api.app import create_app
+    from kreaserve.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'redirect.db'}"
+    upgrade(url)
+    settings = Settings(
+        data_dir=tmp_path, database_url=url, secret_key="shared", s3_bucket=bucket,
+        s3_endpoint_url=s3_server.url, s3_region=s3_server.region,
+        s3_access_key_id=s3_server.access_key, s3_secret_access_key=s3_server.secret_key,
+        s3_links="redirect", public_url="http://testserver",
+    )  # fmt: skip
+    db = Database(url)
+    store = open_storage(settings)
+    key = result_key("task-unified-7-abcdefgh")
+    store.put(key, PNG)
+    links = ResultLinks.for_settings(settings, store, b"shared")
+    [live] = links.urls([key], time.time() + 86400)
+    [expired] = links.urls([key], time.time() - 1)
+    client = TestClient(create_app(settings, db=db, storage=store))  # no lifespan needed
+    answer = client.get(live.removeprefix("http://testserver"), follow_redirects=False)
+    assert answer.status_code == 302 and answer.headers["cache-control"] == "no-store"
+    location = answer.headers["location"]
+    assert location.startswith(f"{s3_server.url}/{bucket}/results/")
+    assert time.time() + 290 <= signed_end(location) <= time.time() + 301
+    assert httpx.get(location).content == PNG
+    gone = client.get(expired.removeprefix("http://testserver"), follow_redirects=False)
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "url_expired"
+    forged = client.get(live.removeprefix("http://testserver")[:-4] + "0000")
+    assert forged.status_code == 403
+    db.dispose()
