@@ -10,13 +10,14 @@ from typing import Protocol
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve.api import errors
+from kreaserve.api import errors, openapi
 from kreaserve.api.deps import Services
 from kreaserve.api.observe import ObserveMiddleware
 from kreaserve.api.routes import (
     admin,
     callbacks,
     credits,
+    docs,
     files,
     health,
     images,
@@ -68,11 +69,13 @@ def create_app(settings: Settings, *, db: Database | None = None,
                 await run_in_threadpool(item.stop)
 
     app = FastAPI(title="kreaserve", version="0.1.0", lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None)
     app.state.services = services
     errors.install(app)
-    for module in (images, tasks, task_list, callbacks, credits, keys, admin, pages, files, health,
-                   metrics):
+    for module in (images, tasks, task_list, callbacks, credits, keys, admin, pages, files,
+                   health, metrics, docs):
         app.include_router(module.router)
+    app.mount(docs.ASSETS, docs.assets, name="docs-assets")
+    openapi.install(app)
     app.add_middleware(ObserveMiddleware)
     return app

@@ -46,6 +46,19 @@ def error_response(exc: APIError) -> JSONResponse:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method of every route at this path (Starlette names only the first route's,
+    and this API has one route per method)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return ", ".join(sorted(methods))
+
+
 def install(app: FastAPI) -> None:
     """Register handlers so that no answer leaves without the error envelope."""
 
@@ -57,10 +70,13 @@ def install(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = exc.headers
         if exc.status_code == 404:
             message = f"No such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
         return JSONResponse(error_body(exc.status_code, code, message),
-                            status_code=exc.status_code, headers=exc.headers)
+                            status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

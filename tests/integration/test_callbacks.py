@@ -327,11 +327,11 @@ def test_redeliver_and_callbacks_answer_errors_in_the_contract_shape(api_server:
                               json={**GOOD, "callback_url": "https://example.com/hook"}).json()
         plain = client.post("/v1/images/generations", json=GOOD).json()
         not_done = client.post(f"/v1/tasks/{pending['id']}/callbacks/redeliver")
-        assert not_done.status_code == 400
+        assert not_done.status_code == 409
         assert not_done.json()["error"]["code"] == "task_not_finished"
         client.post(f"/v1/tasks/{plain['id']}/cancel")
         none = client.post(f"/v1/tasks/{plain['id']}/callbacks/redeliver")
-        assert none.status_code == 400 and none.json()["error"]["code"] == "no_callback_url"
+        assert none.status_code == 409 and none.json()["error"]["code"] == "no_callback_url"
         assert client.get(f"/v1/tasks/{pending['id']}/callbacks").json() == {
             "object": "list", "data": []}
         assert client.get("/v1/tasks/bad/callbacks").json()["error"]["code"] == "invalid_task_id"

@@ -132,8 +132,8 @@ async def change_credits(account_id: AccountId, request: Request,
             try:
                 ledger.grant(session, account_id, ledger.to_units(body.amount),
                              note=(body.note or body.kind)[:200], kind=body.kind)
-            except ValueError as exc:
-                raise APIError(400, "invalid_amount", str(exc), "amount") from None
+            except ValueError as exc:  # the account's state, not the request, is at fault
+                raise APIError(409, "invalid_amount", str(exc), "amount") from None
 
     await run_in_threadpool(change)
     return await run_in_threadpool(summary, services, account_id)

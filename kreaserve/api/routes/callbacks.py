@@ -62,9 +62,9 @@ async def redeliver(task_id: str, services: ServicesDep, principal: PrincipalDep
         if task is None:
             raise not_found(task_id)
         if not task.callback_url:
-            raise APIError(400, "no_callback_url", "This task has no callback_url.", "task_id")
+            raise APIError(409, "no_callback_url", "This task has no callback_url.", "task_id")
         if task.status not in contract.TERMINAL:
-            raise APIError(400, "task_not_finished",
+            raise APIError(409, "task_not_finished",
                            "A callback is sent when the task ends; it has not ended yet.",
                            "task_id")
         try:
