@@ -54,18 +54,18 @@ def main() -> None:
             secret_access_key=s3.secret_key,
         )
         local = LocalStorage(Path(tmp) / "images")
-        key = result_key("task-unified-1-abcdefgh")
+        key = result_key("task-unified-1-abcdefgh", 1)
         expires = int(time.time()) + 86400
         rows = [
             (
                 "store a 3.1 MB PNG",
                 "local folder",
-                timed(lambda i: local.put(result_key(f"task-{i}"), PNG), args.repeats),
+                timed(lambda i: local.put(result_key(f"task-{i}", 1), PNG), args.repeats),
             ),
             (
                 "store a 3.1 MB PNG",
                 "S3 (moto server)",
-                timed(lambda i: s3_store.put(result_key(f"task-{i}"), PNG), args.repeats),
+                timed(lambda i: s3_store.put(result_key(f"task-{i}", 1), PNG), args.repeats),
             ),
             (
                 "one result link",

@@ -384,7 +384,7 @@ class Worker:
                 queue.fail(self.db, claim.task_id, self.id, "content_policy_violation",
                            decision.message)
                 return
-        key = result_key(claim.task_id)
+        key = result_key(claim.task_id, claim.attempts)
         try:
             self.storage.put(key, result.png)
         except StorageError as exc:

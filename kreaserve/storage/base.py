@@ -1,5 +1,5 @@
-"""The storage port: put, delete and link result images by key; and the one place keys
-are named."""
+"""The storage port: put, delete and link result images by key (keys come from
+`kreaserve.storage.keys.result_key`)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,9 @@ class StorageError(RuntimeError):
     """The store refused or could not be reached; the message is one line for people."""
 
 
-def result_key(task_id: str, index: int = 0) -> str:
-    """The storage key of a task's `index`-th image: `<task_id>/<index>.png`."""
-    return f"{task_id}/{index}.png"
-
-
 class Storage(Protocol):
-    """A place for result images; keys come from `result_key`.
+    """A place for result images; keys are made by `result_key`:
+    `<task_id>/<attempt>-<index>.png`.
 
     `put` stores the whole image or nothing (no reader ever sees a partial object), and
     raises StorageError when the store is unavailable."""

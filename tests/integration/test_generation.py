@@ -153,7 +153,7 @@ def test_tampered_result_url_is_403(full_server: Server) -> None:
         f"{base}?expires={params['expires']}&signature={signature[:-1]}0",
         f"{base}?expires={params['expires']}",
         base,
-        base.replace("/0.png", "/1.png") + "?" + query,
+        base.replace("-0.png", "-1.png") + "?" + query,
         f"{full_server.url}/files/../secret.key?{query}",
     ]
     for bad in tampered:

@@ -91,9 +91,9 @@ def test_results_expire_with_410_and_the_sweep_deletes_the_file(
             task = client.post("/v1/images/generations", json=GOOD).json()
             done = wait_until_done(client, task["id"])[-1]
         url = done["results"][0]
-        assert url.startswith(f"http://localhost:{port}/files/{task['id']}/0.png?expires=")
+        assert url.startswith(f"http://localhost:{port}/files/{task['id']}/1-0.png?expires=")
         assert httpx.get(url).status_code == 200
-        image = server.data_dir / "images" / task["id"] / "0.png"
+        image = server.data_dir / "images" / task["id"] / "1-0.png"
         assert image.is_file()
         deadline = time.monotonic() + 30
         while image.exists():

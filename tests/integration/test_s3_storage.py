@@ -92,7 +92,7 @@ def signed_end(url: str) -> int:
 
 
 def test_a_stored_image_downloads_through_its_presigned_link(store: S3Storage) -> None:
-    key = result_key("task-unified-1-abcdefgh")
+    key = result_key("task-unified-1-abcdefgh", 1)
     store.put(key, PNG)
     link = store.presigned_url(key, int(time.time()) + 3600)
     assert link and link.startswith(store.endpoint)
@@ -108,7 +108,7 @@ def test_a_link_ends_exactly_when_the_result_expires(
     """moto does not enforce expiry, so the proof is the signature: the link's end
     (X-Amz-Date + X-Amz-Expires) is the result's expiry, and those parameters are covered
     by a SigV4 signature made with the store's secret, so no one can stretch them."""
-    key = result_key("task-unified-2-abcdefgh")
+    key = result_key("task-unified-2-abcdefgh", 1)
     store.put(key, PNG)
     for ttl in (86400, 3600, 5):
         expires_at = int(time.time()) + ttl
@@ -140,7 +140,7 @@ def test_links_are_signed_for_the_public_endpoint_when_it_differs(
             access_key_id=s3_server.access_key,
             secret_access_key=s3_server.secret_key,
         )
-        key = result_key("task-unified-6-abcdefgh")
+        key = result_key("task-unified-6-abcdefgh", 1)
         store.put(key, PNG)
         link = store.presigned_url(key, int(time.time()) + 60)
         assert link is not None and link.startswith(f"{s3_server.url}/{bucket}/results/")
@@ -154,7 +154,7 @@ def test_links_are_signed_for_the_public_endpoint_when_it_differs(
 
 
 def test_result_links_are_direct_until_expiry_then_the_apis_expired_url(store: S3Storage) -> None:
-    key = result_key("task-unified-3-abcdefgh")
+    key = result_key("task-unified-3-abcdefgh", 1)
     direct = ResultLinks(store, "http://api.example", b"secret", direct=True)
     future = time.time() + 600
     [link] = direct.urls([key], future)
@@ -185,7 +185,7 @@ def test_the_sweep_deletes_expired_objects_and_keeps_the_others(
         task = queue.create(db, account_id, None, "default", params, 4500)
         claim = queue.claim(db, "w", 30)
         assert claim is not None and claim.task_id == task.id
-        keys[ttl] = result_key(task.id)
+        keys[ttl] = result_key(task.id, claim.attempts)
         store.put(keys[ttl], PNG)
         assert queue.complete(db, task.id, "w", [keys[ttl]], ttl, 1.0)
     assert sweep_expired_results(db, store) == 1
@@ -304,7 +304,7 @@ def test_an_upload_cut_half_way_leaves_no_object(s3_server: MotoServer, bucket: 
             secret_access_key=s3_server.secret_key,
             max_attempts=2,
         )
-        key = result_key("task-unified-4-abcdefgh")
+        key = result_key("task-unified-4-abcdefgh", 1)
         with pytest.raises(StorageError, match="upload failed"):
             cut.put(key, PNG)
         assert proxy.cuts >= 1
@@ -319,9 +319,9 @@ def test_a_store_that_went_away_raises_storage_error(tmp_path: Path) -> None:
         store = storage_for(gone, bucket, max_attempts=1, connect_timeout=2)
         store.check()
     with pytest.raises(StorageError, match="upload failed"):
-        store.put(result_key("task-unified-5-abcdefgh"), PNG)
+        store.put(result_key("task-unified-5-abcdefgh", 1), PNG)
     with pytest.raises(StorageError, match="delete failed"):
-        store.delete(result_key("task-unified-5-abcdefgh"))
+        store.delete(result_key("task-unified-5-abcdefgh", 1))
 
 
 # --- refusals at start ----------------------------------------------------------------------
@@ -420,7 +420,7 @@ def test_the_apis_redirect_hands_out_a_five_minute_link_then_410(
     )  # fmt: skip
     db = Database(url)
     store = open_storage(settings)
-    key = result_key("task-unified-7-abcdefgh")
+    key = result_key("task-unified-7-abcdefgh", 1)
     store.put(key, PNG)
     links = ResultLinks.for_settings(settings, store, b"shared")
     [live] = links.urls([key], time.time() + 86400)
