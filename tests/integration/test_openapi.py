@@ -101,6 +101,7 @@ def schemathesis(server: Server, tmp_path: Path, paths: str, token: str) -> str:
             "--no-color",
         ],
         env=env,
+        cwd=tmp_path,  # its cache folder goes there, not into the checkout
         capture_output=True,
         text=True,
         timeout=400,
