@@ -1,4 +1,4 @@
-"""The public contract (shared/SPEC.md) as data: sizes, tiers, limits, codes, id format."""
+"""The public contract (docs/api.md) as data: sizes, tiers, limits, codes, id format."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Request validation and response bodies, exactly the shapes of shared/SPEC.md.
+"""Request validation and response bodies, exactly the shapes of the contract (docs/api.md).
 
 Validation is a strict pydantic model (no coercion: "7" is not a seed, 1 is not a
 boolean); each pydantic error becomes one contract error naming the field in `param`.
