@@ -123,8 +123,9 @@ def _check_text(payload: Any) -> None:
         value, field = stack.pop()
         if isinstance(value, dict):
             for key, item in value.items():
-                stack.append((key, field or key))
-                stack.append((item, field or key))
+                name = field or (key if "\x00" not in key and _encodable(key) else None)
+                stack.append((key, name))
+                stack.append((item, name))
         elif isinstance(value, list):
             stack.extend((item, field) for item in value)
         elif isinstance(value, str) and ("\x00" in value or not _encodable(value)):

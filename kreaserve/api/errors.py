@@ -26,15 +26,21 @@ class APIError(Exception):
         self.headers = headers
 
 
+def _printable(text: str) -> str:
+    """Text that can be sent as UTF-8: a lone surrogate echoed from the request (a field
+    name, say) would otherwise make the error answer itself fail."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(status: int, code: str, message: str, param: str | None = None) -> dict:
     error: dict[str, object] = {
-        "code": code,
-        "message": message,
+        "code": _printable(code),
+        "message": _printable(message),
         "type": ERROR_TYPES.get(status, "invalid_request_error" if status < 500
                                 else "internal_server_error"),
     }
     if param is not None:
-        error["param"] = param
+        error["param"] = _printable(param)
     return {"error": error}
 
 

@@ -140,6 +140,7 @@ def test_lone_surrogates_and_nul_in_names_and_notes(
         ("POST", f"{account}/keys", obj(name=encoded)),
         ("PATCH", account, obj(user_group=encoded)),
         ("POST", f"{account}/credits", obj(amount="1", note=encoded)),
+        ("POST", "/admin/v1/accounts", "{" + encoded + ': "x", "name": "n"}'),  # as a name
     ):
         assert_contract_4xx(raw_json(admin, method, path, body), 400)
     assert admin.get("/admin/v1/accounts").status_code == 200
