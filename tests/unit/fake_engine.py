@@ -1,0 +1,168 @@
+"""Fakes that drive the worker loop in-process: a scripted engine and a database that can go
+down. No torch, no child process: the worker loop's tests run in seconds."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from kreaserve.db import Database
+from kreaserve.engine import messages as m
+from kreaserve.engine.process import EngineDied
+
+
+class FakeEngine:
+    """An engine that answers each batch from a thread: one Progress per step, one Denoised,
+    then per job a Result (Cancelled when the worker cancelled it first).
+
+    Knobs: `hang` (a batch never finishes), `start_error` (start raises it), `png` (the
+    bytes of every result), and `hold_results()` (the worker, not the engine, freezes: the
+    next Result it reads blocks it until `release_results()`, as a SIGSTOP would)."""
+
+    def __init__(self, *, step_seconds: float = 0.02, png: bytes = b"\x89PNG fake") -> None:
+        self.step_seconds = step_seconds
+        self.png = png
+        self.hang = False
+        self.start_error: BaseException | None = None
+        self.starts = 0
+        self.stops = 0
+        self.batches: list[m.GenerateBatch] = []
+        self.cancelled: set[int] = set()
+        self.sent_results: list[int] = []
+        self._messages: queue.Queue[object] = queue.Queue()
+        self._alive = False
+        self._generation = 0  # bumped by stop: threads of a stopped engine send nothing
+        self._next_job = 0
+        self._released = threading.Event()
+        self._released.set()
+        self.holding = threading.Event()  # set while the worker is frozen on a Result
+
+    # --- the engine protocol ------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    def start(self, timeout: float) -> m.Ready:
+        self.starts += 1
+        if self.start_error is not None:
+            raise self.start_error
+        self._alive = True
+        return m.Ready(info={"device": "cpu", "weights": "fake"}, load_seconds=0.0)
+
+    def new_job_id(self) -> int:
+        self._next_job += 1
+        return self._next_job
+
+    def submit(self, batch: m.GenerateBatch) -> None:
+        if not self._alive:
+            raise EngineDied("The fake engine is not running.")
+        self.batches.append(batch)
+        threading.Thread(target=self._serve, args=(batch, self._generation),
+                         daemon=True).start()
+
+    def cancel(self, job: int) -> None:
+        self.cancelled.add(job)
+
+    def next_message(self, timeout: float) -> object | None:
+        if not self._alive:
+            raise EngineDied("The fake engine stopped unexpectedly.")
+        try:
+            message = self._messages.get(timeout=timeout) if timeout else \
+                self._messages.get_nowait()
+        except queue.Empty:
+            if not self._alive:
+                raise EngineDied("The fake engine stopped unexpectedly.") from None
+            return None
+        if isinstance(message, m.Result) and not self._released.is_set():
+            self.holding.set()
+            self._released.wait(60)
+        return message
+
+    def stop(self, grace: float = 10.0) -> None:
+        self.stops += 1
+        self._alive = False
+        self._generation += 1
+        self._messages = queue.Queue()
+
+    # --- test controls ------------------------------------------------------------------
+
+    def kill(self) -> None:
+        """The child dies: its answers never come."""
+        self._alive = False
+        self._generation += 1
+
+    def send(self, message: object) -> None:
+        self._messages.put(message)
+
+    def hold_results(self) -> None:
+        self.holding.clear()
+        self._released.clear()
+
+    def release_results(self) -> None:
+        self._released.set()
+
+    def _serve(self, batch: m.GenerateBatch, generation: int) -> None:
+        def live() -> bool:
+            return generation == self._generation
+
+        for step in range(1, batch.steps + 1):
+            time.sleep(self.step_seconds)
+            while self.hang and live() and not self.cancelled.issuperset(batch.jobs):
+                time.sleep(0.05)
+            if not live():
+                return
+            for item in batch.items:
+                if item.job not in self.cancelled:
+                    self._messages.put(m.Progress(item.job, step, batch.steps))
+        self._messages.put(m.Denoised(tuple(batch.jobs)))
+        for item in batch.items:
+            if not live():
+                return
+            if item.job in self.cancelled:
+                self._messages.put(m.Cancelled(item.job))
+            else:
+                self.sent_results.append(item.job)
+                self._messages.put(m.Result(item.job, self.png, 0.01))
+
+
+class FlakyDatabase(Database):
+    """A database that fails every transaction, as an unreachable server does, while `down`
+    is set; `failures` counts the transactions refused."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.down = threading.Event()
+        self.failures = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        if self.down.is_set():
+            self.failures += 1
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError(
+                "connection refused (the test's outage)"))
+        with super().transaction() as session:
+            yield session
+
+    def outage(self, seconds: float) -> None:
+        """Go down now and come back after `seconds` (in the background)."""
+        self.down.set()
+        threading.Timer(seconds, self.down.clear).start()
+
+
+def wait_for(check: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.02)

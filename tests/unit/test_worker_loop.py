@@ -1,0 +1,337 @@
+"""The worker loop driven by a fake engine on SQLite: leases, cancels, engine deaths,
+timeouts, database outages in every phase. No torch, no child process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from kreaserve import contract, ledger, queue
+from kreaserve.config import Settings
+from kreaserve.db import Database, upgrade
+from kreaserve.db.models import Task
+from kreaserve.storage import LocalStorage
+from kreaserve.worker import Worker
+from tests.conftest import new_account
+from tests.unit.fake_engine import FakeEngine, FlakyDatabase, wait_for
+
+PRICE = ledger.to_units(0.45)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'worker.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """The test's own view of the database (never down)."""
+    database = Database(database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def worker_db(database_url: str) -> Iterator[FlakyDatabase]:
+    """The workers' database, which a test can take down."""
+    database = FlakyDatabase(database_url)
+    yield database
+    database.down.clear()
+    database.dispose()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "images")
+
+
+@pytest.fixture(autouse=True)
+def quick_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kreaserve.worker as worker_module
+
+    for module in (worker_module, *_submodules(worker_module)):
+        if hasattr(module, "HEARTBEAT_SECONDS"):
+            monkeypatch.setattr(module, "HEARTBEAT_SECONDS", 0.2)
+
+
+def _submodules(package: object) -> list[object]:
+    import sys
+
+    name = getattr(package, "__name__", "")
+    return [module for key, module in list(sys.modules.items())
+            if key.startswith(name + ".")]
+
+
+def settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = dict(
+        data_dir=tmp_path, lease_seconds=3.0, worker_poll_seconds=0.05, batch_size=1,
+        batch_wait_ms=0, task_timeout_seconds=30.0, max_attempts=3)
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def create_task(db: Database, account_id: int, seed: int = 5) -> str:
+    params = queue.NewTask(prompt="a fox", size="1:1", quality="1K", seed=seed,
+                           nsfw_check=False, callback_url=None)
+    return queue.create(db, account_id, None, "default", params, PRICE).id
+
+
+def task_row(db: Database, task_id: str) -> Task:
+    with db.transaction() as session:
+        return session.get(Task, task_id)
+
+
+def status(db: Database, task_id: str) -> str:
+    return task_row(db, task_id).status
+
+
+def wait_status(db: Database, task_id: str, wanted: str, timeout: float = 15) -> Task:
+    wait_for(lambda: status(db, task_id) == wanted, timeout,
+             f"task {task_id} to be {wanted} (it is {status(db, task_id)})")
+    return task_row(db, task_id)
+
+
+class Run:
+    """A started worker with its fake engine; stopped by the fixture."""
+
+    def __init__(self, worker: Worker, engine: FakeEngine, fatal: list[str]) -> None:
+        self.worker, self.engine, self.fatal = worker, engine, fatal
+
+
+@pytest.fixture
+def start_worker(worker_db: FlakyDatabase, storage: LocalStorage,
+                 tmp_path: Path) -> Iterator:
+    started: list[Worker] = []
+
+    def start(engine: FakeEngine | None = None, **overrides: object) -> Run:
+        engine = engine or FakeEngine()
+        fatal: list[str] = []
+        worker = Worker(settings(tmp_path, **overrides), worker_db, storage, engine=engine,
+                        on_fatal=fatal.append)
+        worker.start()
+        started.append(worker)
+        return Run(worker, engine, fatal)
+
+    yield start
+    worker_db.down.clear()
+    for worker in started:
+        worker.stop()
+
+
+def threads_alive(worker: Worker) -> list[str]:
+    return [thread.name for thread in worker._threads if thread.is_alive()]
+
+
+# --- the happy path ------------------------------------------------------------------------
+
+def test_a_task_runs_and_its_result_is_stored(db: Database, storage: LocalStorage,
+                                              start_worker) -> None:
+    account_id, _ = new_account(db)
+    task_id = create_task(db, account_id)
+    run = start_worker()
+    task = wait_status(db, task_id, contract.COMPLETED)
+    (key,) = task.result_keys
+    assert storage.path(key).read_bytes() == run.engine.png
+    assert task.billing_state == "charged" and task.progress == 100
+    assert run.engine.starts == 1 and run.engine.stops == 0
+
+
+# --- database outages ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("phase", ["claim_batch", "renew", "complete", "worker_heartbeat"])
+def test_a_database_outage_in_any_phase_never_stops_the_warm_engine(
+    db: Database, worker_db: FlakyDatabase, storage: LocalStorage, start_worker,
+    monkeypatch: pytest.MonkeyPatch, phase: str,
+) -> None:
+    """The outage starts on the worker's first call of `phase` and lasts 1.5 s; the task
+    still completes, on the engine that was warm before it."""
+    account_id, _ = new_account(db)
+    task_id = create_task(db, account_id)
+    real = getattr(queue, phase)
+    calls = {"n": 0}
+    # The first heartbeat runs in `start()` itself, before there is an engine to keep warm.
+    trigger_at = 2 if phase == "worker_heartbeat" else 1
+
+    def with_outage(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == trigger_at:
+            worker_db.outage(1.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(queue, phase, with_outage)
+    run = start_worker(FakeEngine(step_seconds=0.05))
+    task = wait_status(db, task_id, contract.COMPLETED, timeout=20)
+    assert worker_db.failures > 0, "the outage did not happen"
+    assert storage.path(task.result_keys[0]).read_bytes() == run.engine.png
+    assert (run.engine.starts, run.engine.stops) == (1, 0), "the engine was restarted"
+    assert sorted(threads_alive(run.worker)) == ["kreaserve-heartbeat", "kreaserve-worker"]
+    assert not run.fatal
+    # The worker is still serving: a second task runs too.
+    second = create_task(db, account_id, seed=6)
+    wait_status(db, second, contract.COMPLETED)
+
+
+def test_an_outage_while_the_engine_restarts_leaves_no_zombie(
+    db: Database, worker_db: FlakyDatabase, start_worker,
+) -> None:
+    """The engine dies and the database is down at the same time: the worker requeues the
+    task and restarts its engine once the database is back, instead of a dead loop thread
+    beside a heartbeat that looks alive."""
+    account_id, _ = new_account(db)
+    task_id = create_task(db, account_id)
+    run = start_worker(FakeEngine(step_seconds=0.1))
+    wait_for(lambda: task_row(db, task_id).progress > 0, what="progress")
+    worker_db.outage(2.0)
+    run.engine.kill()
+    task = wait_status(db, task_id, contract.COMPLETED, timeout=20)
+    assert task.attempts == 2
+    assert run.engine.starts == 2
+    assert sorted(threads_alive(run.worker)) == ["kreaserve-heartbeat", "kreaserve-worker"]
+
+
+def test_the_worker_backs_off_while_the_database_is_down(
+    db: Database, worker_db: FlakyDatabase, start_worker,
+) -> None:
+    account_id, _ = new_account(db)
+    task_id = create_task(db, account_id)
+    run = start_worker(FakeEngine(step_seconds=0.2))
+    wait_for(lambda: task_row(db, task_id).progress > 0, what="progress")
+    worker_db.outage(3.0)
+    wait_for(lambda: not worker_db.down.is_set(), timeout=5)
+    # A tick is 0.25 s and a heartbeat 0.2 s here: without a backoff that is ~30 attempts.
+    assert 2 <= worker_db.failures <= 14, worker_db.failures
+    wait_status(db, task_id, contract.COMPLETED)
+    assert run.engine.starts == 1
+
+
+def test_a_worker_thread_that_dies_ends_the_worker_as_fatal(start_worker) -> None:
+    engine = FakeEngine()
+    engine.start_error = RuntimeError("a bug in the worker")
+    run = start_worker(engine)
+    wait_for(lambda: run.fatal, what="on_fatal")
+    assert "a bug in the worker" in run.fatal[0]
+    assert run.worker.fatal_message and "kreaserve-worker" in run.worker.fatal_message
+    wait_for(lambda: not threads_alive(run.worker), what="every thread to end")
+
+
+# --- leases ---------------------------------------------------------------------------------
+
+def test_a_lost_lease_cancels_the_job_and_leaves_the_task_to_its_owner(
+    db: Database, start_worker, caplog: pytest.LogCaptureFixture,
+) -> None:
+    account_id, _ = new_account(db)
+    task_id = create_task(db, account_id)
+    engine = FakeEngine(step_seconds=0.05)
+    engine.hang = True
+    run = start_worker(engine, lease_seconds=0.6)
+    wait_for(lambda: status(db, task_id) == contract.PROCESSING, what="the claim")
+    with db.transaction() as session:  # the reaper and another worker took it meanwhile
+        session.execute(update(Task).where(Task.id == task_id).values(worker_id="other"))
+    with caplog.at_level(logging.WARNING, logger="kreaserve.worker"):
+        wait_for(lambda: run.engine.cancelled, what="the cancel")
+        wait_for(lambda: "lease lost" in caplog.text, what="the log line")
+    task = task_row(db, task_id)
+    assert (task.status, task.worker_id, task.result_keys) == (contract.PROCESSING, "other",
+                                                                None)
+
+
+def test_a_stale_worker_never_touches_the_new_owners_result(
+    db: Database, storage: LocalStorage, start_worker, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Worker A freezes (think SIGSTOP) while its engine finishes; its lease runs out, B
+    runs the task; A wakes up with its image: it drops it and says so, and B's URL works."""
+    account_id, _ = new_account(db)
+    task_id = create_task(db, account_id)
+    engine_a = FakeEngine(png=b"A's image")
+    engine_a.hold_results()
+    a = start_worker(engine_a, lease_seconds=0.5)
+    wait_for(engine_a.holding.is_set, what="A to freeze on its result")
+    wait_for(lambda: queue.reap(db, 3) == 1, timeout=5, what="A's lease to expire")
+    b = start_worker(FakeEngine(png=b"B's image"), lease_seconds=0.5)
+    task = wait_status(db, task_id, contract.COMPLETED)
+    (key,) = task.result_keys
+    assert storage.path(key).read_bytes() == b"B's image"
+    with caplog.at_level(logging.WARNING, logger="kreaserve"):
+        engine_a.release_results()
+        time.sleep(1.0)  # A handles its result in milliseconds
+        b.worker.stop()
+        a.worker.stop()
+    task = task_row(db, task_id)
+    assert task.status == contract.COMPLETED and task.result_keys == [key]
+    assert storage.path(key) is not None, "the stale worker deleted the new owner's image"
+    assert storage.path(key).read_bytes() == b"B's image"
+    assert "dropped" in caplog.text, "the stale worker did not say it dropped its work"
+
+
+# --- cancels, engine deaths, timeouts --------------------------------------------------------
+
+def test_a_cancel_mid_batch_stops_that_task_only(db: Database, start_worker) -> None:
+    account_id, _ = new_account(db)
+    tasks = [create_task(db, account_id, seed=seed) for seed in (1, 2, 3)]
+    run = start_worker(FakeEngine(step_seconds=0.15), batch_size=3)
+    wait_for(lambda: task_row(db, tasks[1]).progress > 0, what="progress")
+    queue.cancel(db, account_id, tasks[1])
+    assert wait_status(db, tasks[1], contract.CANCELLED).billing_state == "released"
+    for task_id in (tasks[0], tasks[2]):
+        wait_status(db, task_id, contract.COMPLETED)
+    assert len(run.engine.batches) == 1 and len(run.engine.batches[0].items) == 3
+
+
+def test_an_engine_death_runs_the_task_again_on_a_fresh_engine(
+    db: Database, start_worker,
+) -> None:
+    account_id, _ = new_account(db)
+    task_id = create_task(db, account_id)
+    run = start_worker(FakeEngine(step_seconds=0.1))
+    wait_for(lambda: task_row(db, task_id).progress > 0, what="progress")
+    run.engine.kill()
+    task = wait_status(db, task_id, contract.COMPLETED)
+    assert task.attempts == 2 and run.engine.starts == 2
+
+
+def test_a_hung_generation_times_out_and_the_engine_is_replaced(
+    db: Database, start_worker,
+) -> None:
+    account_id, _ = new_account(db)
+    task_id = create_task(db, account_id)
+    engine = FakeEngine()
+    engine.hang = True
+    run = start_worker(engine, task_timeout_seconds=1.0)
+    task = wait_status(db, task_id, contract.FAILED)
+    assert task.error_code == "generation_timeout" and task.billing_state == "released"
+    engine.hang = False
+    second = create_task(db, account_id, seed=9)
+    wait_status(db, second, contract.COMPLETED)
+    assert run.engine.starts == 2 and run.engine.stops >= 1
+
+
+def test_an_unknown_message_from_the_engine_is_an_error(
+    db: Database, start_worker,
+) -> None:
+    run = start_worker()
+    wait_for(lambda: run.engine.starts == 1)
+    run.engine.send(object())
+    wait_for(lambda: run.fatal, what="on_fatal")
+    assert "object" in run.fatal[0]
+
+
+def test_stop_hands_running_tasks_back_to_the_queue(db: Database, start_worker) -> None:
+    account_id, _ = new_account(db)
+    task_id = create_task(db, account_id)
+    engine = FakeEngine(step_seconds=0.05)
+    engine.hang = True
+    run = start_worker(engine)
+    wait_for(lambda: status(db, task_id) == contract.PROCESSING, what="the claim")
+    stopper = threading.Thread(target=run.worker.stop)
+    stopper.start()
+    stopper.join(30)
+    task = task_row(db, task_id)
+    assert (task.status, task.worker_id) == (contract.PENDING, None)
