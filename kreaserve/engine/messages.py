@@ -1,4 +1,9 @@
-"""The small messages between a worker and its engine child process (plain data only)."""
+"""The small messages between a worker and its engine child process (plain data only).
+
+The protocol is closed: `ToChild` is everything the worker sends, `StartAnswer` what the
+child answers to its `Load`, and `EngineMessage` what it sends while serving. Whoever
+receives one dispatches with `match` over the union and `assert_never`, so a message type
+added here and handled nowhere fails the type check, and an unknown object is an error."""
 
 from __future__ import annotations
 
@@ -119,3 +124,13 @@ class Failed:
 @dataclass(frozen=True)
 class Shutdown:
     """Worker → child: exit cleanly."""
+
+
+#: Worker → child while serving.
+ToChild = GenerateBatch | Shutdown
+#: Child → worker once loading is over.
+StartAnswer = Ready | LoadFailed
+#: How one job of a batch ended (exactly one per job).
+JobOutcome = Result | Cancelled | Failed
+#: Child → worker while serving.
+EngineMessage = Denoised | Progress | Result | Cancelled | Failed

@@ -3,7 +3,8 @@
 Imports neither torch nor anything of the service: the child is spawned, so the parent only
 needs `kreaserve.engine.child` by name. A child that dies or hangs never takes the worker
 down: `next_message` raises `EngineDied`, the worker fails or requeues the jobs it had sent,
-and starts a new child.
+and starts a new child. Anything the child sends that is not a message of the protocol stops
+it with `EngineProtocolError` (an `EngineDied`) instead of being dropped.
 """
 
 from __future__ import annotations
@@ -12,25 +13,19 @@ import logging
 import multiprocessing as mp
 import time
 from multiprocessing.connection import Connection
+from typing import Any
 
 from kreaserve.engine import child
 from kreaserve.engine import messages as m
+from kreaserve.engine.handle import EngineDied, EngineProtocolError, EngineStartError
 
 log = logging.getLogger("kreaserve.engine")
 
-JobOutcome = m.Result | m.Cancelled | m.Failed
-
-
-class EngineStartError(Exception):
-    """The child could not load its weights; the message says what to do."""
-
-
-class EngineDied(Exception):
-    """The child process is gone (crashed, killed, or its pipe broke)."""
+__all__ = ["EngineDied", "EngineProcess", "EngineProtocolError", "EngineStartError"]
 
 
 class EngineProcess:
-    """One engine child process and the pipe to it."""
+    """One engine child process and the pipe to it (an `EngineHandle`)."""
 
     def __init__(self, load: m.Load) -> None:
         self.load = load
@@ -52,11 +47,7 @@ class EngineProcess:
     def start(self, timeout: float) -> m.Ready:
         """Spawn the child and wait for it to load and warm up."""
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        self._process = self._ctx.Process(
-            target=child.main, args=(child_conn, self._cancel_slots, self.load),
-            name="kreaserve-engine", daemon=True,
-        )
-        self._process.start()
+        self._process = self._spawn(child_conn)
         child_conn.close()
         self._conn = parent_conn
         deadline = time.monotonic() + timeout
@@ -72,6 +63,8 @@ class EngineProcess:
                 if isinstance(message, m.LoadFailed):
                     self.stop()
                     raise EngineStartError(message.message)
+                self.stop(grace=0)
+                raise EngineStartError(f"The engine sent {message!r:.200} instead of Ready.")
             elif not self._process.is_alive():
                 break
         else:
@@ -86,6 +79,15 @@ class EngineProcess:
             f"The engine process exited while loading '{self.load.weights}' (exit code {code}); "
             "see the log above for its error."
         )
+
+    def _spawn(self, child_conn: Connection) -> Any:
+        """Start the child process on its end of the pipe (a test may run it otherwise)."""
+        process = self._ctx.Process(
+            target=child.main, args=(child_conn, self._cancel_slots, self.load),
+            name="kreaserve-engine", daemon=True,
+        )
+        process.start()
+        return process
 
     def new_job_id(self) -> int:
         self._next_job += 1
@@ -103,13 +105,19 @@ class EngineProcess:
         """Ask the child to drop `job` before its next denoising step (or skip its decode)."""
         self._cancel_slots[job % child.CANCEL_SLOTS] = job
 
-    def next_message(self, timeout: float) -> object | None:
+    def next_message(self, timeout: float) -> m.EngineMessage | None:
         """The child's next message, or None when nothing came within `timeout` seconds."""
         if self._conn is None or self._process is None:
             raise EngineDied("The engine process is not running.")
         try:
             if self._conn.poll(timeout):
-                return self._conn.recv()
+                message = self._conn.recv()
+                if isinstance(message, m.EngineMessage):
+                    return message
+                self.stop(grace=0)
+                raise EngineProtocolError(
+                    f"The engine process sent an unknown message {message!r:.200}; "
+                    "it was stopped.")
         except (EOFError, OSError) as exc:
             raise EngineDied(self._death()) from exc
         if not self._process.is_alive():

@@ -3,18 +3,25 @@ down. No torch, no child process: the worker loop's tests run in seconds."""
 
 from __future__ import annotations
 
+import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import SimpleNamespace
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from kreaserve.db import Database
 from kreaserve.engine import messages as m
-from kreaserve.engine.process import EngineDied
+from kreaserve.engine.child import Child
+from kreaserve.engine.options import EngineOptions
+from kreaserve.engine.process import EngineDied, EngineProcess
 
 
 class FakeEngine:
@@ -64,8 +71,7 @@ class FakeEngine:
         if not self._alive:
             raise EngineDied("The fake engine is not running.")
         self.batches.append(batch)
-        threading.Thread(target=self._serve, args=(batch, self._generation),
-                         daemon=True).start()
+        threading.Thread(target=self._serve, args=(batch, self._generation), daemon=True).start()
 
     def cancel(self, job: int) -> None:
         self.cancelled.add(job)
@@ -74,8 +80,9 @@ class FakeEngine:
         if not self._alive:
             raise EngineDied("The fake engine stopped unexpectedly.")
         try:
-            message = self._messages.get(timeout=timeout) if timeout else \
-                self._messages.get_nowait()
+            message = (
+                self._messages.get(timeout=timeout) if timeout else self._messages.get_nowait()
+            )
         except queue.Empty:
             if not self._alive:
                 raise EngineDied("The fake engine stopped unexpectedly.") from None
@@ -145,8 +152,9 @@ class FlakyDatabase(Database):
     def transaction(self) -> Iterator[Session]:
         if self.down.is_set():
             self.failures += 1
-            raise OperationalError("SELECT 1", {}, ConnectionRefusedError(
-                "connection refused (the test's outage)"))
+            raise OperationalError(
+                "SELECT 1", {}, ConnectionRefusedError("connection refused (the test's outage)")
+            )
         with super().transaction() as session:
             yield session
 
@@ -166,3 +174,91 @@ def wait_for(check: Callable[[], object], timeout: float = 10.0, what: str = "")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or check}")
         time.sleep(0.02)
+
+
+class FakePipeline:
+    """Stands in for `pipeline.Engine` inside the real engine `Child`: a denoising step is a
+    sleep, a decode is an image of random noise at the request's size (a big PNG)."""
+
+    def __init__(self, *, step_seconds: float = 0.01, overlap: str = "on") -> None:
+        self.options = EngineOptions(overlap=overlap)
+        self.info = {"device": "cpu", "weights": "fake"}
+        self.step_seconds = step_seconds
+        self.step_times: list[float] = []
+
+    def denoise(self, requests: list, on_step: Callable, is_cancelled: Callable) -> object:
+        live = list(range(len(requests)))
+        steps = requests[0].steps
+        for step in range(1, steps + 1):
+            time.sleep(self.step_seconds)
+            live = [index for index in live if not is_cancelled(index)]
+            if not live:
+                return None
+            for index in live:
+                on_step(index, step, steps)
+            self.step_times.append(time.perf_counter())
+        return SimpleNamespace(live=live, requests=requests)
+
+    def decode(self, denoised: SimpleNamespace, index: int) -> object:
+        from PIL import Image
+
+        request = denoised.requests[index]
+        size = (request.width, request.height)
+        return Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))
+
+
+class _ThreadProcess:
+    """Enough of a `multiprocessing.Process` for `EngineProcess`, running on a thread."""
+
+    pid = None
+    exitcode = None
+
+    def __init__(self, target: Callable[[], None], conn: Connection) -> None:
+        self._thread = threading.Thread(target=target, name="fake-engine-child", daemon=True)
+        self._conn = conn
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def kill(self) -> None:
+        """Shut the child's end of the pipe down, which wakes a thread blocked reading it."""
+        try:
+            with socket.socket(fileno=os.dup(self._conn.fileno())) as end:
+                end.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class ThreadEngine(EngineProcess):
+    """The real `EngineProcess` over a real pipe, its child a thread that runs `serve(conn)`
+    (by default the real `Child` around a `FakePipeline`) instead of a spawned process."""
+
+    def __init__(
+        self,
+        pipeline: FakePipeline | None = None,
+        serve: Callable[[Connection], None] | None = None,
+    ) -> None:
+        super().__init__(m.Load(weights="fake", cache_dir=Path(".")))
+        self.pipeline = pipeline or FakePipeline()
+        self._serve = serve
+
+    def _spawn(self, child_conn: Connection) -> _ThreadProcess:
+        conn = Connection(os.dup(child_conn.fileno()))  # start() closes its own copy
+
+        def run() -> None:
+            try:
+                if self._serve is not None:
+                    self._serve(conn)
+                    return
+                conn.send(m.Ready(info=dict(self.pipeline.info)))
+                Child(conn, self._cancel_slots, self.pipeline).serve()
+            except (OSError, EOFError):
+                pass  # killed: the pipe was shut under it
+            finally:
+                conn.close()
+
+        return _ThreadProcess(run, conn)

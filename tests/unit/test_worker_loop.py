@@ -4,9 +4,11 @@ timeouts, database outages in every phase. No torch, no child process."""
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -16,19 +18,35 @@ from kreaserve import contract, ledger, queue
 from kreaserve.config import Settings
 from kreaserve.db import Database, upgrade
 from kreaserve.db.models import Task
+from kreaserve.engine import messages as m
+from kreaserve.engine.handle import EngineProtocolError, EngineStartError
 from kreaserve.storage import LocalStorage
 from kreaserve.worker import Worker
 from tests.conftest import new_account
-from tests.unit.fake_engine import FakeEngine, FlakyDatabase, wait_for
+from tests.unit.fake_engine import (
+    FakeEngine,
+    FakePipeline,
+    FlakyDatabase,
+    ThreadEngine,
+    wait_for,
+)
 
 PRICE = ledger.to_units(0.45)
 
 
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file per module; each test gets a copy (migrating takes ~1 s)."""
+    path = tmp_path_factory.mktemp("template") / "worker.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'worker.db'}"
-    upgrade(url)
-    return url
+def database_url(migrated: Path, tmp_path: Path) -> str:
+    copy = tmp_path / "worker.db"
+    shutil.copyfile(migrated, copy)
+    return f"sqlite:///{copy}"
 
 
 @pytest.fixture
@@ -66,21 +84,27 @@ def _submodules(package: object) -> list[object]:
     import sys
 
     name = getattr(package, "__name__", "")
-    return [module for key, module in list(sys.modules.items())
-            if key.startswith(name + ".")]
+    return [module for key, module in list(sys.modules.items()) if key.startswith(name + ".")]
 
 
 def settings(tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = dict(
-        data_dir=tmp_path, lease_seconds=3.0, worker_poll_seconds=0.05, batch_size=1,
-        batch_wait_ms=0, task_timeout_seconds=30.0, max_attempts=3)
+        data_dir=tmp_path,
+        lease_seconds=3.0,
+        worker_poll_seconds=0.05,
+        batch_size=1,
+        batch_wait_ms=0,
+        task_timeout_seconds=30.0,
+        max_attempts=3,
+    )
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 def create_task(db: Database, account_id: int, seed: int = 5) -> str:
-    params = queue.NewTask(prompt="a fox", size="1:1", quality="1K", seed=seed,
-                           nsfw_check=False, callback_url=None)
+    params = queue.NewTask(
+        prompt="a fox", size="1:1", quality="1K", seed=seed, nsfw_check=False, callback_url=None
+    )
     return queue.create(db, account_id, None, "default", params, PRICE).id
 
 
@@ -94,8 +118,11 @@ def status(db: Database, task_id: str) -> str:
 
 
 def wait_status(db: Database, task_id: str, wanted: str, timeout: float = 15) -> Task:
-    wait_for(lambda: status(db, task_id) == wanted, timeout,
-             f"task {task_id} to be {wanted} (it is {status(db, task_id)})")
+    wait_for(
+        lambda: status(db, task_id) == wanted,
+        timeout,
+        f"task {task_id} to be {wanted} (it is {status(db, task_id)})",
+    )
     return task_row(db, task_id)
 
 
@@ -107,15 +134,19 @@ class Run:
 
 
 @pytest.fixture
-def start_worker(worker_db: FlakyDatabase, storage: LocalStorage,
-                 tmp_path: Path) -> Iterator:
+def start_worker(worker_db: FlakyDatabase, storage: LocalStorage, tmp_path: Path) -> Iterator:
     started: list[Worker] = []
 
     def start(engine: FakeEngine | None = None, **overrides: object) -> Run:
         engine = engine or FakeEngine()
         fatal: list[str] = []
-        worker = Worker(settings(tmp_path, **overrides), worker_db, storage, engine=engine,
-                        on_fatal=fatal.append)
+        worker = Worker(
+            settings(tmp_path, **overrides),
+            worker_db,
+            storage,
+            engine=engine,
+            on_fatal=fatal.append,
+        )
         worker.start()
         started.append(worker)
         return Run(worker, engine, fatal)
@@ -132,8 +163,10 @@ def threads_alive(worker: Worker) -> list[str]:
 
 # --- the happy path ------------------------------------------------------------------------
 
-def test_a_task_runs_and_its_result_is_stored(db: Database, storage: LocalStorage,
-                                              start_worker) -> None:
+
+def test_a_task_runs_and_its_result_is_stored(
+    db: Database, storage: LocalStorage, start_worker
+) -> None:
     account_id, _ = new_account(db)
     task_id = create_task(db, account_id)
     run = start_worker()
@@ -146,10 +179,15 @@ def test_a_task_runs_and_its_result_is_stored(db: Database, storage: LocalStorag
 
 # --- database outages ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("phase", ["claim_batch", "renew", "complete", "worker_heartbeat"])
 def test_a_database_outage_in_any_phase_never_stops_the_warm_engine(
-    db: Database, worker_db: FlakyDatabase, storage: LocalStorage, start_worker,
-    monkeypatch: pytest.MonkeyPatch, phase: str,
+    db: Database,
+    worker_db: FlakyDatabase,
+    storage: LocalStorage,
+    start_worker,
+    monkeypatch: pytest.MonkeyPatch,
+    phase: str,
 ) -> None:
     """The outage starts on the worker's first call of `phase` and lasts 1.5 s; the task
     still completes, on the engine that was warm before it."""
@@ -180,7 +218,9 @@ def test_a_database_outage_in_any_phase_never_stops_the_warm_engine(
 
 
 def test_an_outage_while_the_engine_restarts_leaves_no_zombie(
-    db: Database, worker_db: FlakyDatabase, start_worker,
+    db: Database,
+    worker_db: FlakyDatabase,
+    start_worker,
 ) -> None:
     """The engine dies and the database is down at the same time: the worker requeues the
     task and restarts its engine once the database is back, instead of a dead loop thread
@@ -198,7 +238,9 @@ def test_an_outage_while_the_engine_restarts_leaves_no_zombie(
 
 
 def test_the_worker_backs_off_while_the_database_is_down(
-    db: Database, worker_db: FlakyDatabase, start_worker,
+    db: Database,
+    worker_db: FlakyDatabase,
+    start_worker,
 ) -> None:
     account_id, _ = new_account(db)
     task_id = create_task(db, account_id)
@@ -224,8 +266,11 @@ def test_a_worker_thread_that_dies_ends_the_worker_as_fatal(start_worker) -> Non
 
 # --- leases ---------------------------------------------------------------------------------
 
+
 def test_a_lost_lease_cancels_the_job_and_leaves_the_task_to_its_owner(
-    db: Database, start_worker, caplog: pytest.LogCaptureFixture,
+    db: Database,
+    start_worker,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     account_id, _ = new_account(db)
     task_id = create_task(db, account_id)
@@ -239,12 +284,14 @@ def test_a_lost_lease_cancels_the_job_and_leaves_the_task_to_its_owner(
         wait_for(lambda: run.engine.cancelled, what="the cancel")
         wait_for(lambda: "lease lost" in caplog.text, what="the log line")
     task = task_row(db, task_id)
-    assert (task.status, task.worker_id, task.result_keys) == (contract.PROCESSING, "other",
-                                                                None)
+    assert (task.status, task.worker_id, task.result_keys) == (contract.PROCESSING, "other", None)
 
 
 def test_a_stale_worker_never_touches_the_new_owners_result(
-    db: Database, storage: LocalStorage, start_worker, caplog: pytest.LogCaptureFixture,
+    db: Database,
+    storage: LocalStorage,
+    start_worker,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Worker A freezes (think SIGSTOP) while its engine finishes; its lease runs out, B
     runs the task; A wakes up with its image: it drops it and says so, and B's URL works."""
@@ -273,6 +320,7 @@ def test_a_stale_worker_never_touches_the_new_owners_result(
 
 # --- cancels, engine deaths, timeouts --------------------------------------------------------
 
+
 def test_a_cancel_mid_batch_stops_that_task_only(db: Database, start_worker) -> None:
     account_id, _ = new_account(db)
     tasks = [create_task(db, account_id, seed=seed) for seed in (1, 2, 3)]
@@ -286,7 +334,8 @@ def test_a_cancel_mid_batch_stops_that_task_only(db: Database, start_worker) -> 
 
 
 def test_an_engine_death_runs_the_task_again_on_a_fresh_engine(
-    db: Database, start_worker,
+    db: Database,
+    start_worker,
 ) -> None:
     account_id, _ = new_account(db)
     task_id = create_task(db, account_id)
@@ -298,7 +347,8 @@ def test_an_engine_death_runs_the_task_again_on_a_fresh_engine(
 
 
 def test_a_hung_generation_times_out_and_the_engine_is_replaced(
-    db: Database, start_worker,
+    db: Database,
+    start_worker,
 ) -> None:
     account_id, _ = new_account(db)
     task_id = create_task(db, account_id)
@@ -314,10 +364,15 @@ def test_a_hung_generation_times_out_and_the_engine_is_replaced(
 
 
 def test_an_unknown_message_from_the_engine_is_an_error(
-    db: Database, start_worker,
+    db: Database,
+    start_worker,
 ) -> None:
-    run = start_worker()
-    wait_for(lambda: run.engine.starts == 1)
+    account_id, _ = new_account(db)
+    task_id = create_task(db, account_id)
+    engine = FakeEngine()
+    engine.hang = True
+    run = start_worker(engine)
+    wait_for(lambda: status(db, task_id) == contract.PROCESSING, what="the claim")
     run.engine.send(object())
     wait_for(lambda: run.fatal, what="on_fatal")
     assert "object" in run.fatal[0]
@@ -335,3 +390,53 @@ def test_stop_hands_running_tasks_back_to_the_queue(db: Database, start_worker) 
     stopper.join(30)
     task = task_row(db, task_id)
     assert (task.status, task.worker_id) == (contract.PENDING, None)
+
+
+# --- over a real pipe: the real EngineProcess and Child, the child on a thread ---------------
+
+
+def test_a_result_larger_than_the_pipe_buffer_arrives_whole(
+    db: Database,
+    storage: LocalStorage,
+    start_worker,
+) -> None:
+    """A 2048x2048 noise PNG is ~12 MB, some 200 times a pipe's 64 KiB buffer."""
+    from PIL import Image
+
+    account_id, _ = new_account(db)
+    params = queue.NewTask(
+        prompt="a fox", size="1:1", quality="2K", seed=3, nsfw_check=False, callback_url=None
+    )
+    task_id = queue.create(db, account_id, None, "default", params, PRICE).id
+    engine = ThreadEngine(FakePipeline())
+    start_worker(engine)
+    task = wait_status(db, task_id, contract.COMPLETED, timeout=30)
+    path = storage.path(task.result_keys[0])
+    assert path.stat().st_size > 100 * 65536
+    with Image.open(path) as image:
+        assert image.size == (2048, 2048)
+        image.load()
+
+
+def test_the_engine_process_stops_a_child_that_breaks_the_protocol() -> None:
+    def serve(conn: Connection) -> None:
+        conn.send(m.Ready())
+        conn.recv()  # the batch
+        conn.send({"not": "a message"})
+        conn.recv()  # until the engine process shuts the pipe
+
+    engine = ThreadEngine(serve=serve)
+    engine.start(5)
+    engine.submit(
+        m.GenerateBatch(items=(m.Item(engine.new_job_id(), "a fox", 1),), width=256, height=256)
+    )
+    with pytest.raises(EngineProtocolError, match="unknown message .*not"):
+        while True:
+            engine.next_message(1)
+    assert not engine.alive
+
+
+def test_a_child_that_breaks_the_protocol_while_loading_does_not_start() -> None:
+    engine = ThreadEngine(serve=lambda conn: conn.send("hello"))
+    with pytest.raises(EngineStartError, match="instead of Ready"):
+        engine.start(5)
