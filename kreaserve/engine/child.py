@@ -3,7 +3,9 @@
 Runs in a *spawned* process, so torch and diffusers are imported here only, never in the
 worker or API process that starts it. Two threads share the work so the device is not left
 idle: the main thread encodes and denoises one batch while a finisher thread decodes the
-previous batch's images, encodes their PNGs and sends them.
+previous batch's images and encodes their PNGs. A third thread does all the sending, so a
+denoising step never waits while a multi-MB result squeezes through the pipe (measured in
+BENCHMARKS.md, "engine child sending": a shared send lock cost up to half the step time).
 
 Every job of a batch gets exactly one answer (Result, Cancelled or Failed); the batch gets
 one Denoised as soon as its denoising is over, which tells the worker to send the next one.
@@ -22,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, assert_never
 
 from kreaserve.engine import messages as m
 
@@ -78,18 +80,25 @@ class Child:
         self.conn = conn
         self.cancel_slots = cancel_slots
         self.engine = engine
-        self._send_lock = threading.Lock()
+        self._outbox: queue.SimpleQueue[m.EngineMessage | None] = queue.SimpleQueue()
         self._finishing: queue.Queue[tuple[_Batch, Any] | None] = queue.Queue(maxsize=1)
         self.overlap = engine.options.overlaps(engine.info["device"])
 
-    def send(self, message: object) -> None:
-        with self._send_lock:
-            self.conn.send(message)
+    def send(self, message: m.EngineMessage) -> None:
+        """Queue a message for the sender thread; never blocks the caller."""
+        self._outbox.put(message)
+
+    def _send_loop(self) -> None:
+        while (message := self._outbox.get()) is not None:
+            try:
+                self.conn.send(message)
+            except OSError:
+                return  # the worker went away; the main thread sees it too and exits
 
     def cancelled(self, job: int) -> bool:
         return self.cancel_slots[job % CANCEL_SLOTS] == job
 
-    def answer(self, batch: _Batch, message: m.Result | m.Cancelled | m.Failed) -> None:
+    def answer(self, batch: _Batch, message: m.JobOutcome) -> None:
         if message.job not in batch.answered:
             batch.answered.add(message.job)
             self.send(message)
@@ -97,31 +106,40 @@ class Child:
     def serve(self) -> None:
         finisher = threading.Thread(target=self._finish_loop, name="engine-finisher",
                                     daemon=True)
+        sender = threading.Thread(target=self._send_loop, name="engine-sender", daemon=True)
+        sender.start()
         if self.overlap:
             finisher.start()
         try:
             while True:
                 try:
-                    message = self.conn.recv()
+                    message: m.ToChild = self.conn.recv()
                 except EOFError:
                     return  # the worker went away
-                if isinstance(message, m.Shutdown):
-                    return
-                if isinstance(message, m.GenerateBatch):
-                    batch = _Batch(message)
-                    pieces = self._denoise(batch, message.items)
-                    # Sent before decoding, so the worker claims and sends the next batch now.
-                    self.send(m.Denoised(tuple(message.jobs)))
-                    for items, denoised in pieces:
-                        if self.overlap:
-                            self._finishing.put((batch, (items, denoised)))
-                        else:
-                            self._finish(batch, items, denoised)
-                    del pieces
+                match message:
+                    case m.Shutdown():
+                        return
+                    case m.GenerateBatch():
+                        self._run_batch(message)
+                    case _:
+                        assert_never(message)  # the child dies; the worker restarts it
         finally:
             if self.overlap:
                 self._finishing.put(None)
                 finisher.join(timeout=60)
+            self._outbox.put(None)  # what is queued still goes out first
+            sender.join(timeout=60)
+
+    def _run_batch(self, message: m.GenerateBatch) -> None:
+        batch = _Batch(message)
+        pieces = self._denoise(batch, message.items)
+        # Sent before decoding, so the worker claims and sends the next batch now.
+        self.send(m.Denoised(tuple(message.jobs)))
+        for items, denoised in pieces:
+            if self.overlap:
+                self._finishing.put((batch, (items, denoised)))
+            else:
+                self._finish(batch, items, denoised)
 
     # --- denoising (main thread) ------------------------------------------------------------
 

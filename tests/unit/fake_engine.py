@@ -3,6 +3,7 @@ down. No torch, no child process: the worker loop's tests run in seconds."""
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import socket
@@ -180,10 +181,13 @@ class FakePipeline:
     """Stands in for `pipeline.Engine` inside the real engine `Child`: a denoising step is a
     sleep, a decode is an image of random noise at the request's size (a big PNG)."""
 
-    def __init__(self, *, step_seconds: float = 0.01, overlap: str = "on") -> None:
+    def __init__(
+        self, *, step_seconds: float = 0.01, overlap: str = "on", free_png: bool = False
+    ) -> None:
         self.options = EngineOptions(overlap=overlap)
         self.info = {"device": "cpu", "weights": "fake"}
         self.step_seconds = step_seconds
+        self.free_png = free_png
         self.step_times: list[float] = []
 
     def denoise(self, requests: list, on_step: Callable, is_cancelled: Callable) -> object:
@@ -204,7 +208,20 @@ class FakePipeline:
 
         request = denoised.requests[index]
         size = (request.width, request.height)
-        return Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))
+        noise = os.urandom(size[0] * size[1] * 3)
+        if self.free_png:
+            return _Encoded(noise)
+        return Image.frombytes("RGB", size, noise)
+
+
+class _Encoded:
+    """A decoded image whose PNG encoding is free: it writes the bytes it holds."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def save(self, buffer: io.BytesIO, **_: object) -> None:
+        buffer.write(self.data)
 
 
 class _ThreadProcess:
