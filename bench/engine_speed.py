@@ -206,13 +206,14 @@ def main() -> int:
     import torch
 
     from kreaserve.engine import speedups
-    from kreaserve.engine.pipeline import Engine, _torch_dtype, resolve_weights
+    from kreaserve.engine.pipeline import Engine, resolve_weights
+    from kreaserve.engine.weights import to_torch_dtype
 
     options = EngineOptions(trim_padding=not args.no_trim,
                             attention_backend=args.attention_backend, compile=args.compile,
                             cuda_graphs=args.cuda_graphs, fp8=args.fp8,
                             vae_tiling=args.vae_tiling, overlap=args.overlap)
-    dtype = _torch_dtype(args.dtype)
+    dtype = to_torch_dtype(args.dtype)
     loaded = time.perf_counter()
     if args.full_size:
         from bench.full_size import build_full_size_pipeline

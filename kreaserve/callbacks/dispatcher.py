@@ -21,7 +21,7 @@ import httpx
 from sqlalchemy import select
 
 from kreaserve import accounts, contract, metrics, presenters, tracing
-from kreaserve.callbacks import outbox, signing, ssrf
+from kreaserve.callbacks import outbox, pinned, signing, ssrf
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.db.models import Task
@@ -125,8 +125,8 @@ class CallbackDispatcher:
               ) -> tuple[int | None, str | None]:
         """(HTTP status, error text) of one POST; error None on a 2xx answer."""
         try:
-            response = ssrf.post_pinned(url, body, headers, timeout=contract.CALLBACK_TIMEOUT,
-                                        allow_hosts=self.allow_hosts)
+            response = pinned.post_pinned(url, body, headers, timeout=contract.CALLBACK_TIMEOUT,
+                                          allow_hosts=self.allow_hosts)
         except ssrf.UnsafeURLError as exc:
             return None, f"refused: {exc}"
         except httpx.TimeoutException:

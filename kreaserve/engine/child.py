@@ -147,7 +147,7 @@ class Child:
         """Denoise `items`; returns (items, Denoised) pieces to decode (several when an
         out-of-memory split the batch). Failures and cancels are answered here."""
         from kreaserve.engine import speedups
-        from kreaserve.engine.pipeline import GenerateRequest
+        from kreaserve.engine.request import GenerateRequest
 
         message = batch.message
         try:

@@ -1,30 +1,46 @@
 """Load Krea 2 weights into diffusers' `Krea2Pipeline` and run batches of generations.
 
-`resolve_weights(spec)` decides what a weights spec ("auto", a preset, a local directory or a
-Hugging Face repo id) means; `Engine.load(...)` loads it, always through
-`Krea2Pipeline.from_pretrained`, and fails with a `WeightsError` whose message says what went
-wrong and what to do; `Engine.generate(request)` runs the real pipeline with progress and
-cancellation between denoising steps.
+`Engine.load(...)` loads what `weights.resolve_weights(spec)` says a spec means, always
+through `Krea2Pipeline.from_pretrained`, and fails with a `WeightsError` whose message says
+what went wrong and what to do; `Engine.denoise` / `Engine.decode` run a batch (the child
+overlaps them), `Engine.generate(request)` one image, with progress and cancellation
+between denoising steps. The requests are `request.GenerateRequest`s.
 
 Importing this module is cheap: torch and diffusers are imported when an engine is loaded.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import speedups
 from .options import EngineOptions
-from .presets import PRESETS, ensure_preset
+from .presets import ensure_preset
+from .request import (
+    BASE_GUIDANCE_SCALE,
+    DEFAULT_STEPS,
+    MAX_SEQUENCE_LENGTH,
+    DenoisedBatch,
+    GenerateRequest,
+    GenerationCancelled,
+)
+from .weights import (
+    AUTO_CPU_WEIGHTS,
+    AUTO_CUDA_WEIGHTS,
+    HOW_TO_CHOOSE,
+    ResolvedWeights,
+    WeightsError,
+    check_directory,
+    probe_hub,
+    resolve_weights,
+    short_cause,
+    to_torch_dtype,
+)
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -32,252 +48,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("kreaserve.engine")
 
 __all__ = [
-    "AUTO_CUDA_WEIGHTS",
     "AUTO_CPU_WEIGHTS",
+    "AUTO_CUDA_WEIGHTS",
+    "DEFAULT_STEPS",
     "MAX_SEQUENCE_LENGTH",
-    "Cancelled",
-    "Denoised",
+    "DenoisedBatch",
     "Engine",
     "EngineOptions",
     "GenerateRequest",
+    "GenerationCancelled",
     "ResolvedWeights",
     "WeightsError",
     "resolve_weights",
 ]
-
-#: What "auto" means with a GPU: the open turbo checkpoint on the Hugging Face Hub.
-AUTO_CUDA_WEIGHTS = "krea/Krea-2-Turbo"
-#: What "auto" means without one: random weights that run anywhere.
-AUTO_CPU_WEIGHTS = "tiny-random"
-#: Prompt tokens the contract allows.
-MAX_PROMPT_TOKENS = 640
-#: The pipeline's text length counts the template's 5-token assistant suffix, so a
-#: 640-token prompt needs 645 to reach the text encoder whole (at 640 the pipeline
-#: silently keeps only 635 prompt tokens).
-MAX_SEQUENCE_LENGTH = MAX_PROMPT_TOKENS + 5
-#: Krea 2 Turbo is distilled for 8 steps without classifier-free guidance.
-DEFAULT_STEPS = 8
-#: Guidance for a non-distilled (base) checkpoint, the pipeline's documented default. Krea 2's
-#: convention: guidance is on whenever the scale is > 0 (velocity = cond + s * (cond - uncond)).
-BASE_GUIDANCE_SCALE = 4.5
-SIZE_MULTIPLE = 16
-MAX_SIDE = 4096
-MAX_STEPS = 100
-HUB_PROBE_TIMEOUT_S = 4.0
-
-_DTYPES = {
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-    "half": "float16",
-    "fp32": "float32",
-    "float32": "float32",
-    "float": "float32",
-}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_HOW_TO_CHOOSE = (
-    "Choose weights with --weights or the KREASERVE_WEIGHTS environment variable: "
-    "'tiny-random' or 'mid-random' (random weights, run anywhere, images are noise), a local "
-    "directory holding a Krea2Pipeline saved with save_pretrained, or a Hugging Face repo id "
-    f"such as '{AUTO_CUDA_WEIGHTS}' (needs the hub to be reachable or the weights in the local "
-    "Hugging Face cache)."
-)
-
-
-class WeightsError(Exception):
-    """The requested weights cannot be found or loaded; the message says why and what to do."""
-
-
-class Cancelled(Exception):
-    """A generation was cancelled (by `should_cancel`) before it finished; nothing was decoded."""
-
-
-@dataclass
-class Denoised:
-    """A batch after its denoising: latents of the live requests, waiting for their decode.
-
-    `live` holds the indexes (into the batch's requests) that the rows of `latents` are;
-    `ready` is the CUDA event a decode on another stream waits for (None on CPU)."""
-
-    latents: Any
-    live: list[int]
-    width: int
-    height: int
-    ready: Any = None
-
-
-@dataclass(frozen=True)
-class ResolvedWeights:
-    """What a weights spec means. `kind` is "preset", "directory" or "hub"."""
-
-    spec: str
-    kind: str
-    is_random: bool
-    warning: str | None = None
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    """One image to generate. Width and height are exact output pixels (multiples of 16)."""
-
-    prompt: str
-    width: int
-    height: int
-    seed: int
-    steps: int = DEFAULT_STEPS
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise TypeError("prompt must be a str")
-        for name in ("width", "height", "seed", "steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value % SIZE_MULTIPLE or not SIZE_MULTIPLE <= value <= MAX_SIDE:
-                raise ValueError(
-                    f"{name} must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and "
-                    f"{MAX_SIDE}, got {value}"
-                )
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
-
-
-def resolve_weights(spec: str, *, cuda_available: bool) -> ResolvedWeights:
-    """Say what the weights spec `spec` refers to, without loading anything.
-
-    "auto" is the hub's Krea 2 Turbo with CUDA and the "tiny-random" preset without (with a
-    warning). Preset names are presets; an existing directory, or anything that looks like a
-    path, is a directory; "owner/name" is a hub repo id.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise WeightsError("No weights were given. " + _HOW_TO_CHOOSE)
-    spec = spec.strip()
-    if spec == "auto":
-        if cuda_available:
-            return ResolvedWeights(AUTO_CUDA_WEIGHTS, "hub", is_random=False)
-        return ResolvedWeights(
-            AUTO_CPU_WEIGHTS,
-            "preset",
-            is_random=True,
-            warning=(
-                "No GPU found, so weights 'auto' fell back to 'tiny-random': random weights, "
-                "every image is noise. This is for trying the service, not for real images. "
-                + _HOW_TO_CHOOSE
-            ),
-        )
-    if spec in PRESETS:
-        return ResolvedWeights(
-            spec,
-            "preset",
-            is_random=True,
-            warning=(
-                f"Weights '{spec}' are random: every image is noise. For real images use "
-                f"--weights (or KREASERVE_WEIGHTS) with '{AUTO_CUDA_WEIGHTS}' or a local "
-                "directory holding a Krea2Pipeline."
-            ),
-        )
-    path = Path(spec).expanduser()
-    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.replace("/", "", 1)
-    if path.exists() or looks_like_path or not _HUB_ID.match(spec):
-        return ResolvedWeights(str(path), "directory", is_random=False)
-    return ResolvedWeights(spec, "hub", is_random=False)
-
-
-def _torch_dtype(dtype: str | None) -> Any:
-    import torch
-
-    name = _DTYPES.get((dtype or "bf16").lower())
-    if name is None:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}")
-    return getattr(torch, name)
-
-
-def _cause(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _probe_hub(repo_id: str) -> str | None:
-    """Ask the hub about `repo_id` with a short timeout; None when it answered that it has it.
-
-    Returns why the hub counts as unreachable (offline mode, no answer, a connection or server
-    error). Raises `WeightsError` when the hub answered that the repo is missing or gated.
-    A TCP connect is no proof (some sandboxes accept every connection and then reset it), so
-    this is a real API request, bounded by a thread join (name resolution ignores timeouts).
-    """
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-
-    outcome: list[BaseException | None] = []
-
-    def probe() -> None:
-        try:
-            HfApi(endpoint=constants.ENDPOINT).model_info(repo_id, timeout=HUB_PROBE_TIMEOUT_S)
-            outcome.append(None)
-        except Exception as exc:  # reported below, never raised from the thread
-            outcome.append(exc)
-
-    thread = threading.Thread(target=probe, name="kreaserve-hub-probe", daemon=True)
-    thread.start()
-    thread.join(HUB_PROBE_TIMEOUT_S + 1.0)
-    if not outcome:
-        return f"no answer from {constants.ENDPOINT} within {HUB_PROBE_TIMEOUT_S:g} s"
-    exc = outcome[0]
-    if exc is None:
-        return None
-    if isinstance(exc, RepositoryNotFoundError | RevisionNotFoundError):
-        raise WeightsError(
-            f"Could not load weights '{repo_id}': the Hugging Face Hub has no such repository, "
-            "or it is gated or private and needs a token with access (set HF_TOKEN or run "
-            f"`hf auth login`) ({_cause(exc)}). " + _HOW_TO_CHOOSE
-        ) from exc
-    return f"{constants.ENDPOINT} did not answer: {_cause(exc)}"
-
-
-def _check_directory(spec: str) -> None:
-    path = Path(spec)
-    if not path.exists():
-        what = "the directory does not exist"
-        if "/" not in str(spec):
-            what = (
-                f"it is neither a preset ({', '.join(sorted(PRESETS))}), an existing directory "
-                "nor a Hugging Face repo id (owner/name)"
-            )
-        raise WeightsError(f"Could not load weights from '{spec}': {what}. " + _HOW_TO_CHOOSE)
-    if not path.is_dir():
-        raise WeightsError(
-            f"Could not load weights from '{path}': it is a file, not a directory. "
-            + _HOW_TO_CHOOSE
-        )
-    index = path / "model_index.json"
-    try:
-        class_name = json.loads(index.read_text()).get("_class_name")
-    except FileNotFoundError:
-        raise WeightsError(
-            f"Could not load weights from '{path}': it does not contain a diffusers pipeline "
-            "(no model_index.json). " + _HOW_TO_CHOOSE
-        ) from None
-    except (OSError, ValueError, AttributeError) as exc:
-        raise WeightsError(
-            f"Could not load weights from '{path}': its model_index.json is unreadable "
-            f"({_cause(exc)}). " + _HOW_TO_CHOOSE
-        ) from exc
-    if class_name != "Krea2Pipeline":
-        raise WeightsError(
-            f"Could not load weights from '{path}': it holds a {class_name or 'unknown'} pipeline, "
-            "not a Krea2Pipeline. " + _HOW_TO_CHOOSE
-        )
 
 
 class Engine:
@@ -327,7 +110,7 @@ class Engine:
         torch_device = torch.device(device)
         if torch_device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was requested but CUDA is not available")
-        torch_dtype = _torch_dtype(dtype)
+        torch_dtype = to_torch_dtype(dtype)
         resolved = resolve_weights(weights, cuda_available=torch_device.type == "cuda")
 
         if resolved.kind == "preset":
@@ -336,8 +119,8 @@ class Engine:
             except OSError as exc:
                 raise WeightsError(
                     f"Could not build the '{resolved.spec}' preset in '{cache_dir}' "
-                    f"({_cause(exc)}). Make the cache directory writable, with about 100 MB "
-                    "free, or choose other weights. " + _HOW_TO_CHOOSE
+                    f"({short_cause(exc)}). Make the cache directory writable, with about 100 MB "
+                    "free, or choose other weights. " + HOW_TO_CHOOSE
                 ) from exc
             pipe = cls._from_pretrained(
                 source,
@@ -347,12 +130,12 @@ class Engine:
                 hint=f"Delete '{source}' to have it rebuilt.",
             )
         elif resolved.kind == "directory":
-            _check_directory(resolved.spec)
+            check_directory(resolved.spec)
             source = resolved.spec
             pipe = cls._from_pretrained(source, torch_dtype, local_only=True, what=source)
         else:
             source = resolved.spec
-            reason = _probe_hub(source)
+            reason = probe_hub(source)
             pipe = cls._from_pretrained(
                 source, torch_dtype, local_only=reason is not None, what=source, offline=reason
             )
@@ -364,7 +147,7 @@ class Engine:
         except TokenizerError as exc:
             raise WeightsError(
                 f"Weights '{resolved.spec}' loaded, but their tokenizer does not fit the Krea 2 "
-                f"prompt template ({exc}). " + _HOW_TO_CHOOSE
+                f"prompt template ({exc}). " + HOW_TO_CHOOSE
             ) from exc
 
         pipe.to(torch_device)
@@ -407,9 +190,9 @@ class Engine:
                 )
             else:
                 message = (
-                    f"Could not load weights '{what}' as a Krea2Pipeline ({_cause(exc)}). "
+                    f"Could not load weights '{what}' as a Krea2Pipeline ({short_cause(exc)}). "
                     + (hint + " " if hint else "")
-                    + _HOW_TO_CHOOSE
+                    + HOW_TO_CHOOSE
                 )
             raise WeightsError(message) from exc
 
@@ -454,7 +237,7 @@ class Engine:
         *,
         on_step: Callable[[int, int, int], None] | None = None,
         is_cancelled: Callable[[int], bool] | None = None,
-    ) -> Denoised | None:
+    ) -> DenoisedBatch | None:
         """Encode the prompts and denoise a batch of same-size requests, one seeded generator
         per image (so each image equals the one its request gets alone, up to float rounding).
 
@@ -491,9 +274,9 @@ class Engine:
             if torch.device(self._device).type == "cuda":
                 ready = torch.cuda.Event()
                 ready.record()
-        return Denoised(latents, live, first.width, first.height, ready)
+        return DenoisedBatch(latents, live, first.width, first.height, ready)
 
-    def decode(self, batch: Denoised, index: int) -> Image:
+    def decode(self, batch: DenoisedBatch, index: int) -> Image:
         """The image of request `index` of a denoised batch, decoded alone.
 
         On CUDA it runs on its own stream, after the batch's denoise finished, so the next
@@ -578,7 +361,7 @@ class Engine:
         is called after each denoising step (1..total). `should_cancel()` is asked before the
         run and after each step (the last one too: cancelling then skips the decode, which is
         most of the CPU time); when it returns True the run stops before the next step, nothing
-        is decoded, and `Cancelled` is raised.
+        is decoded, and `GenerationCancelled` is raised.
         """
         if not isinstance(req, GenerateRequest):
             raise TypeError("req must be a GenerateRequest")
@@ -588,7 +371,7 @@ class Engine:
             is_cancelled=None if should_cancel is None else lambda _index: should_cancel(),
         )
         if image is None:
-            raise Cancelled("cancelled between denoising steps")
+            raise GenerationCancelled("cancelled between denoising steps")
         return image
 
     def warmup(self, sizes: Sequence[tuple[int, int]] = ((256, 256),), *,

@@ -16,9 +16,9 @@ import pytest
 
 from kreaserve.engine import presets
 from kreaserve.engine.pipeline import (
-    Cancelled,
     Engine,
     GenerateRequest,
+    GenerationCancelled,
     WeightsError,
     resolve_weights,
 )
@@ -227,7 +227,7 @@ def test_cancel_after_step_3_stops_and_skips_the_decode(
     before = _pixels(engine.generate(request))
     decodes = _count_decodes(engine, monkeypatch)
     steps: list[int] = []
-    with pytest.raises(Cancelled):
+    with pytest.raises(GenerationCancelled):
         engine.generate(
             request,
             on_step=lambda s, t: steps.append(s),
@@ -246,14 +246,14 @@ def test_cancel_after_the_last_step_or_before_the_start_skips_the_decode(
 ) -> None:
     decodes = _count_decodes(engine, monkeypatch)
     steps: list[int] = []
-    with pytest.raises(Cancelled):
+    with pytest.raises(GenerationCancelled):
         engine.generate(
             GenerateRequest(PROMPT, 256, 256, seed=9),
             on_step=lambda s, t: steps.append(s),
             should_cancel=lambda: len(steps) >= 8,
         )
     assert steps == list(range(1, 9))
-    with pytest.raises(Cancelled):
+    with pytest.raises(GenerationCancelled):
         engine.generate(
             GenerateRequest(PROMPT, 256, 256, seed=9),
             on_step=lambda s, t: steps.append(s),
@@ -349,10 +349,10 @@ def test_unreachable_hub_gives_a_clear_weights_error_quickly(
 ) -> None:
     from huggingface_hub import constants
 
-    from kreaserve.engine import pipeline
+    from kreaserve.engine import weights
 
     endpoint = {"hangs": silent_server, "refuses": "https://127.0.0.1:9"}.get(how)
-    monkeypatch.setattr(pipeline, "HUB_PROBE_TIMEOUT_S", 2.0)  # the default is 4 s
+    monkeypatch.setattr(weights, "HUB_PROBE_TIMEOUT_S", 2.0)  # the default is 4 s
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", how == "offline-env")
     if endpoint:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
@@ -371,7 +371,7 @@ def test_unreachable_hub_gives_a_clear_weights_error_quickly(
 
 def test_engine_modules_import_no_http_sql_or_service_code() -> None:
     forbidden = {"httpx", "fastapi", "starlette", "sqlalchemy", "uvicorn", "requests", "psycopg"}
-    for name in ("pipeline.py", "presets.py", "tokenizer.py"):
+    for name in ("pipeline.py", "request.py", "weights.py", "presets.py", "tokenizer.py"):
         tree = ast.parse((ENGINE_DIR / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

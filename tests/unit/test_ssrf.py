@@ -16,14 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kreaserve.callbacks import ssrf
+from kreaserve.callbacks.pinned import MAX_RESPONSE_BYTES, post_pinned
 from kreaserve.callbacks.ssrf import (
     UnsafeURLError,
     check_url,
     is_internal_address,
     literal_address,
     normalise_host,
-    post_pinned,
     resolve_checked,
 )
 from tests.tlsutil import https_server, make_ca_and_cert
@@ -601,7 +600,7 @@ def test_the_time_limit_covers_the_whole_attempt(
 
 class BigHandler(Handler):
     def answer(self) -> None:
-        body = b"y" * (ssrf.MAX_RESPONSE_BYTES * 3)
+        body = b"y" * (MAX_RESPONSE_BYTES * 3)
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -618,7 +617,7 @@ def test_a_large_answer_is_cut(tls: tuple[Path, Path, Path], trust_ca: None) -> 
                                allow_hosts=frozenset({TEST_HOST}),
                                resolver=fake_resolver("127.0.0.1"))
     assert response.status_code == 200
-    assert response.content == b"y" * ssrf.MAX_RESPONSE_BYTES
+    assert response.content == b"y" * MAX_RESPONSE_BYTES
 
 
 # --- DNS rebinding ----------------------------------------------------------------------------
