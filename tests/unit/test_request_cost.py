@@ -1,0 +1,157 @@
+"""The database work of one request on the hot paths (poll, create, credits), counted with
+SQLAlchemy events on the app's own engine, so that a regression fails the suite.
+
+The app runs in-process (httpx ASGITransport) on a real SQLite file (and PostgreSQL where
+one is reachable); moderation is replaced by a stub that allows everything, since it
+touches no database. Each figure is the total over a run of requests after one warm-up
+request, so a once-a-second refresh (the queue snapshot) is allowed for but not hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import event
+
+from kreaserve.api.app import create_app
+from kreaserve.config import Settings
+from kreaserve.db import Database
+from kreaserve.moderation import Decision
+from kreaserve.storage import LocalStorage
+from tests.conftest import new_account
+
+RUNS = 10
+BODY = {"model": "krea-2-turbo", "prompt": "a lighthouse at dawn", "size": "16:9"}
+
+
+@dataclass
+class Cost:
+    """What the engine saw: transactions begun, statements sent, rows written."""
+
+    transactions: int = 0
+    statements: int = 0
+    row_writes: int = 0
+    sql: list[str] = field(default_factory=list)
+
+    def per_request(self, runs: int) -> tuple[float, float, float]:
+        return (self.transactions / runs, self.statements / runs, self.row_writes / runs)
+
+
+class Counter:
+    """Counts the work of an engine between `start()` and `stop()`."""
+
+    def __init__(self, db: Database) -> None:
+        self.cost: Cost | None = None
+        engine = db.engine
+        event.listen(engine, "begin", self._begin)
+        event.listen(engine, "after_cursor_execute", self._executed)
+
+    def _begin(self, _conn) -> None:  # type: ignore[no-untyped-def]
+        if self.cost is not None:
+            self.cost.transactions += 1
+
+    def _executed(self, _conn, cursor, statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
+        if self.cost is None or statement.strip().upper().startswith(("BEGIN", "COMMIT",
+                                                                      "ROLLBACK")):
+            return
+        self.cost.statements += 1
+        self.cost.sql.append(statement.split("\n")[0][:80])
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            # With RETURNING the driver's rowcount is not known yet: count it as one row.
+            returning = "RETURNING" in statement.upper()
+            self.cost.row_writes += 1 if returning else max(0, cursor.rowcount)
+
+    def start(self) -> None:
+        self.cost = Cost()
+
+    def stop(self) -> Cost:
+        cost, self.cost = self.cost, None
+        assert cost is not None
+        return cost
+
+
+class AllowAll:
+    """Moderation stand-in: these tests count database work only."""
+
+    def warm(self) -> None:
+        pass
+
+    def check(self, prompt: str, *, strict: bool) -> Decision:
+        return Decision(allowed=True, category=None, score=0.0, mode="basic", source="prompt")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def app_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Settings, Database]]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'cost.db'}"
+        drop = None
+    else:
+        from tests.conftest import make_postgres_database
+
+        url, drop = make_postgres_database(request.getfixturevalue("postgres_server"))
+    from kreaserve.db import upgrade
+
+    upgrade(url)
+    settings = Settings(data_dir=tmp_path, database_url=url, secret_key="cost",
+                        requests_per_minute=100_000, max_tasks_in_flight=100_000)
+    db = Database(url)
+    yield settings, db
+    db.dispose()
+    if drop:
+        drop()
+
+
+def measure(settings: Settings, db: Database) -> dict[str, Cost]:
+    """Cost of RUNS polls, creates and credits reads, after one warm-up of each."""
+    app = create_app(settings, db=db, storage=LocalStorage(settings.images_dir))
+    app.state.services.moderator = AllowAll()
+    _, key = new_account(db, credits=1000)
+    counter = Counter(db)
+
+    async def run() -> dict[str, Cost]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test",
+                                     headers={"Authorization": f"Bearer {key}"}) as client:
+            task = (await client.post("/v1/images/generations", json=BODY)).json()
+            requests = {
+                "poll": lambda: client.get(f"/v1/tasks/{task['id']}"),
+                "create": lambda: client.post("/v1/images/generations", json=BODY),
+                "credits": lambda: client.get("/v1/credits"),
+            }
+            costs = {}
+            for name, send in requests.items():
+                assert (await send()).status_code == 200
+                counter.start()
+                for _ in range(RUNS):
+                    response = await send()
+                    assert response.status_code == 200, response.text
+                costs[name] = counter.stop()
+            return costs
+
+    return asyncio.run(run())
+
+
+def test_hot_paths_cost_what_they_should(app_db: tuple[Settings, Database]) -> None:
+    costs = measure(*app_db)
+    for name, cost in costs.items():
+        print(name, "transactions/statements/row writes per request:",
+              cost.per_request(RUNS), cost.sql[:12])
+    poll, create, credits = costs["poll"], costs["create"], costs["credits"]
+    # A poll writes nothing: one read transaction of one statement (plus at most one
+    # refresh of the queue snapshot in the run).
+    assert poll.row_writes == 0, poll.sql
+    assert poll.transactions <= RUNS + 1, poll.sql
+    assert poll.statements <= RUNS + 4, poll.sql
+    # A create: one transaction, three statements (reserve + limits, ledger, task), three
+    # row writes.
+    assert create.transactions <= RUNS + 1, create.sql
+    assert create.statements <= 3 * RUNS + 4, create.sql
+    assert create.row_writes <= 3 * RUNS, create.sql
+    # Credits: one read.
+    assert credits.row_writes == 0, credits.sql
+    assert credits.transactions <= RUNS and credits.statements <= RUNS, credits.sql
