@@ -1,7 +1,8 @@
 """Accounts and their API keys: create, authenticate, revoke. Keys are stored as hashes.
 
 A key is 256 random bits, so a fast SHA-256 is a safe digest (no password stretching
-is needed for high-entropy secrets) and lets every request authenticate in one lookup.
+is needed for high-entropy secrets) and lets every request authenticate in one lookup
+(auth.py, which also caches it).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from kreaserve import ledger
@@ -21,8 +22,6 @@ from kreaserve.db.models import Account, ApiKey
 KEY_PREFIX = "ks_"
 #: how many characters of a key may be shown and logged
 SHOWN_PREFIX_LEN = 11
-#: last_used_at is refreshed at most this often, so reads stay reads
-LAST_USED_RESOLUTION = 60.0
 
 
 def hash_key(raw_key: str) -> str:
@@ -75,22 +74,14 @@ def create_key(session: Session, account_id: int, name: str) -> NewKey:
     return NewKey(account_id=account_id, key_id=key.id, name=name, prefix=prefix, secret=secret)
 
 
-def authenticate(session: Session, raw_key: str) -> Principal | None:
-    """The principal behind a key, or None when unknown or revoked."""
-    row = session.execute(
-        select(ApiKey.id, ApiKey.account_id, ApiKey.revoked_at, ApiKey.last_used_at,
-               Account.user_group, Account.requests_per_minute, Account.max_tasks_in_flight)
-        .join(Account, Account.id == ApiKey.account_id)
-        .where(ApiKey.key_hash == hash_key(raw_key))
-    ).one_or_none()
-    if row is None or row.revoked_at is not None:
-        return None
-    now = time.time()
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-        session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-    return Principal(account_id=row.account_id, key_id=row.id, user_group=row.user_group,
-                     requests_per_minute=row.requests_per_minute,
-                     max_tasks_in_flight=row.max_tasks_in_flight)
+def live_key_count(session: Session, account_id: int) -> int:
+    """The account's keys not revoked, with the account row locked (PostgreSQL; SQLite's
+    write transaction is locked already), so concurrent creations are counted in turn."""
+    session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
+    return session.execute(
+        select(func.count()).select_from(ApiKey)
+        .where(ApiKey.account_id == account_id, ApiKey.revoked_at.is_(None))
+    ).scalar_one()
 
 
 def revoke_key(session: Session, prefix_or_id: str) -> bool:

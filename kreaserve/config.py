@@ -256,10 +256,25 @@ class Settings(BaseSettings):
         "admin API answers 404.",
     )
     requests_per_minute: int = Field(
-        default=600, ge=1, description="Default per-key request limit per minute."
+        default=600, ge=1, description="Default request limit per minute of an account "
+        "(all its keys together)."
     )
     max_tasks_in_flight: int = Field(
-        default=100, ge=1, description="Default per-key limit of pending + processing tasks."
+        default=100, ge=1, description="Default limit of an account's pending + processing "
+        "tasks (all its keys together)."
+    )
+    max_keys_per_account: int = Field(
+        default=10, ge=1, description="Most live keys an account may hold when it creates "
+        "keys for itself (POST /v1/keys); operators are not bound by it."
+    )
+    key_creates_per_minute: int = Field(
+        default=10, ge=1, description="Keys an account may create or rotate per minute "
+        "through /v1/keys."
+    )
+    auth_cache_seconds: float = Field(
+        default=2.0, ge=0, le=10, description="How long an API process trusts what it read "
+        "about a key: a key revoked (or an account changed) through another process stops "
+        "working here within this many seconds; through this process, at once."
     )
 
     # --- observability -------------------------------------------------------

@@ -6,7 +6,8 @@ a reservation fits, so two concurrent creates cannot both spend the last credit,
 SQLite (one writer at a time) and on PostgreSQL (row locks) alike.
 
 Invariants: balance = sum(grant) + sum(adjust) - sum(charge); reserved = sum(reserve) - sum(charge)
-- sum(release); 0 <= reserved <= balance.
+- sum(release); 0 <= reserved <= balance; tasks_in_flight = count(reserve) - count(charge)
+- count(release), the account's pending and processing tasks.
 """
 
 from __future__ import annotations
@@ -72,36 +73,45 @@ def grant(session: Session, account_id: int, units: int, note: str | None = None
 
 
 def reserve(session: Session, account_id: int, units: int, task_id: str) -> bool:
-    """Hold `units` for a task; False (and nothing written) when the account is short."""
+    """Hold `units` for a new task (and count it in flight); False (and nothing written)
+    when the account is short. `limits.reserve_task` checks the limits first."""
     result = session.execute(
         update(Account)
         .where(Account.id == account_id)
         .where(Account.balance_units - Account.reserved_units >= units)
-        .values(reserved_units=Account.reserved_units + units)
+        .values(reserved_units=Account.reserved_units + units,
+                tasks_in_flight=Account.tasks_in_flight + 1)
     )
     if result.rowcount != 1:
         return False
-    _append(session, account_id, RESERVE, units, task_id=task_id)
+    record_reservation(session, account_id, units, task_id)
     return True
 
 
+def record_reservation(session: Session, account_id: int, units: int, task_id: str) -> None:
+    """The ledger entry of a reservation already made on the account row."""
+    _append(session, account_id, RESERVE, units, task_id=task_id)
+
+
 def charge(session: Session, account_id: int, units: int, task_id: str) -> None:
-    """Turn a task's reservation into spending (billing confirmation)."""
+    """Turn a task's reservation into spending (billing confirmation); the task has ended."""
     session.execute(
         update(Account)
         .where(Account.id == account_id)
         .values(balance_units=Account.balance_units - units,
-                reserved_units=Account.reserved_units - units)
+                reserved_units=Account.reserved_units - units,
+                tasks_in_flight=Account.tasks_in_flight - 1)
     )
     _append(session, account_id, CHARGE, units, task_id=task_id)
 
 
 def release(session: Session, account_id: int, units: int, task_id: str) -> None:
-    """Give a failed or cancelled task's reservation back."""
+    """Give a failed or cancelled task's reservation back; the task has ended."""
     session.execute(
         update(Account)
         .where(Account.id == account_id)
-        .values(reserved_units=Account.reserved_units - units)
+        .values(reserved_units=Account.reserved_units - units,
+                tasks_in_flight=Account.tasks_in_flight - 1)
     )
     _append(session, account_id, RELEASE, units, task_id=task_id)
 

@@ -10,7 +10,6 @@ or released exactly once whatever is retried.
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from dataclasses import dataclass, replace
@@ -24,10 +23,6 @@ from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from kreaserve.db.models import Task, Worker
 
-#: Seconds per image assumed before any task of that tier has completed.
-DEFAULT_SECONDS_PER_IMAGE = {"1K": 5.0, "2K": 20.0}
-#: How many recent tasks the throughput estimate averages.
-ESTIMATE_WINDOW = 20
 #: A worker that has not renewed its heartbeat for this long counts as gone.
 WORKER_STALE_SECONDS = 30.0
 
@@ -36,24 +31,10 @@ WORKER_STALE_SECONDS = 30.0
 CANCELLED_ERROR = {"error_code": "request_cancelled", "error_message": "Cancelled by the client."}
 
 
-class InsufficientCredits(Exception):
-    """The account cannot cover the task's price."""
-
-
-class LimitReached(Exception):
-    """A per-key limit refuses the task (the API answers 429)."""
-
-    def __init__(self, refusal: limits.Refusal) -> None:
-        super().__init__(refusal.message)
-        self.refusal = refusal
-
-
-class DailyCapReached(Exception):
-    """The task would pass the account's daily spend cap (the API answers 402)."""
-
-    def __init__(self, cap_units: int) -> None:
-        super().__init__(f"daily spend cap of {cap_units} units reached")
-        self.cap_units = cap_units
+# The refusals of `create` (defined with the limits that raise them).
+InsufficientCredits = limits.InsufficientCredits
+LimitReached = limits.LimitReached
+DailyCapReached = limits.DailyCapReached
 
 
 @dataclass(frozen=True)
@@ -88,22 +69,18 @@ class Claim:
 
 def create(db: Database, account_id: int, key_id: int | None, user_group: str,
            params: NewTask, price_units: int, max_in_flight: int | None = None) -> Task:
-    """Check the limits, reserve the price and enqueue the task, in one transaction."""
+    """Check the account's limits, reserve the price and enqueue the task, in one
+    transaction of three statements (`limits.reserve_task`, the ledger entry, the task).
+
+    `max_in_flight` is the server's default limit of tasks in flight, for accounts that
+    have none of their own (None: no default limit)."""
     now = time.time()
     created = int(now)
     task_id = contract.new_task_id(created)
     seed = params.seed or secrets.randbelow(contract.SEED_MAX) + 1
     width, height = contract.pixels(params.size, params.quality)
     with db.transaction() as session:
-        if key_id is not None and max_in_flight is not None:
-            refusal = limits.check_in_flight(session, key_id, max_in_flight)
-            if refusal is not None:
-                raise LimitReached(refusal)
-        cap = limits.check_daily_cap(session, account_id, price_units)
-        if cap is not None:
-            raise DailyCapReached(cap)
-        if not ledger.reserve(session, account_id, price_units, task_id):
-            raise InsufficientCredits
+        limits.reserve_task(session, account_id, price_units, task_id, max_in_flight)
         task = Task(
             id=task_id, account_id=account_id, api_key_id=key_id, model=params.model,
             prompt=params.prompt, size=params.size, quality=params.quality, width=width,
@@ -120,8 +97,8 @@ def create(db: Database, account_id: int, key_id: int | None, user_group: str,
 
 
 def get(db: Database, account_id: int, task_id: str) -> Task | None:
-    """The account's task, or None (also for another account's task)."""
-    with db.transaction() as session:
+    """The account's task, or None (also for another account's task): one read."""
+    with db.read() as session:
         return session.execute(
             select(Task).where(Task.id == task_id, Task.account_id == account_id)
         ).scalar_one_or_none()
@@ -372,53 +349,6 @@ def reap(db: Database, max_attempts: int) -> int:
     return len(expired)
 
 
-def seconds_per_image(session: Session) -> dict[str, float]:
-    """Measured engine seconds per image by tier, over the most recent completions."""
-    result = dict(DEFAULT_SECONDS_PER_IMAGE)
-    for quality in contract.QUALITIES:
-        recent = (
-            select(Task.engine_seconds)
-            .where(Task.status == contract.COMPLETED, Task.quality == quality,
-                   Task.engine_seconds.is_not(None))
-            .order_by(Task.finished_at.desc())
-            .limit(ESTIMATE_WINDOW)
-            .subquery()
-        )
-        avg = session.execute(select(func.avg(recent.c.engine_seconds))).scalar()
-        if avg:
-            result[quality] = float(avg)
-    return result
-
-
-def estimate_seconds(db: Database, task: Task) -> int:
-    """Seconds until the task's result is expected: work queued ahead, shared by live workers."""
-    if task.status in contract.TERMINAL:
-        return 0
-    with db.transaction() as session:
-        rates = seconds_per_image(session)
-        ahead = dict(
-            session.execute(
-                select(Task.quality, func.count())
-                .where(
-                    (Task.status == contract.PROCESSING)
-                    | ((Task.status == contract.PENDING) & (Task.created_at < task.created_at))
-                )
-                .where(Task.id != task.id)
-                .group_by(Task.quality)
-            ).all()
-        )
-        workers = session.execute(
-            select(func.count()).select_from(Worker)
-            .where(Worker.state == "ready",
-                   Worker.heartbeat_at > time.time() - WORKER_STALE_SECONDS)
-        ).scalar_one()
-    queued = sum(rates[q] * n for q, n in ahead.items())
-    own = rates[task.quality]
-    if task.status == contract.PROCESSING:
-        own *= max(0.0, 1 - task.progress / 100)
-    return max(1, math.ceil(queued / max(1, workers) + own))
-
-
 # --- workers -----------------------------------------------------------------------------
 
 def worker_heartbeat(db: Database, worker_id: str, hostname: str, pid: int, state: str,
@@ -446,7 +376,7 @@ def worker_heartbeat(db: Database, worker_id: str, hostname: str, pid: int, stat
 
 def live_workers(db: Database) -> list[Worker]:
     """Workers whose heartbeat is recent."""
-    with db.transaction() as session:
+    with db.read() as session:
         return list(session.execute(
             select(Worker).where(Worker.heartbeat_at > time.time() - WORKER_STALE_SECONDS)
             .order_by(Worker.started_at)

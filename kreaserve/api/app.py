@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -10,6 +12,7 @@ from typing import Protocol
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from kreaserve import auth, limits
 from kreaserve.api import errors, openapi
 from kreaserve.api.deps import Services
 from kreaserve.api.observe import ObserveMiddleware
@@ -29,6 +32,7 @@ from kreaserve.api.routes import (
 )
 from kreaserve.config import Settings
 from kreaserve.db import Database
+from kreaserve.estimates import QueueEstimates
 from kreaserve.moderation import PromptModerator
 from kreaserve.service_secrets import url_signing_key
 from kreaserve.storage import ResultLinks, Storage, open_storage
@@ -44,6 +48,16 @@ class Background(Protocol):
     def stop(self) -> None: ...
 
 
+async def flush_last_used(keys: auth.KeyCache) -> None:
+    """Write the keys' last use every half resolution, off the request path."""
+    while True:
+        await asyncio.sleep(auth.LAST_USED_RESOLUTION / 2)
+        try:
+            await run_in_threadpool(keys.flush_last_used)
+        except Exception:  # noqa: BLE001 - the next pass writes them
+            log.exception("recording when keys were last used failed")
+
+
 def create_app(settings: Settings, *, db: Database | None = None,
                storage: Storage | None = None,
                background: Sequence[Background] = ()) -> FastAPI:
@@ -53,7 +67,9 @@ def create_app(settings: Settings, *, db: Database | None = None,
     url_secret = url_signing_key(settings, db)
     services = Services(settings=settings, db=db, storage=storage, url_secret=url_secret,
                         links=ResultLinks.for_settings(settings, storage, url_secret),
-                        moderator=PromptModerator(settings.moderation_config()))
+                        moderator=PromptModerator(settings.moderation_config()),
+                        keys=auth.KeyCache(db, settings.auth_cache_seconds),
+                        quotas=limits.QuotaLeases(db), estimates=QueueEstimates(db))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -62,9 +78,17 @@ def create_app(settings: Settings, *, db: Database | None = None,
         await run_in_threadpool(services.moderator.warm)
         for item in background:
             await run_in_threadpool(item.start)
+        flusher = asyncio.create_task(flush_last_used(services.keys))
         try:
             yield
         finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            try:
+                await run_in_threadpool(services.keys.flush_last_used)
+            except Exception:  # noqa: BLE001 - a last use lost is no reason to hang
+                log.exception("recording when keys were last used failed")
             for item in reversed(background):
                 await run_in_threadpool(item.stop)
 

@@ -12,8 +12,10 @@ from starlette.requests import ClientDisconnect
 
 from kreaserve import accounts, limits
 from kreaserve.api.errors import APIError
+from kreaserve.auth import KeyCache
 from kreaserve.config import Settings
 from kreaserve.db import Database
+from kreaserve.estimates import QueueEstimates
 from kreaserve.moderation import PromptModerator
 from kreaserve.storage import ResultLinks, Storage
 
@@ -28,6 +30,9 @@ class Services:
     url_secret: bytes
     links: ResultLinks
     moderator: PromptModerator
+    keys: KeyCache
+    quotas: limits.QuotaLeases
+    estimates: QueueEstimates
 
 
 def get_services(request: Request) -> Services:
@@ -49,20 +54,22 @@ async def get_principal(request: Request, services: ServicesDep) -> accounts.Pri
         raise APIError(401, "invalid_authorization_header",
                        "The Authorization header must be 'Bearer <key>'.")
 
-    def lookup() -> tuple[accounts.Principal | None, limits.Refusal | None]:
-        with services.db.transaction() as session:
-            principal = accounts.authenticate(session, key)
-            if principal is None:
-                return None, None
-            rpm = principal.requests_per_minute or services.settings.requests_per_minute
-            return principal, limits.count_request(session, principal.key_id, rpm)
-
-    principal, refusal = await run_in_threadpool(lookup)
+    # The key and the account's quota are usually in memory: no database, no thread.
+    digest = accounts.hash_key(key)
+    found, principal = services.keys.cached(digest)
+    if not found:
+        principal = await run_in_threadpool(services.keys.lookup, digest)
     if principal is None:
         raise APIError(401, "invalid_api_key", "The API key is not valid or has been revoked.")
     request.state.account_id = principal.account_id  # for the access log
+    rpm = principal.requests_per_minute or services.settings.requests_per_minute
+    refusal = services.quotas.take_local(principal.account_id, limits.REQUESTS, rpm)
+    if refusal is False:
+        refusal = await run_in_threadpool(services.quotas.take, principal.account_id,
+                                          limits.REQUESTS, rpm)
     if refusal is not None:
         raise rate_limited(refusal)
+    services.keys.note_used(principal.key_id)
     return principal
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from kreaserve import contract, presenters, queue
+from kreaserve import contract, presenters
 from kreaserve.api.deps import Services
 from kreaserve.db.models import Task
 
 
 def task_object(services: Services, task: Task, with_estimate: bool = True) -> dict[str, Any]:
-    """The task as GET /v1/tasks/{id} shows it (the create answer is the same object)."""
+    """The task as GET /v1/tasks/{id} shows it (the create answer is the same object).
+
+    The estimate comes from this process's queue snapshot, which this may read (at most
+    once a second): call it off the event loop."""
     live = task.status not in contract.TERMINAL
-    estimate = queue.estimate_seconds(services.db, task) if (live and with_estimate) else None
+    estimate = services.estimates.estimate(task) if (live and with_estimate) else None
     return presenters.task_object(task, links=services.links, estimated_time=estimate)

@@ -18,6 +18,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -42,11 +43,14 @@ class Account(Base):
     #: Standard Webhooks signing secret of the account's callbacks (`whsec_...`), made on
     #: first use.
     webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    #: per-key limits of this account's keys; None takes the server's default.
+    #: the account's limits, whatever number of keys it has; None takes the server's default.
     requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_tasks_in_flight: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: most credits the account may spend (reserve) per UTC day, in units; None: no cap.
     daily_spend_cap_units: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: pending + processing tasks, kept by every reserve, charge and release (ledger.py),
+    #: so the in-flight limit is checked in the reserving UPDATE itself.
+    tasks_in_flight: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiKey(Base):
@@ -90,6 +94,14 @@ class Task(Base):
         Index("ix_tasks_account_status_created", "account_id", "status", "created_at"),
         Index("ix_tasks_results_expire", "results_expire_at"),
         Index("ix_tasks_key_status", "api_key_id", "status"),
+        # The queue estimate reads these (estimates.py); partial, so they cost nothing to
+        # tasks in other states.
+        Index("ix_tasks_pending_quality", "quality", "created_at",
+              sqlite_where=text("status = 'pending'"),
+              postgresql_where=text("status = 'pending'")),
+        Index("ix_tasks_completed_quality", "quality", "finished_at",
+              sqlite_where=text("status = 'completed'"),
+              postgresql_where=text("status = 'completed'")),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -197,14 +209,15 @@ class CallbackAttempt(Base):
 
 
 class RateWindow(Base):
-    """Requests of one key in one minute: a counter every API process increments, so a
-    limit holds across processes sharing the database."""
+    """Requests of one account in one minute (`bucket`: requests, key creations): the
+    quota every API process leases from, so a limit holds across processes."""
 
     __tablename__ = "rate_windows"
 
-    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(16), primary_key=True)
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    count: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(BigInteger)
 
 
 class ServiceSecret(Base):

@@ -1,20 +1,38 @@
 """Database connections: one engine factory for SQLite and PostgreSQL, and transactions.
 
-SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` for every transaction, so
-concurrent writers queue on the lock instead of failing on upgrade (as datasette does).
+`Database.transaction()` is a write transaction; `Database.read()` a read-only one. On
+SQLite a write transaction starts with `BEGIN IMMEDIATE`, so concurrent writers queue on
+the lock instead of failing on upgrade (as datasette does); a read starts with a plain
+`BEGIN` and, in WAL mode, never waits for the write lock nor holds it.
+
+PostgreSQL connections are not pinged on every checkout (`pool_pre_ping` costs a round trip
+per request): a connection idle for longer than `PING_IDLE_SECONDS` is pinged before use
+and replaced when dead, and every connection is recycled after `RECYCLE_SECONDS`. A
+connection that dies under load still fails its request with a 503 (and SQLAlchemy then
+discards the whole pool), which clients retry.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from kreaserve.private import private_dir, private_file
+
+#: A PostgreSQL connection idle this long is pinged before it is handed out.
+PING_IDLE_SECONDS = 10.0
+#: ... and none is used for longer than this (server-side idle timeouts, failovers).
+RECYCLE_SECONDS = 1800
+
+#: Set while a read-only transaction is being opened (SQLite then skips the write lock).
+_read_only: ContextVar[bool] = ContextVar("kreaserve_read_only", default=False)
 
 
 def normalize_url(url: str) -> str:
@@ -23,6 +41,51 @@ def normalize_url(url: str) -> str:
         if url.startswith(scheme):
             return "postgresql+psycopg://" + url[len(scheme):]
     return url
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        # Let us issue BEGIN ourselves (pysqlite's own is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN" if _read_only.get() else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _postgres_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_recycle=RECYCLE_SECONDS)
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection, record, _proxy):  # type: ignore[no-untyped-def]
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_SECONDS:
+            return
+        try:
+            dbapi_connection.execute("SELECT 1")
+            dbapi_connection.rollback()
+        except Exception as error:
+            # The pool replaces the connection and retries the checkout.
+            raise exc.DisconnectionError(str(error)) from error
+
+    return engine
 
 
 def make_engine(url: str) -> Engine:
@@ -38,27 +101,8 @@ def make_engine(url: str) -> Engine:
             for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
                 if path == database or path.exists():
                     private_file(path)
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
-        )
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
-            # Let us issue BEGIN ourselves (pysqlite's own is deferred).
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn):  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        return _sqlite_engine(url)
+    return _postgres_engine(url)
 
 
 class Database:
@@ -75,6 +119,23 @@ class Database:
         """A session in one transaction: committed on success, rolled back on error."""
         with self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session in one read-only transaction (on SQLite, without the write lock).
+
+        Writing in it is a mistake: on SQLite a write would have to upgrade the lock and
+        may fail with "database is locked" under concurrent writers."""
+        token = _read_only.set(True)
+        try:
+            with self._sessions.begin() as session:
+                session.connection()  # BEGIN now, while the flag is set
+                _read_only.reset(token)
+                token = None
+                yield session
+        finally:
+            if token is not None:
+                _read_only.reset(token)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import update
 
 from kreaserve import accounts, ledger, queue
+from kreaserve.config import Settings
 from kreaserve.db.models import Task
 from tests.conftest import ADMIN_TOKEN, API_SERVER_ENV, Server, start_server
 from tests.integration.test_api_contract import GOOD, assert_error
@@ -88,15 +89,22 @@ def test_key_endpoints_refuse_bad_input_and_other_accounts_keys(api_server: Serv
         assert client.get("/v1/credits").status_code == 200
 
 
-def test_a_revoked_key_stops_at_once_on_every_api_process(api_server: Server,
-                                                          tmp_path: Path) -> None:
+def test_a_revoked_key_stops_at_once_here_and_within_the_cache_bound_everywhere(
+        api_server: Server, tmp_path: Path) -> None:
+    """Revoked through one process: refused by it at once, by another within
+    KREASERVE_AUTH_CACHE_SECONDS (2 s), though that one had the key in its cache."""
     other = second_api(api_server, tmp_path)
     try:
         _, key = api_server.account()
         with api_server.client(key) as here, other.client(key) as there:
-            assert there.get("/v1/credits").status_code == 200
+            assert there.get("/v1/credits").status_code == 200  # cached there now
             key_id = here.get("/v1/keys").json()["data"][0]["id"]
             assert here.post(f"/v1/keys/{key_id}/revoke").status_code == 200
+            revoked = time.monotonic()
+            assert_error(here.get("/v1/credits"), 401, "authentication_error")
+            while there.get("/v1/credits").status_code == 200:
+                assert time.monotonic() - revoked < Settings().auth_cache_seconds + 0.5
+                time.sleep(0.05)
             assert_error(there.get("/v1/credits"), 401, "authentication_error")
     finally:
         other.stop()
@@ -301,7 +309,7 @@ def test_requests_per_minute_hold_across_api_processes(api_server: Server,
         other.stop()
 
 
-def test_tasks_in_flight_are_limited_per_key(api_server: Server) -> None:
+def test_tasks_in_flight_are_limited_per_account(api_server: Server) -> None:
     account_id, key = api_server.account(credits=10)
     set_limits(api_server, account_id, max_tasks_in_flight=2)
     with api_server.client(key) as client:
@@ -356,5 +364,114 @@ def test_tasks_in_flight_hold_under_concurrent_creates_across_processes(
         for client in clients:
             client.close()
         assert codes == {200: 3, 429: 9}, codes
+    finally:
+        other.stop()
+
+
+# --- self-minted keys cannot multiply an account's limits (issue 17) -------------------------
+
+def mint_keys(client: httpx.Client, count: int) -> list[str]:
+    keys = []
+    for i in range(count):
+        response = client.post("/v1/keys", json={"name": f"minted {i}"})
+        assert response.status_code == 200, response.text
+        keys.append(response.json()["key"])
+    return keys
+
+
+def test_minted_keys_share_the_accounts_tasks_in_flight(api_server: Server,
+                                                         tmp_path: Path) -> None:
+    """5 in flight, 10 keys, two API processes, 30 concurrent creates: exactly 5."""
+    other = second_api(api_server, tmp_path)
+    try:
+        account_id, key = api_server.account(credits=100)
+        set_limits(api_server, account_id, max_tasks_in_flight=5)
+        with api_server.client(key) as client:
+            keys = [key, *mint_keys(client, 9)]
+        clients = [server.client(k) for k in keys for server in (api_server, other)]
+
+        def create(i: int) -> int:
+            return clients[i % len(clients)].post("/v1/images/generations",
+                                                  json=GOOD).status_code
+
+        with ThreadPoolExecutor(10) as pool:
+            codes = Counter(pool.map(create, range(30)))
+        for client in clients:
+            client.close()
+        assert codes == {200: 5, 429: 25}, codes
+        with api_server.client(keys[-1]) as client:
+            error = assert_error(client.post("/v1/images/generations", json=GOOD), 429,
+                                 "rate_limit_error", "too_many_tasks_in_flight")
+            assert "This account already has 5 unfinished tasks" in error["message"]
+    finally:
+        other.stop()
+
+
+def test_minted_keys_share_the_accounts_requests_per_minute(api_server: Server) -> None:
+    account_id, key = api_server.account()
+    set_limits(api_server, account_id, requests_per_minute=15)
+    wait_for_fresh_minute()
+    with api_server.client(key) as client:
+        keys = [key, *mint_keys(client, 4)]  # 4 requests of the 15
+    clients = [api_server.client(k) for k in keys]
+    codes = [clients[i % 5].get("/v1/credits").status_code for i in range(20)]
+    for client in clients:
+        client.close()
+    assert codes == [200] * 11 + [429] * 9
+
+
+def test_the_eleventh_live_key_is_refused(api_server: Server) -> None:
+    _, key = api_server.account()
+    with api_server.client(key) as client:
+        minted = mint_keys(client, 9)  # 10 live keys
+        error = assert_error(client.post("/v1/keys", json={"name": "one too many"}), 403,
+                             "permission_error", "too_many_keys")
+        assert "10 live keys" in error["message"]
+        listed = client.get("/v1/keys").json()["data"]
+        assert len(listed) == 10
+        # Revoking one makes room (and the refused attempt did not use the minute's
+        # allowance of 10 creations).
+        assert client.post(f"/v1/keys/{listed[-1]['id']}/revoke").status_code == 200
+        assert client.post("/v1/keys", json={"name": "room again"}).status_code == 200
+    assert len(minted) == 9
+
+
+def test_key_creation_is_rate_limited_per_account(api_server: Server) -> None:
+    _, key = api_server.account()
+    wait_for_fresh_minute(margin=20)
+    with api_server.client(key) as client:
+        for i in range(10):  # create and revoke, so the live-key cap is not what stops it
+            made = client.post("/v1/keys", json={"name": f"k{i}"})
+            assert made.status_code == 200, made.text
+            assert client.post(f"/v1/keys/{made.json()['id']}/revoke").status_code == 200
+        refused = client.post("/v1/keys", json={"name": "eleventh this minute"})
+        error = assert_error(refused, 429, "rate_limit_error", "key_creation_rate_exceeded")
+        assert "10 new keys per minute" in error["message"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        rotate = client.post(f"/v1/keys/{client.get('/v1/keys').json()['data'][0]['id']}"
+                             "/rotate")
+        assert_error(rotate, 429, "rate_limit_error", "key_creation_rate_exceeded")
+
+
+def test_requests_per_minute_hold_within_ten_percent_across_two_processes(
+        api_server: Server, tmp_path: Path) -> None:
+    """Limit 200 per minute, 400 requests at once through two processes: never more than
+    200 admitted, and no fewer than 180."""
+    other = second_api(api_server, tmp_path)
+    try:
+        account_id, key = api_server.account()
+        set_limits(api_server, account_id, requests_per_minute=200)
+        wait_for_fresh_minute(margin=30)
+        clients = [api_server.client(key), other.client(key)]
+
+        def get(i: int) -> int:
+            return clients[i % 2].get("/v1/credits").status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = Counter(pool.map(get, range(400)))
+        for client in clients:
+            client.close()
+        assert set(codes) == {200, 429}, codes
+        assert 180 <= codes[200] <= 200, codes
     finally:
         other.stop()

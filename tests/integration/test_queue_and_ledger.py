@@ -7,11 +7,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from kreaserve import contract, ledger, queue
 from kreaserve.db import Database
-from kreaserve.db.models import ApiKey, LedgerEntry, Task
+from kreaserve.db.models import Account, LedgerEntry, Task
 from tests.conftest import new_account
 
 PARAMS = queue.NewTask(prompt="a fox", size="1:1", quality="1K", seed=5, nsfw_check=False,
@@ -28,6 +28,11 @@ def check_balanced(db: Database, account_id: int) -> ledger.Balance:
         stored = ledger.balance(session, account_id)
         assert ledger.balance_from_entries(session, account_id) == stored
         assert 0 <= stored.reserved_units <= stored.balance_units
+        in_flight = session.execute(
+            select(func.count()).select_from(Task)
+            .where(Task.account_id == account_id,
+                   Task.status.in_((contract.PENDING, contract.PROCESSING)))).scalar_one()
+        assert session.get(Account, account_id).tasks_in_flight == in_flight
     return stored
 
 
@@ -173,23 +178,50 @@ def test_negative_grant_cannot_take_reserved_credits(db: Database) -> None:
     check_balanced(db, account_id)
 
 
-def test_rate_windows_count_per_minute_and_old_ones_are_forgotten(db: Database) -> None:
+def test_rate_windows_lease_per_minute_and_old_ones_are_forgotten(db: Database) -> None:
     from kreaserve import limits
     from kreaserve.db.models import RateWindow
 
     account_id, _ = new_account(db)
-    with db.transaction() as session:
-        key_id = session.execute(select(ApiKey.id).where(ApiKey.account_id == account_id)
-                                 ).scalar_one()
     start = 1_800_000_000.0  # the start of a minute
     with db.transaction() as session:
-        assert [limits.count_request(session, key_id, 2, start + i) for i in range(2)] == [
-            None, None]
-        refusal = limits.count_request(session, key_id, 2, start + 50)
-        assert refusal and refusal.retry_after == 10
-        assert limits.count_request(session, key_id, 2, start + 61) is None  # a new minute
-        assert limits.forget_old_windows(session, start + 125) == 1
-        assert session.execute(select(RateWindow.window_start)).scalars().all() == [start + 60]
+        lease = [limits.lease(session, account_id, limits.REQUESTS, 2, start + i)
+                 for i in range(3)]
+        assert lease == [1, 1, 0]  # slices of 1 (at least 1), never past the limit
+        assert limits.lease(session, account_id, limits.REQUESTS, 2, start + 61) == 1
+        assert limits.lease(session, account_id, limits.KEY_CREATES, 2, start + 61) == 1
+        # A larger limit leases a fiftieth at a time; the last slice is cut to what is left.
+        assert limits.lease(session, account_id, "other", 120, start) == 2
+        slices = [limits.lease(session, account_id, "other", 121, start) for _ in range(61)]
+        assert slices[-2:] == [1, 0] and sum(slices) == 119
+        assert limits.forget_old_windows(session, start + 125) == 2
+        assert sorted(session.execute(select(RateWindow.bucket)).scalars()) == [
+            limits.KEY_CREATES, limits.REQUESTS]
+
+
+def test_quota_leases_of_several_processes_never_pass_the_limit(db: Database) -> None:
+    """Three processes' leases, 40 requests each at once, limit 100: never over 100, and
+    short of it by at most one slice (2) per process."""
+    from kreaserve import limits
+
+    account_id, _ = new_account(db)
+    processes = [limits.QuotaLeases(db) for _ in range(3)]
+    barrier = threading.Barrier(12)
+    now = time.time()
+    if 60 - now % 60 < 10:  # keep the run inside one minute
+        time.sleep(60 - now % 60 + 0.1)
+
+    def hammer(i: int) -> int:
+        leases = processes[i % 3]
+        barrier.wait()
+        return sum(leases.take(account_id, limits.REQUESTS, 100) is None for _ in range(40))
+
+    with ThreadPoolExecutor(12) as pool:
+        admitted = sum(pool.map(hammer, range(12)))
+    assert 100 - 3 * 2 <= admitted <= 100
+    refusal = processes[0].take(account_id, limits.REQUESTS, 100)
+    assert refusal is not None and "100 requests per minute" in refusal.message
+    assert 1 <= refusal.retry_after <= 60
 
 
 def _create_sized(db: Database, account_id: int, size: str, quality: str) -> Task:

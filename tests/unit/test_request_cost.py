@@ -37,6 +37,8 @@ class Cost:
     statements: int = 0
     row_writes: int = 0
     sql: list[str] = field(default_factory=list)
+    #: the BEGIN statements sent (SQLite: BEGIN for reads, BEGIN IMMEDIATE for writes)
+    begins: set[str] = field(default_factory=set)
 
     def per_request(self, runs: int) -> tuple[float, float, float]:
         return (self.transactions / runs, self.statements / runs, self.row_writes / runs)
@@ -56,8 +58,11 @@ class Counter:
             self.cost.transactions += 1
 
     def _executed(self, _conn, cursor, statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
-        if self.cost is None or statement.strip().upper().startswith(("BEGIN", "COMMIT",
-                                                                      "ROLLBACK")):
+        if self.cost is None:
+            return
+        if statement.strip().upper().startswith("BEGIN"):
+            self.cost.begins.add(statement.strip().upper())
+        if statement.strip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK")):
             return
         self.cost.statements += 1
         self.cost.sql.append(statement.split("\n")[0][:80])
@@ -143,14 +148,18 @@ def test_hot_paths_cost_what_they_should(app_db: tuple[Settings, Database]) -> N
               cost.per_request(RUNS), cost.sql[:12])
     poll, create, credits = costs["poll"], costs["create"], costs["credits"]
     # A poll writes nothing: one read transaction of one statement (plus at most one
-    # refresh of the queue snapshot in the run).
+    # refresh of the queue snapshot, five statements, in the run).
     assert poll.row_writes == 0, poll.sql
     assert poll.transactions <= RUNS + 1, poll.sql
-    assert poll.statements <= RUNS + 4, poll.sql
+    assert poll.statements <= RUNS + 5, poll.sql
+    if app_db[1].engine.dialect.name == "sqlite":  # reads never take the write lock
+        assert poll.begins == credits.begins == {"BEGIN"}
+        assert create.begins == {"BEGIN IMMEDIATE"} or create.begins == {
+            "BEGIN", "BEGIN IMMEDIATE"}, create.begins
     # A create: one transaction, three statements (reserve + limits, ledger, task), three
     # row writes.
     assert create.transactions <= RUNS + 1, create.sql
-    assert create.statements <= 3 * RUNS + 4, create.sql
+    assert create.statements <= 3 * RUNS + 5, create.sql
     assert create.row_writes <= 3 * RUNS, create.sql
     # Credits: one read.
     assert credits.row_writes == 0, credits.sql

@@ -112,6 +112,7 @@ async def update_account(account_id: AccountId, request: Request,
                                "account_id")
 
     await run_in_threadpool(change)
+    services.keys.forget_account(account_id)  # new limits or group apply here at once
     return await run_in_threadpool(summary, services, account_id)
 
 
@@ -175,4 +176,6 @@ async def revoke_any_key(key_id: str, services: ServicesDep) -> JSONResponse:
             accounts.revoke_account_key(session, key.account_id, number)
             return key_object(key)
 
-    return JSONResponse(await run_in_threadpool(revoke))
+    answer = await run_in_threadpool(revoke)
+    services.keys.forget_key(number)
+    return JSONResponse(answer)

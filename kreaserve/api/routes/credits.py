@@ -24,7 +24,7 @@ async def get_credits(services: ServicesDep, principal: PrincipalDep) -> dict[st
     `available`: what new tasks may spend (balance - reserved)."""
 
     def read() -> ledger.Balance:
-        with services.db.transaction() as session:
+        with services.db.read() as session:
             return ledger.balance(session, principal.account_id)
 
     standing = await run_in_threadpool(read)
@@ -73,7 +73,7 @@ async def get_usage(services: ServicesDep, principal: PrincipalDep,
     until = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC).timestamp()
 
     def read() -> list[tuple[float, str, str, int]]:
-        with services.db.transaction() as session:
+        with services.db.read() as session:
             return [tuple(row) for row in session.execute(
                 select(LedgerEntry.created_at, Task.model, Task.quality, LedgerEntry.amount_units)
                 .join(Task, Task.id == LedgerEntry.task_id)

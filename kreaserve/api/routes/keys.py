@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import accounts
-from kreaserve.api.deps import PrincipalDep, ServicesDep, read_json_body
+from kreaserve import accounts, limits
+from kreaserve.api.deps import PrincipalDep, ServicesDep, rate_limited, read_json_body
 from kreaserve.api.errors import APIError
 from kreaserve.db.models import ApiKey
 
@@ -50,7 +51,7 @@ def key_name(payload: Any) -> str:
 @router.get("/v1/keys")
 async def list_keys(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     def read() -> list[dict[str, Any]]:
-        with services.db.transaction() as session:
+        with services.db.read() as session:
             return [key_object(k, principal.key_id)
                     for k in accounts.list_keys(session, principal.account_id)]
 
@@ -60,15 +61,32 @@ async def list_keys(services: ServicesDep, principal: PrincipalDep) -> dict[str,
 @router.post("/v1/keys")
 async def create_key(request: Request, services: ServicesDep,
                      principal: PrincipalDep) -> dict[str, Any]:
-    """A new key of the caller's account; `key` is shown in this answer only."""
+    """A new key of the caller's account; `key` is shown in this answer only. At most
+    `max_keys_per_account` live keys, and `key_creates_per_minute` creations."""
     name = key_name(await read_json_body(request, services.settings.max_body_bytes))
+    most = services.settings.max_keys_per_account
 
     def create() -> dict[str, Any]:
         with services.db.transaction() as session:
+            if accounts.live_key_count(session, principal.account_id) >= most:
+                raise APIError(403, "too_many_keys",
+                               f"This account already has {most} live keys, the most it may "
+                               "hold; revoke one (POST /v1/keys/{id}/revoke) first.")
+            limit_key_creation(session, services, principal)
             new = accounts.create_key(session, principal.account_id, name)
             return new_key_object(new, session.get(ApiKey, new.key_id))
 
     return await run_in_threadpool(create)
+
+
+def limit_key_creation(session: Session, services: ServicesDep,
+                       principal: PrincipalDep) -> None:
+    """429 once the account created (or rotated) `key_creates_per_minute` keys this minute;
+    counted in the transaction that makes the key, so a refused one is not counted."""
+    refusal = limits.count_one(session, principal.account_id, limits.KEY_CREATES,
+                               services.settings.key_creates_per_minute)
+    if refusal is not None:
+        raise rate_limited(refusal)
 
 
 def parse_key_id(key_id: str) -> int:
@@ -85,19 +103,23 @@ async def rotate_key(key_id: str, services: ServicesDep, principal: PrincipalDep
 
     def rotate() -> dict[str, Any]:
         with services.db.transaction() as session:
+            limit_key_creation(session, services, principal)
             new = accounts.rotate_key(session, principal.account_id, number)
             if new is None:
                 raise APIError(404, "key_not_found", f"No live key {key_id} for this account.",
                                "key_id")
             return new_key_object(new, session.get(ApiKey, new.key_id))
 
-    return await run_in_threadpool(rotate)
+    answer = await run_in_threadpool(rotate)
+    services.keys.forget_key(number)
+    return answer
 
 
 @router.post("/v1/keys/{key_id}/revoke")
 async def revoke_key(key_id: str, services: ServicesDep, principal: PrincipalDep
                      ) -> dict[str, Any]:
-    """Revoke a key; it stops working at once, on every API process."""
+    """Revoke a key; it stops working at once on this API process, and on the others
+    within `auth_cache_seconds`."""
     number = parse_key_id(key_id)
 
     def revoke() -> dict[str, Any]:
@@ -108,4 +130,6 @@ async def revoke_key(key_id: str, services: ServicesDep, principal: PrincipalDep
                                "key_id")
             return key_object(key, principal.key_id)
 
-    return await run_in_threadpool(revoke)
+    answer = await run_in_threadpool(revoke)
+    services.keys.forget_key(number)
+    return answer
