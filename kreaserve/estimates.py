@@ -42,6 +42,8 @@ class Snapshot:
     #: processing tasks by tier
     processing: dict[str, int] = field(default_factory=dict)
     ready_workers: int = 0
+    #: wall-clock time the read began; tasks created later are not in it
+    read_at: float = 0.0
 
     def estimate(self, task: Task) -> int:
         """Seconds until the task's result is expected (0 once it has ended)."""
@@ -64,6 +66,7 @@ class Snapshot:
 
 def read_snapshot(db: Database) -> Snapshot:
     """Read the queue: five statements in one read transaction, none of them a scan."""
+    began = time.time()
     rates = dict(DEFAULT_SECONDS_PER_IMAGE)
     pending: dict[str, list[float]] = {}
     with db.read() as session:
@@ -91,7 +94,7 @@ def read_snapshot(db: Database) -> Snapshot:
         ).scalar_one()
     for created in pending.values():
         created.sort()
-    return Snapshot(rates, pending, processing, workers)
+    return Snapshot(rates, pending, processing, workers, began)
 
 
 class QueueEstimates:
@@ -127,3 +130,10 @@ class QueueEstimates:
         if task.status in contract.TERMINAL:
             return 0
         return self.current().estimate(task)
+
+    def note_created(self, task: Task) -> None:
+        """Count a task this process just created in the current snapshot, so the next
+        task's estimate includes it without waiting for the next read."""
+        snapshot = self._snapshot
+        if snapshot is not None and task.created_at >= snapshot.read_at:
+            bisect.insort(snapshot.pending.setdefault(task.quality, []), task.created_at)

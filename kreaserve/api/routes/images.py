@@ -72,7 +72,9 @@ async def create_generation(request: Request, services: ServicesDep,
                 f"This task costs {ledger.to_credits(price)} credits, more than the account's "
                 "available balance (see GET /v1/credits).",
             ) from None
-        return task_object(services, task)
+        answer = task_object(services, task)
+        services.estimates.note_created(task)
+        return answer
 
     created = await run_in_threadpool(moderate_and_create)
     request.state.task_id = created["id"]  # for the access log
