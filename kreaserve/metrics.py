@@ -141,7 +141,7 @@ class DatabaseCollector(Collector):
         from kreaserve.db.models import Task
 
         now = time.time()
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             rows = session.execute(
                 select(Task.status, func.count(), func.min(Task.created_at))
                 .where(Task.status.in_((contract.PENDING, contract.PROCESSING)))

@@ -92,7 +92,7 @@ def list_tasks(
             )
         )
     query = query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit + 1)
-    with db.transaction() as session:
+    with db.read() as session:
         rows = list(session.execute(query).scalars())
     if len(rows) <= limit:
         return Page(rows, None)
