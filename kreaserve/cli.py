@@ -472,20 +472,20 @@ def generate(
 
     with Client(url, api_key) as client:
         try:
-            task = client.generate(prompt, size=size, quality=quality, seed=seed)
+            task = client.create(prompt, size=size, quality=quality, seed=seed)
         except KreaserveError as exc:
             raise fail(f"{exc.message} ({exc.code}{', ' + exc.param if exc.param else ''})") \
                 from None
         except httpx.HTTPError as exc:
             raise fail(f"cannot reach {url}: {exc or type(exc).__name__}") from None
-        task_id = task["id"]
+        task_id = task.id
         try:
             task = wait_with_progress(client, task)
-            if task["status"] != "completed":
-                error = task.get("error", {})
-                raise fail(f"task {task_id} {task['status']}: {error.get('message', '')} "
-                           f"({error.get('code', '')})")
-            client.download(task["results"][0], output)
+            if task.status != "completed" or not task.results:
+                error = task.error
+                raise fail(f"task {task_id} {task.status}: {error.message if error else ''} "
+                           f"({error.code if error else ''})")
+            client.download(task.results[0], output)
         except KeyboardInterrupt:
             try:
                 client.cancel(task_id)
@@ -498,7 +498,7 @@ def generate(
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             raise fail(f"lost task {task_id}: {reason}. It may still finish: query it with "
                        f"GET {url}/v1/tasks/{task_id}") from None
-    typer.echo(f"saved {output} (task {task_id}, seed {task.get('seed')})")
+    typer.echo(f"saved {output} (task {task_id}, seed {task.seed})")
 
 
 def check_output(output: Path) -> None:
@@ -520,19 +520,19 @@ def check_output(output: Path) -> None:
         raise fail(f"-o {output}: the folder {output.parent} is not writable")
 
 
-def wait_with_progress(client: Any, task: dict[str, Any]) -> dict[str, Any]:
+def wait_with_progress(client: Any, task: Any) -> Any:
     """Poll the task to its end, drawing a progress bar."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
     with Progress(*columns, transient=False) as bar:
-        line = bar.add_task(task["status"], total=100)
+        line = bar.add_task(task.status, total=100)
 
-        def update(current: dict[str, Any]) -> None:
-            bar.update(line, completed=current["progress"], description=current["status"])
+        def update(current: Any) -> None:
+            bar.update(line, completed=current.progress, description=current.status)
 
-        return client.wait(task["id"], poll=0.25, on_update=update)
+        return client.wait(task.id, poll_interval=0.25, on_update=update)
 
 
 def main() -> None:

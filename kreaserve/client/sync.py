@@ -1,38 +1,56 @@
-"""A small synchronous client over httpx: create, get, wait, cancel, download."""
+"""The synchronous client over httpx: create, get, cancel, list, credits, follow/wait,
+download and `run` (all of it in one call). `kreaserve.client.aio` mirrors it for asyncio."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-TERMINAL = {"completed", "failed", "cancelled"}
+from kreaserve.client import _core
+from kreaserve.client._core import Retry
+from kreaserve.client.errors import KreaserveError, TaskFailed
+from kreaserve.client.models import Credits, Task, TaskPage
 
-
-class KreaserveError(Exception):
-    """An error answer of the API, in the contract's error shape."""
-
-    def __init__(self, status: int, code: str, message: str, type_: str = "",
-                 param: str | None = None) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message, self.type, self.param = (
-            status, code, message, type_, param)
+__all__ = ["Client", "KreaserveError", "Retry", "TaskFailed"]
 
 
 class Client:
-    """Talks to one kreaserve (or hosted krea-2-turbo) base URL with one API key."""
+    """Talks to one kreaserve (or hosted krea-2-turbo) base URL with one API key.
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
-                                  headers={"Authorization": f"Bearer {api_key}"},
-                                  transport=transport)
+    Only the contract's endpoints and fields are needed, so pointing `base_url` at the
+    hosted API works too (`list_tasks` is kreaserve's own). `transport` is httpx's, for
+    tests (`httpx.MockTransport`) or custom networking; it also carries the downloads."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        retry: Retry | None = None,
+        poll_interval: float = 0.5,
+        max_poll_interval: float = 2.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.retry = retry or Retry()
+        self.poll_interval, self.max_poll_interval = poll_interval, max_poll_interval
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {api_key}"},
+            transport=transport,
+        )
+        # Result URLs may point elsewhere (S3): they are signed, so no key goes with them.
+        self._files = httpx.Client(timeout=timeout, transport=transport)
+        self._sleep: Callable[[float], object] = time.sleep
 
     def close(self) -> None:
         self._http.close()
+        self._files.close()
 
     def __enter__(self) -> Client:
         return self
@@ -40,62 +58,164 @@ class Client:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self._http.request(method, path, **kwargs)
-        if response.is_success:
-            return response.json()
-        try:
-            error = response.json()["error"]
-        except (ValueError, KeyError, TypeError):
-            raise KreaserveError(response.status_code, "http_error", response.text[:200]) from None
-        raise KreaserveError(response.status_code, error.get("code", ""), error.get("message", ""),
-                             error.get("type", ""), error.get("param"))
+    def _send(self, http: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request with the retry policy; the same headers (so the same
+        Idempotency-Key) on every try."""
+        retry_number = 0
+        while True:
+            try:
+                response = http.request(method, url, **kwargs)
+            except httpx.TransportError as exc:
+                retryable = _core.retryable_exception(method, exc)
+                if not retryable or retry_number >= self.retry.retries:
+                    raise
+                delay = self.retry.backoff_delay(retry_number)
+            else:
+                delay = self.retry.delay_after(retry_number, response)
+                if delay is None:
+                    return response
+                response.close()
+            self._sleep(delay)
+            retry_number += 1
 
-    def generate(self, prompt: str, *, size: str = "1:1", quality: str = "1K",
-                 seed: int | None = None, nsfw_check: bool = False,
-                 callback_url: str | None = None, model: str = "krea-2-turbo") -> dict[str, Any]:
-        """Create a task; returns the task object (status pending)."""
-        body: dict[str, Any] = {"model": model, "prompt": prompt, "size": size,
-                                "quality": quality, "nsfw_check": nsfw_check}
-        if seed is not None:
-            body["seed"] = seed
-        if callback_url is not None:
-            body["callback_url"] = callback_url
-        return self._call("POST", "/v1/images/generations", json=body)
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return _core.json_of(self._send(self._http, method, path, **kwargs))
 
-    def get(self, task_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/tasks/{task_id}")
+    def create(
+        self,
+        prompt: str,
+        *,
+        model: str = _core.DEFAULT_MODEL,
+        size: str | None = None,
+        quality: str | None = None,
+        seed: int | None = None,
+        nsfw_check: bool | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        **extra: Any,
+    ) -> Task:
+        """Create a task (status pending). Unset options take the server's defaults;
+        `extra` fields are sent as they are.
 
-    def cancel(self, task_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/tasks/{task_id}/cancel")
+        An `Idempotency-Key` header (`idempotency_key`, or one made here) goes with the
+        request and stays the same on its retries. NOTE: the server does not honour it
+        yet, so today retries of a create happen only when the request surely never
+        reached the server (connection refused, or a 429/503 answer)."""
+        body = _core.create_body(
+            prompt,
+            model=model,
+            size=size,
+            quality=quality,
+            seed=seed,
+            nsfw_check=nsfw_check,
+            callback_url=callback_url,
+            extra=extra,
+        )
+        key = idempotency_key or _core.new_idempotency_key()
+        return Task.model_validate(
+            self._call(
+                "POST", "/v1/images/generations", json=body, headers={"Idempotency-Key": key}
+            )
+        )
 
-    def credits(self) -> dict[str, Any]:
-        return self._call("GET", "/v1/credits")
+    def get(self, task_id: str) -> Task:
+        return Task.model_validate(self._call("GET", f"/v1/tasks/{task_id}"))
 
-    def wait(self, task_id: str, *, poll: float = 0.5, timeout: float = 3600.0,
-             on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Poll until the task ends; `on_update` sees every answer."""
+    def cancel(self, task_id: str) -> Task:
+        return Task.model_validate(self._call("POST", f"/v1/tasks/{task_id}/cancel"))
+
+    def credits(self) -> Credits:
+        return Credits.model_validate(self._call("GET", "/v1/credits"))
+
+    def list_tasks(
+        self, *, limit: int | None = None, status: str | None = None, cursor: str | None = None
+    ) -> TaskPage:
+        """One page of the account's tasks, newest first (kreaserve's GET /v1/tasks)."""
+        params = _core.list_params(limit, status, cursor)
+        return TaskPage.model_validate(self._call("GET", "/v1/tasks", params=params))
+
+    def iter_tasks(
+        self, *, status: str | None = None, page_size: int | None = None
+    ) -> Iterator[Task]:
+        """Every task of the account, newest first, fetching pages as needed."""
+        cursor = None
+        while True:
+            page = self.list_tasks(limit=page_size, status=status, cursor=cursor)
+            yield from page.data
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def follow(
+        self, task_id: str, *, timeout: float = 3600.0, poll_interval: float | None = None
+    ) -> Iterator[Task]:
+        """Yield the task at every change of status or progress, the last one ended.
+
+        It polls GET /v1/tasks/{id} (see PollRhythm); this is the one place that decides
+        how updates arrive, so a server-sent events source can be added here later."""
+        rhythm = _core.PollRhythm(
+            poll_interval or self.poll_interval, max(poll_interval or 0, self.max_poll_interval)
+        )
         deadline = time.monotonic() + timeout
+        last: tuple[str, int] | None = None
         while True:
             task = self.get(task_id)
+            if (task.status, task.progress) != last:
+                last = (task.status, task.progress)
+                yield task
+            if task.done:
+                return
+            delay = rhythm.next_delay(task.status, task.progress)
+            if time.monotonic() + delay > deadline:
+                raise TimeoutError(f"task {task_id} did not end within {timeout} s")
+            self._sleep(delay)
+
+    def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float = 3600.0,
+        poll_interval: float | None = None,
+        on_update: Callable[[Task], None] | None = None,
+    ) -> Task:
+        """Follow the task to its end; `on_update` sees every change."""
+        for task in self.follow(task_id, timeout=timeout, poll_interval=poll_interval):
             if on_update:
                 on_update(task)
-            if task["status"] in TERMINAL:
-                return task
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"task {task_id} did not end within {timeout} s")
-            time.sleep(poll)
+        return task
 
-    def download(self, url: str, path: str | Path) -> Path:
-        """Save a result URL to a file (written whole or not at all)."""
-        target = Path(path)
-        with httpx.stream("GET", url, timeout=self._http.timeout) as response:
-            if not response.is_success:
-                response.read()
-                raise KreaserveError(response.status_code, "download_failed", response.text[:200])
-            partial = target.with_name(target.name + ".part")
-            with partial.open("wb") as handle:
-                for chunk in response.iter_bytes():
-                    handle.write(chunk)
-        partial.replace(target)
-        return target
+    def download(self, url: str, path: str | Path | None = None) -> bytes:
+        """The bytes of a result URL; with `path`, also saved there (whole or not at all)."""
+        response = self._send(self._files, "GET", url)
+        if not response.is_success:
+            raise _core.error_from(response)
+        if path is not None:
+            _save(Path(path), response.content)
+        return response.content
+
+    def run(
+        self,
+        prompt: str,
+        *,
+        output: str | Path | None = None,
+        timeout: float = 3600.0,
+        on_update: Callable[[Task], None] | None = None,
+        **options: Any,
+    ) -> bytes:
+        """Create a task, follow it to its end and return its (first) image's bytes, also
+        saved to `output` when given. `options` are create()'s. Raises TaskFailed when the
+        task fails or is cancelled, TimeoutError after `timeout` seconds."""
+        task = self.create(prompt, **options)
+        if on_update:
+            on_update(task)
+        task = self.wait(task.id, timeout=timeout, on_update=on_update)
+        if task.status != "completed" or not task.results:
+            raise TaskFailed(task)
+        return self.download(task.results[0], output)
+
+
+def _save(target: Path, content: bytes) -> None:
+    """Write through a temporary name, so a failure never leaves half an image."""
+    partial = target.with_name(target.name + ".part")
+    partial.write_bytes(content)
+    partial.replace(target)
