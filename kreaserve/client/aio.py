@@ -44,7 +44,7 @@ class AsyncClient:
             headers={"Authorization": f"Bearer {api_key}"},
             transport=transport,
         )
-        self._files = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._files = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True)
         self._sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
 
     async def close(self) -> None:

@@ -44,8 +44,9 @@ class Client:
             headers={"Authorization": f"Bearer {api_key}"},
             transport=transport,
         )
-        # Result URLs may point elsewhere (S3): they are signed, so no key goes with them.
-        self._files = httpx.Client(timeout=timeout, transport=transport)
+        # Result URLs may point, or redirect, elsewhere (S3): they are signed, so no key
+        # goes with them.
+        self._files = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True)
         self._sleep: Callable[[float], object] = time.sleep
 
     def close(self) -> None:

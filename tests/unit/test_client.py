@@ -393,6 +393,18 @@ def test_a_failed_download_raises_and_saves_nothing(kind: str, tmp_path: Path) -
     assert caught.value.code == "results_expired" and not list(tmp_path.iterdir())
 
 
+def test_a_download_follows_a_redirect_to_the_store(kind: str) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "api.example.test":
+            return httpx.Response(302, headers={"Location": "https://bucket.s3.test/x?sig=2"})
+        return httpx.Response(200, content=b"png bytes")
+
+    harness = Harness(kind, handle)
+    assert harness("download", f"{BASE}/files/x.png?sig=1") == b"png bytes"
+    assert [r.url.host for r in harness.requests] == ["api.example.test", "bucket.s3.test"]
+    assert all("authorization" not in r.headers for r in harness.requests)
+
+
 def test_follow_gives_up_at_its_timeout(kind: str) -> None:
     harness = Harness(kind, server_of_one_task({"status": "pending"}))
     with pytest.raises(TimeoutError):
