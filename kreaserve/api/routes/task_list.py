@@ -53,7 +53,61 @@ def _position(raw: str | None) -> task_list.Position | None:
         ) from None
 
 
-@router.get("/v1/tasks")
+#: The query as the route checks it, and the answer, for the OpenAPI document (the route
+#: reads the query itself, so that a bad value is a 400 naming it, not a 422).
+OPENAPI = {
+    "parameters": [
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": task_list.MAX_LIMIT,
+                "default": task_list.DEFAULT_LIMIT,
+            },
+        },
+        {
+            "name": "status",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "enum": list(task_list.STATUSES)},
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "The `next_cursor` of the previous page (opaque).",
+            "schema": {"type": "string"},
+        },
+    ],
+    "responses": {
+        "200": {
+            "description": "A page of the caller's tasks, newest first.",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["object", "data", "has_more", "next_cursor"],
+                        "properties": {
+                            "object": {"type": "string", "enum": ["list"]},
+                            "data": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/Task"},
+                            },
+                            "has_more": {"type": "boolean"},
+                            "next_cursor": {"type": ["string", "null"]},
+                        },
+                    }
+                }
+            },
+        }
+    },
+}
+
+
+@router.get("/v1/tasks", openapi_extra=OPENAPI)
 async def list_tasks(
     request: Request, services: ServicesDep, principal: PrincipalDep
 ) -> dict[str, Any]:
