@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from kreaserve import ledger
 from kreaserve.callbacks import signing
 from kreaserve.db.models import Account, ApiKey
+from kreaserve.db.rows import changed_rows
 
 KEY_PREFIX = "ks_"
 #: how many characters of a key may be shown and logged
@@ -91,7 +92,7 @@ def revoke_key(session: Session, prefix_or_id: str) -> bool:
     result = session.execute(
         update(ApiKey).where(condition, ApiKey.revoked_at.is_(None)).values(revoked_at=time.time())
     )
-    return result.rowcount > 0
+    return changed_rows(result) > 0
 
 
 def webhook_secret(session: Session, account_id: int) -> str:
@@ -100,9 +101,11 @@ def webhook_secret(session: Session, account_id: int) -> str:
         update(Account).where(Account.id == account_id, Account.webhook_secret.is_(None))
         .values(webhook_secret=signing.new_secret())
     )
-    return session.execute(
+    secret = session.execute(
         select(Account.webhook_secret).where(Account.id == account_id)
     ).scalar_one()
+    assert secret is not None  # made just above when it was missing
+    return secret
 
 
 def rotate_webhook_secret(session: Session, account_id: int) -> str:
@@ -153,9 +156,9 @@ def update_account(session: Session, account_id: int, **fields: object) -> bool:
     assert not unknown, unknown
     if not fields:
         return session.get(Account, account_id) is not None
-    return session.execute(
+    return changed_rows(session.execute(
         update(Account).where(Account.id == account_id).values(**fields)
-    ).rowcount == 1
+    )) == 1
 
 
 def account_summary(session: Session, account_id: int) -> dict[str, object] | None:

@@ -77,7 +77,7 @@ def open_database(settings: Settings):  # type: ignore[no-untyped-def]
     try:
         upgrade(settings.resolved_database_url)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError) as exc:
-        first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         raise fail(f"cannot open the database {where}: {first[0] if first else exc} "
                    "(check KREASERVE_DATABASE_URL)") from None
     return Database(settings.resolved_database_url)

@@ -34,7 +34,7 @@ def accepts(model: type[BaseModel], name: str) -> str:
     annotation = field.annotation
     if get_origin(annotation) in (Union, UnionType):
         annotation = next(kind for kind in get_args(annotation) if kind is not type(None))
-    kind = get_origin(annotation) or annotation
+    kind: Any = get_origin(annotation) or annotation
     words = _TYPE_WORDS.get(kind, "a path" if "Path" in str(kind) else "text")
     low = high = None
     for item in field.metadata:

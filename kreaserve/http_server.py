@@ -108,7 +108,8 @@ def make_server(app: Any, settings: Settings) -> uvicorn.Server:
             log_config=None,
             access_log=False,
             http=guarded_protocol(settings),
-            timeout_keep_alive=settings.keep_alive_seconds,
+            # uvicorn annotates this int; it is used as seconds for call_later, float works.
+            timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]
             limit_concurrency=settings.max_connections,
         )
     )

@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from kreaserve.db.models import Account, LedgerEntry
+from kreaserve.db.rows import changed_rows
 
 #: One credit is this many units; prices like 0.45 are exact integers (4500).
 UNITS_PER_CREDIT = 10_000
@@ -67,7 +68,7 @@ def grant(session: Session, account_id: int, units: int, note: str | None = None
         .where(Account.balance_units + units >= Account.reserved_units)
         .values(balance_units=Account.balance_units + units)
     )
-    if result.rowcount != 1:
+    if changed_rows(result) != 1:
         raise ValueError("grant would leave the balance below the reserved credits")
     _append(session, account_id, kind, units, note=note)
 
@@ -82,7 +83,7 @@ def reserve(session: Session, account_id: int, units: int, task_id: str) -> bool
         .values(reserved_units=Account.reserved_units + units,
                 tasks_in_flight=Account.tasks_in_flight + 1)
     )
-    if result.rowcount != 1:
+    if changed_rows(result) != 1:
         return False
     record_reservation(session, account_id, units, task_id)
     return True

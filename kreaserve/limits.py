@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from kreaserve import ledger
 from kreaserve.db import Database
 from kreaserve.db.models import Account, RateWindow, Task
+from kreaserve.db.rows import changed_rows
 
 WINDOW_SECONDS = 60
 #: A process leases this share of an account's per-minute limit at a time (at least 1).
@@ -228,4 +229,5 @@ def forget_old_windows(session: Session, now: float | None = None) -> int:
     """Delete counters of finished minutes (maintenance)."""
     now = time.time() if now is None else now
     cutoff = window_of(now) - WINDOW_SECONDS
-    return session.execute(delete(RateWindow).where(RateWindow.window_start < cutoff)).rowcount
+    return changed_rows(
+        session.execute(delete(RateWindow).where(RateWindow.window_start < cutoff)))

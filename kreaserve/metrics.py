@@ -195,4 +195,4 @@ class _Default(Collector):
     """The process-global registry (counters above, process and platform collectors)."""
 
     def collect(self) -> Iterator[Any]:
-        return REGISTRY.collect()
+        yield from REGISTRY.collect()

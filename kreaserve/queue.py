@@ -22,6 +22,7 @@ from kreaserve import contract, ledger, limits, metrics
 from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from kreaserve.db.models import Task, Worker
+from kreaserve.db.rows import changed_rows
 
 #: A worker that has not renewed its heartbeat for this long counts as gone.
 WORKER_STALE_SECONDS = 30.0
@@ -310,7 +311,7 @@ def requeue(db: Database, task_id: str, worker_id: str) -> bool:
                    Task.status == contract.PROCESSING)
             .values(status=contract.PENDING, worker_id=None, lease_expires_at=None, progress=0)
         )
-    return result.rowcount == 1
+    return changed_rows(result) == 1
 
 
 def reap(db: Database, max_attempts: int) -> int:

@@ -106,7 +106,7 @@ CREATE_TASK = {
     },
 }
 _LIMIT = {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000_000}
-ACCOUNT_LIMITS = {
+ACCOUNT_LIMITS: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "description": "null clears a limit (the server default applies).",

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, aliased
 from kreaserve import contract
 from kreaserve.db import Database
 from kreaserve.db.models import CallbackAttempt, CallbackDelivery, Task
+from kreaserve.db.rows import changed_rows
 
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
 
@@ -117,7 +118,7 @@ def record_attempt(db: Database, due: Due, sender: str, *, body: bytes, started_
                    CallbackDelivery.attempts == due.attempts)
             .values(attempts=number, locked_by=None, locked_until=None, body=body, **values)
         )
-        if result.rowcount != 1:  # our lock expired and another sender took over
+        if changed_rows(result) != 1:  # our lock expired and another sender took over
             return "lost"
         session.add(CallbackAttempt(delivery_id=due.id, number=number, started_at=started_at,
                                     duration_seconds=duration, status_code=status_code,

@@ -310,7 +310,7 @@ def cross_validate(config: ModerationConfig, l2_values: Sequence[float], folds: 
         for t_name, t in (("basic", config.basic_threshold), ("strict", config.strict_threshold)):
             cats = BASIC_CATEGORIES if t_name == "basic" else CATEGORIES
             idx = [semantic.SEMANTIC_CATEGORIES.index(c) for c in cats]
-            flagged = (probs[:, idx] >= t).any(axis=1)
+            flagged = np.asarray((probs[:, idx] >= t).any(axis=1))
             target = np.isin(labels, cats)
             parts.append(f"{t_name}: safe blocked {flagged[safe].mean():.1%}, "
                          f"recall {flagged[target].mean():.1%}")

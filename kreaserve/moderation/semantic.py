@@ -147,8 +147,11 @@ class Encoder:
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
-        self._cls = self._tokenizer.token_to_id("[CLS]")
-        self._sep = self._tokenizer.token_to_id("[SEP]")
+        cls_id = self._tokenizer.token_to_id("[CLS]")
+        sep_id = self._tokenizer.token_to_id("[SEP]")
+        if cls_id is None or sep_id is None:
+            raise RuntimeError("the MiniLM vocabulary has no [CLS] or [SEP] token")
+        self._cls, self._sep = cls_id, sep_id
 
     def _windows(self, text: str) -> list[list[int]]:
         ids = self._tokenizer.encode(text, add_special_tokens=False).ids

@@ -75,8 +75,9 @@ AccountId = Annotated[int, Depends(parse_account_id)]
 async def list_accounts(services: ServicesDep) -> dict[str, Any]:
     def read() -> list[dict[str, Any]]:
         with services.db.transaction() as session:
-            return [accounts.account_summary(session, account_id)
-                    for account_id in accounts.all_account_ids(session)]
+            summaries = (accounts.account_summary(session, account_id)
+                         for account_id in accounts.all_account_ids(session))
+            return [summary for summary in summaries if summary is not None]
 
     return {"object": "list", "data": await run_in_threadpool(read)}
 
@@ -159,7 +160,7 @@ async def create_account_key(account_id: AccountId, request: Request,
         summary(services, account_id)
         with services.db.transaction() as session:
             new = accounts.create_key(session, account_id, body.name)
-            return new_key_object(new, session.get(ApiKey, new.key_id))
+            return new_key_object(new, session.get_one(ApiKey, new.key_id))
 
     return await run_in_threadpool(create)
 

@@ -74,13 +74,13 @@ async def get_usage(services: ServicesDep, principal: PrincipalDep,
 
     def read() -> list[tuple[float, str, str, int]]:
         with services.db.read() as session:
-            return [tuple(row) for row in session.execute(
+            return list(session.execute(
                 select(LedgerEntry.created_at, Task.model, Task.quality, LedgerEntry.amount_units)
                 .join(Task, Task.id == LedgerEntry.task_id)
                 .where(LedgerEntry.account_id == principal.account_id,
                        LedgerEntry.kind == ledger.CHARGE,
                        LedgerEntry.created_at >= since, LedgerEntry.created_at < until)
-            )]
+            ).tuples())
 
     buckets: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for at, model, quality, units in await run_in_threadpool(read):

@@ -74,7 +74,7 @@ async def create_key(request: Request, services: ServicesDep,
                                "hold; revoke one (POST /v1/keys/{id}/revoke) first.")
             limit_key_creation(session, services, principal)
             new = accounts.create_key(session, principal.account_id, name)
-            return new_key_object(new, session.get(ApiKey, new.key_id))
+            return new_key_object(new, session.get_one(ApiKey, new.key_id))
 
     return await run_in_threadpool(create)
 
@@ -108,7 +108,7 @@ async def rotate_key(key_id: str, services: ServicesDep, principal: PrincipalDep
             if new is None:
                 raise APIError(404, "key_not_found", f"No live key {key_id} for this account.",
                                "key_id")
-            return new_key_object(new, session.get(ApiKey, new.key_id))
+            return new_key_object(new, session.get_one(ApiKey, new.key_id))
 
     answer = await run_in_threadpool(rotate)
     services.keys.forget_key(number)

@@ -10,7 +10,9 @@ target_metadata = Base.metadata
 
 
 def run_migrations_online() -> None:
-    engine = make_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    assert url is not None, "upgrade() sets sqlalchemy.url"
+    engine = make_engine(url)
     try:
         with engine.connect() as connection:
             context.configure(
