@@ -78,7 +78,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
         yield server
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database of each backend (function scope)."""
     if request.param == "sqlite":
@@ -237,7 +237,8 @@ def start_server(tmp: Path, database_url: str, cache: Path, *, embedded_worker: 
     return server
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+@pytest.fixture(scope="session",
+                params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[str, Path]]:
     """(database URL, temp folder) for each backend, one database per session."""
@@ -286,6 +287,37 @@ def full_server(backend: tuple[str, Path], weights_cache: Path) -> Iterator[Serv
     server.stop()
     if not url.startswith("sqlite"):
         drop()
+
+
+# --- test tiers ----------------------------------------------------------------------------
+
+#: Fixtures a unit test may not use: unit tests need no server and no PostgreSQL.
+NOT_FOR_UNIT_TESTS = frozenset({"postgres_server", "database_url", "backend", "api_server",
+                                "full_server", "s3_server"})
+TESTS = Path(__file__).resolve().parent
+
+
+def tier(item: pytest.Item) -> str:
+    """unit, engine (needs torch), integration or acceptance: the folder under tests/."""
+    return Path(str(item.path)).resolve().relative_to(TESTS).parts[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs PostgreSQL `postgres` (the parametrized fixtures mark
+    their postgres case themselves), and keep the unit tier what it says."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec else ()
+        if "postgres_server" in item.fixturenames or "postgres" in params:
+            item.add_marker(pytest.mark.postgres)
+        if tier(item) == "unit":
+            used = NOT_FOR_UNIT_TESTS.intersection(item.fixturenames)
+            if used:
+                raise pytest.UsageError(f"{item.nodeid} is a unit test but uses {sorted(used)}; "
+                                        "move it to tests/integration")
+    if items and all(tier(item) == "unit" for item in items) and "torch" in sys.modules:
+        raise pytest.UsageError("a module of tests/unit imported torch; tests that need it "
+                                "belong in tests/engine")
 
 
 # --- CI strictness -------------------------------------------------------------------------

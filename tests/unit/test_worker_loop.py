@@ -43,24 +43,24 @@ def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def database_url(migrated: Path, tmp_path: Path) -> str:
+def sqlite_url(migrated: Path, tmp_path: Path) -> str:
     copy = tmp_path / "worker.db"
     shutil.copyfile(migrated, copy)
     return f"sqlite:///{copy}"
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
+def db(sqlite_url: str) -> Iterator[Database]:
     """The test's own view of the database (never down)."""
-    database = Database(database_url)
+    database = Database(sqlite_url)
     yield database
     database.dispose()
 
 
 @pytest.fixture
-def worker_db(database_url: str) -> Iterator[FlakyDatabase]:
+def worker_db(sqlite_url: str) -> Iterator[FlakyDatabase]:
     """The workers' database, which a test can take down."""
-    database = FlakyDatabase(database_url)
+    database = FlakyDatabase(sqlite_url)
     yield database
     database.down.clear()
     database.dispose()
