@@ -15,9 +15,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import Final
+from typing import Final, cast
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 
 from kreaserve.accounts import Principal, hash_key
 from kreaserve.db import Database
@@ -98,7 +98,7 @@ class KeyCache:
             used, self._used = self._used, {}
         if not used:
             return 0
-        keys = ApiKey.__table__
+        keys = cast(Table, ApiKey.__table__)
         with self.db.transaction() as session:
             session.connection().execute(
                 update(keys)

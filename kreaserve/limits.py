@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -128,7 +129,7 @@ class QuotaLeases:
         self._spent: dict[tuple[int, str, int], int] = {}
 
     def take_local(self, account_id: int, bucket: str, limit: int,
-                   now: float | None = None) -> Refusal | None | bool:
+                   now: float | None = None) -> Refusal | None | Literal[False]:
         """Spend one from this process's lease: None when admitted, a Refusal when the
         minute is used up, False when a new lease is needed (`take`, which may block)."""
         now = time.time() if now is None else now
@@ -193,7 +194,7 @@ def reserve_task(session: Session, account_id: int, units: int, task_id: str,
         .values(reserved_units=Account.reserved_units + units,
                 tasks_in_flight=Account.tasks_in_flight + 1)
     )
-    if fast.rowcount == 1:
+    if changed_rows(fast) == 1:
         ledger.record_reservation(session, account_id, units, task_id)
         return
     row = session.execute(

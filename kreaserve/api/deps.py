@@ -67,7 +67,7 @@ async def get_principal(request: Request, services: ServicesDep) -> accounts.Pri
     if refusal is False:
         refusal = await run_in_threadpool(services.quotas.take, principal.account_id,
                                           limits.REQUESTS, rpm)
-    if refusal is not None:
+    if isinstance(refusal, limits.Refusal):
         raise rate_limited(refusal)
     services.keys.note_used(principal.key_id)
     return principal

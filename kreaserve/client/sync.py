@@ -72,9 +72,10 @@ class Client:
                     raise
                 delay = self.retry.backoff_delay(retry_number)
             else:
-                delay = self.retry.delay_after(retry_number, response)
-                if delay is None:
+                after = self.retry.delay_after(retry_number, response)
+                if after is None:
                     return response
+                delay = after
                 response.close()
             self._sleep(delay)
             retry_number += 1

@@ -127,14 +127,15 @@ class Database:
         Writing in it is a mistake: on SQLite a write would have to upgrade the lock and
         may fail with "database is locked" under concurrent writers."""
         token = _read_only.set(True)
+        pending = True
         try:
             with self._sessions.begin() as session:
                 session.connection()  # BEGIN now, while the flag is set
                 _read_only.reset(token)
-                token = None
+                pending = False
                 yield session
         finally:
-            if token is not None:
+            if pending:
                 _read_only.reset(token)
 
     def dispose(self) -> None:
