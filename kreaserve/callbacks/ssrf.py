@@ -29,6 +29,8 @@ from typing import Any
 
 import idna
 
+from kreaserve import contract
+
 __all__ = [
     "MAX_URL_LENGTH",
     "IPAddress",
@@ -44,8 +46,8 @@ __all__ = [
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[..., list[tuple[Any, ...]]]
 
-#: Longest callback_url accepted, in characters.
-MAX_URL_LENGTH = 2048
+#: Longest callback_url accepted, in characters (the contract's).
+MAX_URL_LENGTH = contract.CALLBACK_URL_MAX
 
 
 class UnsafeURLError(ValueError):
