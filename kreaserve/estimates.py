@@ -22,7 +22,7 @@ from sqlalchemy import func, select, text
 
 from kreaserve import contract
 from kreaserve.db import Database
-from kreaserve.db.models import Task, Worker
+from kreaserve.db.models import Task, WorkerRecord
 from kreaserve.queue import WORKER_STALE_SECONDS
 
 #: Seconds per image assumed before any task of that tier has completed.
@@ -88,9 +88,9 @@ def read_snapshot(db: Database) -> Snapshot:
             select(Task.quality, func.count()).where(Task.status == contract.PROCESSING)
             .group_by(Task.quality)).all())
         workers = session.execute(
-            select(func.count()).select_from(Worker)
-            .where(Worker.state == "ready",
-                   Worker.heartbeat_at > time.time() - WORKER_STALE_SECONDS)
+            select(func.count()).select_from(WorkerRecord)
+            .where(WorkerRecord.state == "ready",
+                   WorkerRecord.heartbeat_at > time.time() - WORKER_STALE_SECONDS)
         ).scalar_one()
     for created in pending.values():
         created.sort()

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from kreaserve import contract, ledger, limits, metrics
 from kreaserve.callbacks import outbox
 from kreaserve.db import Database
-from kreaserve.db.models import Task, Worker
+from kreaserve.db.models import Task, WorkerRecord
 from kreaserve.db.rows import changed_rows
 
 #: A worker that has not renewed its heartbeat for this long counts as gone.
@@ -358,9 +358,9 @@ def worker_heartbeat(db: Database, worker_id: str, hostname: str, pid: int, stat
     """Record (insert or update) a worker and the state of its engine."""
     now = time.time()
     with db.transaction() as session:
-        row = session.get(Worker, worker_id)
+        row = session.get(WorkerRecord, worker_id)
         if row is None:
-            session.add(Worker(id=worker_id, hostname=hostname, pid=pid, state=state,
+            session.add(WorkerRecord(id=worker_id, hostname=hostname, pid=pid, state=state,
                                weights=weights, device=device, warning=warning,
                                message=message, started_at=now, heartbeat_at=now))
         else:
@@ -375,12 +375,13 @@ def worker_heartbeat(db: Database, worker_id: str, hostname: str, pid: int, stat
                 row.message = message
 
 
-def live_workers(db: Database) -> list[Worker]:
+def live_workers(db: Database) -> list[WorkerRecord]:
     """Workers whose heartbeat is recent."""
     with db.read() as session:
         return list(session.execute(
-            select(Worker).where(Worker.heartbeat_at > time.time() - WORKER_STALE_SECONDS)
-            .order_by(Worker.started_at)
+            select(WorkerRecord)
+            .where(WorkerRecord.heartbeat_at > time.time() - WORKER_STALE_SECONDS)
+            .order_by(WorkerRecord.started_at)
         ).scalars())
 
 

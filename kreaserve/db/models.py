@@ -149,7 +149,7 @@ class Task(Base):
     engine_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-class Worker(Base):
+class WorkerRecord(Base):
     """A worker process and the state of its engine, renewed by heartbeats."""
 
     __tablename__ = "workers"
