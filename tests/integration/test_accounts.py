@@ -475,3 +475,17 @@ def test_requests_per_minute_hold_within_ten_percent_across_two_processes(
         assert 180 <= codes[200] <= 200, codes
     finally:
         other.stop()
+
+
+def test_ids_past_the_id_column_are_not_found_not_500(api_server: Server) -> None:
+    """PostgreSQL refuses a 32-bit column compared with 931504268567 (found by
+    schemathesis): such an id is simply not ours."""
+    with admin(api_server) as client:
+        assert_error(client.post("/admin/v1/keys/931504268567/revoke"), 404,
+                     "not_found_error", "key_not_found", "key_id")
+        assert_error(client.post("/admin/v1/accounts/05035282070/credits",
+                                 json={"kind": "adjust", "amount": 5}),
+                     404, "not_found_error", "account_not_found", "account_id")
+    with api_server.client(api_server.key()) as user:
+        assert_error(user.post("/v1/keys/931504268567/rotate"), 404, "not_found_error",
+                     "key_not_found", "key_id")

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from kreaserve import accounts, ledger, schemas
 from kreaserve.api.deps import ServicesDep, read_json_body
 from kreaserve.api.errors import APIError
-from kreaserve.api.routes.keys import key_object, new_key_object, parse_key_id
+from kreaserve.api.routes.keys import ID_MAX, key_object, new_key_object, parse_key_id
 from kreaserve.db.models import Account, ApiKey
 
 
@@ -45,6 +45,8 @@ def parse_account_id(account_id: str) -> int:
     if not (account_id.isascii() and account_id.isdigit()) or len(account_id) > 18:
         raise APIError(400, "invalid_account_id", "Account ids are positive integers.",
                        "account_id")
+    if int(account_id) > ID_MAX:  # past the id column (PostgreSQL would refuse the query)
+        raise APIError(404, "account_not_found", f"No account {account_id}.", "account_id")
     return int(account_id)
 
 

@@ -89,9 +89,15 @@ def limit_key_creation(session: Session, services: ServicesDep,
         raise rate_limited(refusal)
 
 
+#: The largest id of a 32-bit integer column.
+ID_MAX = 2**31 - 1
+
+
 def parse_key_id(key_id: str) -> int:
     if not (key_id.isascii() and key_id.isdigit()) or len(key_id) > 18:  # not "²", "١"
         raise APIError(400, "invalid_key_id", "Key ids are positive integers.", "key_id")
+    if int(key_id) > ID_MAX:  # past the id column (PostgreSQL would refuse the query)
+        raise APIError(404, "key_not_found", f"No key {key_id}.", "key_id")
     return int(key_id)
 
 
