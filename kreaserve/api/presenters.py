@@ -9,8 +9,9 @@ from kreaserve.api.deps import Services
 from kreaserve.db.models import Task
 
 
-def task_object(services: Services, task: Task, with_estimate: bool = True) -> dict[str, Any]:
-    """The task as GET /v1/tasks/{id} shows it (the create answer is the same object).
+def task_answer(services: Services, task: Task, with_estimate: bool = True) -> dict[str, Any]:
+    """The task object as GET /v1/tasks/{id} shows it, with its live estimate (the create
+    answer is the same object; `kreaserve.presenters.task_object` is the estimate-free one).
 
     The estimate comes from this process's queue snapshot, which this may read (at most
     once a second): call it off the event loop."""

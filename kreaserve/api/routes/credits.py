@@ -80,7 +80,7 @@ async def get_usage(services: ServicesDep, principal: PrincipalDep,
                 .where(LedgerEntry.account_id == principal.account_id,
                        LedgerEntry.kind == ledger.CHARGE,
                        LedgerEntry.created_at >= since, LedgerEntry.created_at < until)
-            ).tuples())
+            ))
 
     buckets: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for at, model, quality, units in await run_in_threadpool(read):

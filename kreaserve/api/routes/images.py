@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from kreaserve import ledger, queue, schemas, tracing
 from kreaserve.api.deps import PrincipalDep, ServicesDep, rate_limited, read_json_body
 from kreaserve.api.errors import APIError
-from kreaserve.api.presenters import task_object
+from kreaserve.api.presenters import task_answer
 from kreaserve.moderation import ModerationUnavailable
 
 router = APIRouter()
@@ -72,7 +72,7 @@ async def create_generation(request: Request, services: ServicesDep,
                 f"This task costs {ledger.to_credits(price)} credits, more than the account's "
                 "available balance (see GET /v1/credits).",
             ) from None
-        answer = task_object(services, task)
+        answer = task_answer(services, task)
         services.estimates.note_created(task)
         return answer
 

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from kreaserve import task_list
 from kreaserve.api.deps import PrincipalDep, ServicesDep
 from kreaserve.api.errors import APIError
-from kreaserve.api.presenters import task_object
+from kreaserve.api.presenters import task_answer
 
 router = APIRouter()
 
@@ -125,7 +125,7 @@ async def list_tasks(
         next_cursor = page.next_position.encode() if page.next_position else None
         return {
             "object": "list",
-            "data": [task_object(services, task, with_estimate=False) for task in page.tasks],
+            "data": [task_answer(services, task, with_estimate=False) for task in page.tasks],
             "has_more": next_cursor is not None,
             "next_cursor": next_cursor,
         }

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from kreaserve import contract, queue
 from kreaserve.api.deps import PrincipalDep, ServicesDep
 from kreaserve.api.errors import APIError
-from kreaserve.api.presenters import task_object
+from kreaserve.api.presenters import task_answer
 
 router = APIRouter()
 
@@ -37,7 +37,7 @@ async def get_task(task_id: str, services: ServicesDep, principal: PrincipalDep)
         task = queue.get(services.db, principal.account_id, task_id)
         if task is None:
             raise not_found(task_id)
-        return task_object(services, task)
+        return task_answer(services, task)
 
     return await run_in_threadpool(load)
 
@@ -56,6 +56,6 @@ async def cancel_task(task_id: str, services: ServicesDep,
         if task.status in (contract.COMPLETED, contract.FAILED):
             raise APIError(400, "task_not_cancellable",
                            f"Task {task_id} has already ended ({task.status}).", "task_id")
-        return task_object(services, task)
+        return task_answer(services, task)
 
     return await run_in_threadpool(cancel)
