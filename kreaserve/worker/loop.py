@@ -255,7 +255,10 @@ class Worker:
             items=tuple(items), width=first.width, height=first.height, steps=contract.STEPS
         )
         self._denoising = set(batch.jobs)
-        self.engine.submit(batch)
+        try:
+            self.engine.submit(batch)
+        except EngineDied as exc:  # it died while idle: the claims go back, a new one starts
+            self._engine_died(str(exc))
         return True
 
     def _step(self) -> None:

@@ -346,6 +346,18 @@ def test_an_engine_death_runs_the_task_again_on_a_fresh_engine(
     assert task.attempts == 2 and run.engine.starts == 2
 
 
+def test_an_engine_that_died_while_idle_is_replaced_when_work_comes(
+    db: Database,
+    start_worker,
+) -> None:
+    run = start_worker()
+    wait_for(lambda: run.engine.starts == 1)
+    run.engine.kill()
+    account_id, _ = new_account(db)
+    task = wait_status(db, create_task(db, account_id), contract.COMPLETED)
+    assert task.attempts == 2 and run.engine.starts == 2 and not run.fatal
+
+
 def test_a_hung_generation_times_out_and_the_engine_is_replaced(
     db: Database,
     start_worker,
