@@ -116,6 +116,9 @@ def test_one_engine_per_gpu_slot_each_with_its_own_device(tmp_path: Path,
         running.stop()
     assert [t["status"] for t in done] == ["completed", "completed"]
     log = running.api.output()
-    assert "'cuda_visible_devices': '0'" in log and "'cuda_visible_devices': '1'" in log
+    ready_lines = [line for line in log.splitlines() if "engine ready" in line]
+    assert len(ready_lines) == 2, log
+    for slot in ("0", "1"):  # each child reports the CUDA_VISIBLE_DEVICES it was started with
+        assert any(line.endswith(f"on cpu (CUDA_VISIBLE_DEVICES={slot})") for line in ready_lines)
     devices = sorted(e["device"] for e in ready["engines"] if e["state"] == "ready")
     assert devices == ["cpu (CUDA_VISIBLE_DEVICES=0)", "cpu (CUDA_VISIBLE_DEVICES=1)"]
