@@ -45,11 +45,14 @@ from kreaserve.db import Database, upgrade
 from kreaserve.db.models import Account, Task
 
 HERE = Path(__file__).resolve().parent
-PG_ADMIN = os.environ.get("KREASERVE_TEST_POSTGRES_URL",
-                          "postgresql://postgres@127.0.0.1:5432/test")
-WORDS = ("fox lighthouse harbour meadow violin glacier lantern orchard canyon falcon "
-         "teapot comet library bicycle waterfall cathedral kite desert forest river "
-         "mountain castle robot garden ocean balloon tiger owl bridge market").split()
+PG_ADMIN = os.environ.get(
+    "KREASERVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+WORDS = (
+    "fox lighthouse harbour meadow violin glacier lantern orchard canyon falcon "
+    "teapot comet library bicycle waterfall cathedral kite desert forest river "
+    "mountain castle robot garden ocean balloon tiger owl bridge market"
+).split()
 
 
 def free_port() -> int:
@@ -69,7 +72,7 @@ def lua_script(method: str, key: str | None, create: bool, run_id: str) -> str:
         lines += [
             'wrk.headers["Content-Type"] = "application/json"',
             f"local words = {{{words}}}",
-            f'math.randomseed({int(run_id, 16) % 2**31})',
+            f"math.randomseed({int(run_id, 16) % 2**31})",
             "local n = 0",
             "request = function()",
             "  n = n + 1",
@@ -101,16 +104,32 @@ def _ms(text: str) -> float:
 
 def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Sample:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-         "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                     out)
-    return Sample(rps, p50, p99, int(non2xx.group(1)) if non2xx else 0,
-                  "/".join(sock.groups()) if sock else "0/0/0/0")
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return Sample(
+        rps,
+        p50,
+        p99,
+        int(non2xx.group(1)) if non2xx else 0,
+        "/".join(sock.groups()) if sock else "0/0/0/0",
+    )
 
 
 def wait_up(url: str, proc: subprocess.Popen) -> None:
@@ -141,23 +160,44 @@ def seed_database(url: str, depth: int) -> tuple[int, str]:
     try:
         with db.transaction() as session:
             account_id = accounts.create_account(session, "bench", ledger.to_units(10**9))
-            session.execute(update(Account).where(Account.id == account_id).values(
-                requests_per_minute=10**9, max_tasks_in_flight=10**9))
+            session.execute(
+                update(Account)
+                .where(Account.id == account_id)
+                .values(requests_per_minute=10**9, max_tasks_in_flight=10**9)
+            )
             key = accounts.create_key(session, account_id, "bench").secret
             others = accounts.create_account(session, "others", ledger.to_units(10**9))
         now = time.time() - depth * 0.001 - 10
-        rows = [{
-            "id": contract.new_task_id(int(now)), "account_id": others, "api_key_id": None,
-            "model": contract.MODEL, "prompt": f"queued task {i}", "size": "1:1",
-            "quality": "1K", "width": 1024, "height": 1024, "seed": i + 1,
-            "nsfw_check": False, "callback_url": None, "status": contract.PENDING,
-            "progress": 0, "cancel_requested": False, "created": int(now),
-            "created_at": now + i * 0.001, "attempts": 0, "price_units": 4500,
-            "user_group": "default", "billing_state": "reserved", "results_purged": False,
-        } for i in range(depth)]
+        rows = [
+            {
+                "id": contract.new_task_id(int(now)),
+                "account_id": others,
+                "api_key_id": None,
+                "model": contract.MODEL,
+                "prompt": f"queued task {i}",
+                "size": "1:1",
+                "quality": "1K",
+                "width": 1024,
+                "height": 1024,
+                "seed": i + 1,
+                "nsfw_check": False,
+                "callback_url": None,
+                "status": contract.PENDING,
+                "progress": 0,
+                "cancel_requested": False,
+                "created": int(now),
+                "created_at": now + i * 0.001,
+                "attempts": 0,
+                "price_units": 4500,
+                "user_group": "default",
+                "billing_state": "reserved",
+                "results_purged": False,
+            }
+            for i in range(depth)
+        ]
         with db.transaction() as session:
             for start in range(0, len(rows), 1000):
-                session.execute(insert(Task), rows[start:start + 1000])
+                session.execute(insert(Task), rows[start : start + 1000])
     finally:
         db.dispose()
     return account_id, key
@@ -168,17 +208,22 @@ def cancel_bench_tasks(url: str, account_id: int, keep: str) -> None:
     db = Database(url)
     try:
         with db.transaction() as session:
-            session.execute(update(Task).where(
-                Task.account_id == account_id, Task.status == contract.PENDING,
-                Task.id != keep).values(status=contract.CANCELLED, billing_state="released"))
+            session.execute(
+                update(Task)
+                .where(
+                    Task.account_id == account_id, Task.status == contract.PENDING, Task.id != keep
+                )
+                .values(status=contract.CANCELLED, billing_state="released")
+            )
     finally:
         db.dispose()
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("ab") as handle:
-        return subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            args, env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -191,31 +236,69 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def bench_backend(name: str, url: str, depth: int, endpoints: list[str],
-                  connections: list[int], seconds: float, repeats: int, work: Path,
-                  rows: list[str], rss: list[str]) -> None:
+def bench_backend(
+    name: str,
+    url: str,
+    depth: int,
+    endpoints: list[str],
+    connections: list[int],
+    seconds: float,
+    repeats: int,
+    work: Path,
+    rows: list[str],
+    rss: list[str],
+) -> None:
     account_id, key = seed_database(url, depth)
     data = work / f"data-{name}-{depth}"
     ks_port, bare_port = free_port(), free_port()
-    env = {**os.environ, "KREASERVE_DATA_DIR": str(data), "KREASERVE_DATABASE_URL": url,
-           "KREASERVE_PORT": str(ks_port), "KREASERVE_HOST": "127.0.0.1",
-           "KREASERVE_SECRET_KEY": "bench"}
-    kreaserve = start([sys.executable, "-m", "kreaserve.cli", "serve", "--no-worker"], env,
-                      work / f"kreaserve-{name}-{depth}.log")
-    bare = start([sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "bare_app:app",
-                  "--port", str(bare_port), "--no-access-log", "--log-level", "warning"],
-                 os.environ.copy(), work / f"bare-{name}-{depth}.log")
+    env = {
+        **os.environ,
+        "KREASERVE_DATA_DIR": str(data),
+        "KREASERVE_DATABASE_URL": url,
+        "KREASERVE_PORT": str(ks_port),
+        "KREASERVE_HOST": "127.0.0.1",
+        "KREASERVE_SECRET_KEY": "bench",
+    }
+    kreaserve = start(
+        [sys.executable, "-m", "kreaserve.cli", "serve", "--no-worker"],
+        env,
+        work / f"kreaserve-{name}-{depth}.log",
+    )
+    bare = start(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(HERE),
+            "bare_app:app",
+            "--port",
+            str(bare_port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        os.environ.copy(),
+        work / f"bare-{name}-{depth}.log",
+    )
     ks_url, bare_url = f"http://127.0.0.1:{ks_port}", f"http://127.0.0.1:{bare_port}"
     try:
         wait_up(ks_url, kreaserve)
         wait_up(bare_url, bare)
         headers = {"Authorization": f"Bearer {key}"}
-        task = httpx.post(f"{ks_url}/v1/images/generations", headers=headers, timeout=30,
-                          json={"model": "krea-2-turbo", "prompt": "the polled task"}).json()
+        task = httpx.post(
+            f"{ks_url}/v1/images/generations",
+            headers=headers,
+            timeout=30,
+            json={"model": "krea-2-turbo", "prompt": "the polled task"},
+        ).json()
         poll_id = task["id"]
-        paths = {"poll": ("GET", f"/v1/tasks/{poll_id}"),
-                 "create": ("POST", "/v1/images/generations"),
-                 "credits": ("GET", "/v1/credits"), "healthz": ("GET", "/healthz")}
+        paths = {
+            "poll": ("GET", f"/v1/tasks/{poll_id}"),
+            "create": ("POST", "/v1/images/generations"),
+            "credits": ("GET", "/v1/credits"),
+            "healthz": ("GET", "/healthz"),
+        }
         for conns in connections:
             for endpoint in endpoints:
                 if endpoint in ("credits", "healthz") and depth != rows_first_depth[0]:
@@ -225,19 +308,25 @@ def bench_backend(name: str, url: str, depth: int, endpoints: list[str],
                 for rep in range(repeats + 1):  # the first round warms both up
                     for side, base in (("bare", bare_url), ("kreaserve", ks_url)):
                         script = work / f"{side}-{endpoint}.lua"
-                        script.write_text(lua_script(method, key if endpoint != "healthz"
-                                                     else None, endpoint == "create",
-                                                     secrets.token_hex(4)))
-                        sample = run_wrk(base + path, script, conns,
-                                         1 if rep == 0 else seconds)
+                        script.write_text(
+                            lua_script(
+                                method,
+                                key if endpoint != "healthz" else None,
+                                endpoint == "create",
+                                secrets.token_hex(4),
+                            )
+                        )
+                        sample = run_wrk(base + path, script, conns, 1 if rep == 0 else seconds)
                         if rep:
                             samples[side].append(sample)
                         if endpoint == "create" and side == "kreaserve":
                             cancel_bench_tasks(url, account_id, poll_id)
                 rows.append(row(name, depth, conns, endpoint, samples))
                 print(rows[-1], flush=True)
-        rss.append(f"{name}, {depth} pending: kreaserve {rss_mb(kreaserve.pid):.0f} MB, "
-                   f"bare {rss_mb(bare.pid):.0f} MB")
+        rss.append(
+            f"{name}, {depth} pending: kreaserve {rss_mb(kreaserve.pid):.0f} MB, "
+            f"bare {rss_mb(bare.pid):.0f} MB"
+        )
     finally:
         stop(kreaserve)
         stop(bare)
@@ -247,18 +336,23 @@ def bench_backend(name: str, url: str, depth: int, endpoints: list[str],
 rows_first_depth = [0]
 
 
-def row(db: str, depth: int, conns: int, endpoint: str,
-        samples: dict[str, list[Sample]]) -> str:
-    med = {side: Sample(statistics.median(s.rps for s in got),
-                        statistics.median(s.p50_ms for s in got),
-                        statistics.median(s.p99_ms for s in got),
-                        sum(s.non2xx for s in got),
-                        " ".join(s.socket_errors for s in got))
-           for side, got in samples.items()}
+def row(db: str, depth: int, conns: int, endpoint: str, samples: dict[str, list[Sample]]) -> str:
+    med = {
+        side: Sample(
+            statistics.median(s.rps for s in got),
+            statistics.median(s.p50_ms for s in got),
+            statistics.median(s.p99_ms for s in got),
+            sum(s.non2xx for s in got),
+            " ".join(s.socket_errors for s in got),
+        )
+        for side, got in samples.items()
+    }
     b, k = med["bare"], med["kreaserve"]
-    return (f"| {db} | {depth} | {conns} | {endpoint} | {b.rps:.0f} | {b.p50_ms:.1f} / "
-            f"{b.p99_ms:.1f} | {k.rps:.0f} | {k.p50_ms:.1f} / {k.p99_ms:.1f} | "
-            f"**{k.rps / b.rps:.2f}** | {k.non2xx} | {k.socket_errors} |")
+    return (
+        f"| {db} | {depth} | {conns} | {endpoint} | {b.rps:.0f} | {b.p50_ms:.1f} / "
+        f"{b.p99_ms:.1f} | {k.rps:.0f} | {k.p50_ms:.1f} / {k.p99_ms:.1f} | "
+        f"**{k.rps / b.rps:.2f}** | {k.non2xx} | {k.socket_errors} |"
+    )
 
 
 def main() -> None:
@@ -286,8 +380,18 @@ def main() -> None:
             for depth in depths:
                 if backend == "sqlite":
                     url = f"sqlite:///{work / f'bench-{depth}.db'}"
-                    bench_backend("SQLite", url, depth, endpoints, connections, args.seconds,
-                                  args.repeats, work, rows, rss)
+                    bench_backend(
+                        "SQLite",
+                        url,
+                        depth,
+                        endpoints,
+                        connections,
+                        args.seconds,
+                        args.repeats,
+                        work,
+                        rows,
+                        rss,
+                    )
                     continue
                 try:
                     import psycopg
@@ -299,22 +403,35 @@ def main() -> None:
                     print(f"PostgreSQL skipped: {exc}", file=sys.stderr)
                     break
                 try:
-                    bench_backend("PostgreSQL", PG_ADMIN.rsplit("/", 1)[0] + "/" + name,
-                                  depth, endpoints, connections, args.seconds, args.repeats,
-                                  work, rows, rss)
+                    bench_backend(
+                        "PostgreSQL",
+                        PG_ADMIN.rsplit("/", 1)[0] + "/" + name,
+                        depth,
+                        endpoints,
+                        connections,
+                        args.seconds,
+                        args.repeats,
+                        work,
+                        rows,
+                        rss,
+                    )
                 finally:
                     with psycopg.connect(PG_ADMIN, autocommit=True) as c:
                         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         print(f"\nlogs in {work}", file=sys.stderr)
-    print(f"\n{began:%Y-%m-%d %H:%M} UTC, {(datetime.now(UTC) - began).seconds // 60} min · "
-          f"{platform.machine()}, {os.cpu_count()} cores · load average before "
-          f"{load_before[0]:.2f} {load_before[1]:.2f}, after "
-          f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} · wrk -t1, {args.seconds:g} s "
-          f"per run, median of {args.repeats} alternating runs\n")
-    print("| database | pending ahead | connections | request | bare req/s | bare p50 / p99 ms "
-          "| kreaserve req/s | kreaserve p50 / p99 ms | ratio | non-2xx | socket errors "
-          "c/r/w/t |")
+    print(
+        f"\n{began:%Y-%m-%d %H:%M} UTC, {(datetime.now(UTC) - began).seconds // 60} min · "
+        f"{platform.machine()}, {os.cpu_count()} cores · load average before "
+        f"{load_before[0]:.2f} {load_before[1]:.2f}, after "
+        f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} · wrk -t1, {args.seconds:g} s "
+        f"per run, median of {args.repeats} alternating runs\n"
+    )
+    print(
+        "| database | pending ahead | connections | request | bare req/s | bare p50 / p99 ms "
+        "| kreaserve req/s | kreaserve p50 / p99 ms | ratio | non-2xx | socket errors "
+        "c/r/w/t |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\nRSS after the run: " + "; ".join(rss))

@@ -20,12 +20,24 @@ app = FastAPI()
 
 #: What kreaserve answers for a fresh 1K task (built by its own renderer: same shape, same size).
 TASK: dict[str, Any] = task_body(
-    task_id="task-unified-1764424800-abcdefgh", created=1764424800,
-    model="krea-2-turbo", status="pending", progress=0, can_cancel=True, estimated_time=5,
-    price_credits=0.45, user_group="default", seed=1234567890,
+    task_id="task-unified-1764424800-abcdefgh",
+    created=1764424800,
+    model="krea-2-turbo",
+    status="pending",
+    progress=0,
+    can_cancel=True,
+    estimated_time=5,
+    price_credits=0.45,
+    user_group="default",
+    seed=1234567890,
 )
-CREDITS: dict[str, Any] = {"object": "credit_balance", "balance": 999999.55,
-                           "reserved": 0.45, "available": 999999.1, "user_group": "default"}
+CREDITS: dict[str, Any] = {
+    "object": "credit_balance",
+    "balance": 999999.55,
+    "reserved": 0.45,
+    "available": 999999.1,
+    "user_group": "default",
+}
 
 
 class CreateBody(BaseModel):

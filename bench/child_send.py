@@ -102,11 +102,15 @@ def run(batches: int, batch: int, side: int, step_seconds: float, store_seconds:
     own = 8 * step_seconds
     lost = [times[-1] - times[0] - own for times in pipeline.batches]
     worst = max(b - a for times in pipeline.batches for a, b in zip(times, times[1:], strict=False))
-    print(f"{batches} batches of {batch} at {side}x{side} (PNG {size / 1e6:.1f} MB), "
-          f"step {step_seconds * 1000:.0f} ms, store {store_seconds * 1000:.0f} ms")
+    print(
+        f"{batches} batches of {batch} at {side}x{side} (PNG {size / 1e6:.1f} MB), "
+        f"step {step_seconds * 1000:.0f} ms, store {store_seconds * 1000:.0f} ms"
+    )
     print("  denoising lost per batch (s): " + " ".join(f"{x:.3f}" for x in lost))
-    print(f"  mean lost after the first batch: {sum(lost[1:]) / max(1, len(lost) - 1):.3f} s"
-          f" of {own:.2f} s of steps; worst step {worst:.3f} s; wall {wall:.2f} s")
+    print(
+        f"  mean lost after the first batch: {sum(lost[1:]) / max(1, len(lost) - 1):.3f} s"
+        f" of {own:.2f} s of steps; worst step {worst:.3f} s; wall {wall:.2f} s"
+    )
 
 
 def main() -> None:

@@ -27,10 +27,15 @@ from pathlib import Path
 
 import httpx
 
-PG_ADMIN = os.environ.get("KREASERVE_TEST_POSTGRES_URL",
-                          "postgresql://postgres@127.0.0.1:5432/test")
-BODY = {"model": "krea-2-turbo", "prompt": "a red fox in snow, cinematic light",
-        "size": "16:9", "quality": "1K"}
+PG_ADMIN = os.environ.get(
+    "KREASERVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+BODY = {
+    "model": "krea-2-turbo",
+    "prompt": "a red fox in snow, cinematic light",
+    "size": "16:9",
+    "quality": "1K",
+}
 
 
 def free_port() -> int:
@@ -40,18 +45,32 @@ def free_port() -> int:
 
 
 def kreaserve(args: list[str], env: dict[str, str]) -> str:
-    return subprocess.run([sys.executable, "-m", "kreaserve.cli", *args], env=env, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-m", "kreaserve.cli", *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
-async def load(url: str, method: str, path: str, headers: dict[str, str], json: dict | None,
-               seconds: float, concurrency: int) -> tuple[float, list[float], int]:
+async def load(
+    url: str,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    json: dict | None,
+    seconds: float,
+    concurrency: int,
+) -> tuple[float, list[float], int]:
     """(requests per second, latencies, errors) over `seconds` of steady load."""
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits,
-                                 timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=30
+    ) as client:
+
         async def one_worker(deadline: float) -> None:
             nonlocal errors
             while time.perf_counter() < deadline:
@@ -73,15 +92,36 @@ async def load(url: str, method: str, path: str, headers: dict[str, str], json: 
 def run_backend(name: str, database_url: str, seconds: float, concurrency: int) -> list[str]:
     data = Path(tempfile.mkdtemp(prefix="kreaserve-bench-"))
     port = free_port()
-    env = {**os.environ, "KREASERVE_DATA_DIR": str(data), "KREASERVE_DATABASE_URL": database_url,
-           "KREASERVE_PORT": str(port)}
-    account = kreaserve(["accounts", "create", "--name", "bench", "--credits", "1000000",
-                         "--rpm", "100000000", "--in-flight", "100000000"], env)
+    env = {
+        **os.environ,
+        "KREASERVE_DATA_DIR": str(data),
+        "KREASERVE_DATABASE_URL": database_url,
+        "KREASERVE_PORT": str(port),
+    }
+    account = kreaserve(
+        [
+            "accounts",
+            "create",
+            "--name",
+            "bench",
+            "--credits",
+            "1000000",
+            "--rpm",
+            "100000000",
+            "--in-flight",
+            "100000000",
+        ],
+        env,
+    )
     account_id = account.split('"id": ')[1].split(",")[0]
     key = kreaserve(["keys", "create", "--name", "bench", "--account", account_id], env)
     log = (data / "serve.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "kreaserve.cli", "serve", "--no-worker"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "kreaserve.cli", "serve", "--no-worker"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
@@ -92,18 +132,23 @@ def run_backend(name: str, database_url: str, seconds: float, concurrency: int) 
             except httpx.HTTPError:
                 time.sleep(0.1)
         auth = {"Authorization": f"Bearer {key}"}
-        cases = [("GET /healthz (does nothing)", "GET", "/healthz", {}, None),
-                 ("GET /v1/credits (auth + read)", "GET", "/v1/credits", auth, None),
-                 ("POST /v1/images/generations", "POST", "/v1/images/generations", auth, BODY)]
+        cases = [
+            ("GET /healthz (does nothing)", "GET", "/healthz", {}, None),
+            ("GET /v1/credits (auth + read)", "GET", "/v1/credits", auth, None),
+            ("POST /v1/images/generations", "POST", "/v1/images/generations", auth, BODY),
+        ]
         baseline = None
         for label, method, path, headers, body in cases:
-            rps, lat, errors = asyncio.run(load(url, method, path, headers, body, seconds,
-                                                concurrency))
+            rps, lat, errors = asyncio.run(
+                load(url, method, path, headers, body, seconds, concurrency)
+            )
             baseline = baseline or rps
             lat.sort()
-            rows.append(f"| {name} | {label} | {rps:.0f} | {statistics.median(lat) * 1000:.1f} ms "
-                        f"| {lat[int(len(lat) * 0.99) - 1] * 1000:.1f} ms | {errors} "
-                        f"| {rps / baseline:.2f}× |")
+            rows.append(
+                f"| {name} | {label} | {rps:.0f} | {statistics.median(lat) * 1000:.1f} ms "
+                f"| {lat[int(len(lat) * 0.99) - 1] * 1000:.1f} ms | {errors} "
+                f"| {rps / baseline:.2f}× |"
+            )
     finally:
         server.terminate()
         server.wait(30)
@@ -136,8 +181,10 @@ def main() -> None:
         if name:
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    print(f"\n{date.today()} · {platform.machine()}, {os.cpu_count()} cores · one uvicorn "
-          f"process · {args.concurrency} requests in flight · {args.seconds:.0f} s each\n")
+    print(
+        f"\n{date.today()} · {platform.machine()}, {os.cpu_count()} cores · one uvicorn "
+        f"process · {args.concurrency} requests in flight · {args.seconds:.0f} s each\n"
+    )
     print("| database | endpoint | requests/s | median | p99 | errors | vs. no-op |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))

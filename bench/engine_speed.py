@@ -70,8 +70,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def batches(batch: int, runs: int) -> list[list[tuple[str, int]]]:
     """`runs` batches of (prompt, seed), distinct for every image."""
-    return [[(PROMPTS[(r * batch + i) % len(PROMPTS)], 1000 + r * batch + i)
-             for i in range(batch)] for r in range(runs)]
+    return [
+        [(PROMPTS[(r * batch + i) % len(PROMPTS)], 1000 + r * batch + i) for i in range(batch)]
+        for r in range(runs)
+    ]
 
 
 def sync(device: str) -> None:
@@ -103,11 +105,17 @@ def run_baseline(pipe, device: str, width: int, height: int, work) -> tuple[floa
     start = time.perf_counter()
     for batch in work:
         began.append(time.perf_counter())
-        out = pipe(prompt=[p for p, _ in batch], width=width, height=height,
-                   num_inference_steps=steps, guidance_scale=0.0,
-                   generator=[torch.Generator(device).manual_seed(s) for _, s in batch],
-                   max_sequence_length=MAX_SEQUENCE_LENGTH, output_type="pil",
-                   callback_on_step_end=last_step)
+        out = pipe(
+            prompt=[p for p, _ in batch],
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=0.0,
+            generator=[torch.Generator(device).manual_seed(s) for _, s in batch],
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            output_type="pil",
+            callback_on_step_end=last_step,
+        )
         images += out.images
     denoise = sum(e - b for b, e in zip(began, ended, strict=True))
     sync(device)
@@ -140,8 +148,7 @@ def run_kreaserve(engine, device: str, width: int, height: int, work) -> tuple[f
     offset = 0
     denoise = 0.0
     for batch in work:
-        requests = [GenerateRequest(prompt=p, width=width, height=height, seed=s)
-                    for p, s in batch]
+        requests = [GenerateRequest(prompt=p, width=width, height=height, seed=s) for p, s in batch]
         began = time.perf_counter()
         denoised = engine.denoise(requests)
         if denoised.ready is not None:  # this batch's steps only: a device-wide sync would
@@ -162,8 +169,9 @@ def run_kreaserve(engine, device: str, width: int, height: int, work) -> tuple[f
 
 def changes_pipeline(options: EngineOptions) -> bool:
     """Whether applying `options` alters the loaded pipeline, so the baseline must run first."""
-    return bool(options.fp8 or options.compile or options.attention_backend
-                or options.vae_tiling == "on")
+    return bool(
+        options.fp8 or options.compile or options.attention_backend or options.vae_tiling == "on"
+    )
 
 
 def hardware(device: str) -> str:
@@ -184,10 +192,16 @@ def hardware(device: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="mid-random",
-                        help="a preset or a Krea2Pipeline directory (ignored with --full-size)")
-    parser.add_argument("--full-size", action="store_true",
-                        help="the full-size architecture with random weights (GPU)")
+    parser.add_argument(
+        "--weights",
+        default="mid-random",
+        help="a preset or a Krea2Pipeline directory (ignored with --full-size)",
+    )
+    parser.add_argument(
+        "--full-size",
+        action="store_true",
+        help="the full-size architecture with random weights (GPU)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--sizes", default="1K,2K")
@@ -209,10 +223,15 @@ def main() -> int:
     from kreaserve.engine.pipeline import Engine, resolve_weights
     from kreaserve.engine.weights import to_torch_dtype
 
-    options = EngineOptions(trim_padding=not args.no_trim,
-                            attention_backend=args.attention_backend, compile=args.compile,
-                            cuda_graphs=args.cuda_graphs, fp8=args.fp8,
-                            vae_tiling=args.vae_tiling, overlap=args.overlap)
+    options = EngineOptions(
+        trim_padding=not args.no_trim,
+        attention_backend=args.attention_backend,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
+        fp8=args.fp8,
+        vae_tiling=args.vae_tiling,
+        overlap=args.overlap,
+    )
     dtype = to_torch_dtype(args.dtype)
     loaded = time.perf_counter()
     if args.full_size:
@@ -222,8 +241,9 @@ def main() -> int:
         weights = resolve_weights("tiny-random", cuda_available=False)  # label only: random
         label = "full-size architecture, random weights"
     else:
-        plain = Engine.load(args.weights, cache_dir=args.cache_dir, device=args.device,
-                            dtype=args.dtype)
+        plain = Engine.load(
+            args.weights, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype
+        )
         pipe, weights, label = plain.pipe, plain._weights, args.weights
     print(f"# loaded {label} in {time.perf_counter() - loaded:.1f} s", flush=True)
 
@@ -238,13 +258,15 @@ def main() -> int:
         if case.tier not in warm["baseline"]:  # one warm-up per size
             run_baseline(pipe, args.device, width, height, batches(1, 1))
             warm["baseline"].add(case.tier)
-        seconds, denoise, images = run_baseline(pipe, args.device, width, height,
-                                                batches(case.batch, args.runs))
+        seconds, denoise, images = run_baseline(
+            pipe, args.device, width, height, batches(case.batch, args.runs)
+        )
         case.baseline_s = seconds / len(images)
         case.baseline_denoise_s = denoise / len(images)
         baseline_images[(case.tier, case.batch)] = images
-        print(f"baseline  {case.tier} batch {case.batch}: {case.baseline_s:.3f} s/image",
-              flush=True)
+        print(
+            f"baseline  {case.tier} batch {case.batch}: {case.baseline_s:.3f} s/image", flush=True
+        )
 
     def measure_kreaserve(engine: Engine, case: Case) -> None:
         width, height = SIZES[case.tier]
@@ -254,21 +276,26 @@ def main() -> int:
             warm["kreaserve"].add(case.tier)
         if options.compile and case.batch > 1:
             run_kreaserve(engine, args.device, width, height, batches(case.batch, 1))
-        seconds, denoise, images = run_kreaserve(engine, args.device, width, height,
-                                                 batches(case.batch, args.runs))
+        seconds, denoise, images = run_kreaserve(
+            engine, args.device, width, height, batches(case.batch, args.runs)
+        )
         case.kreaserve_s = seconds / len(images)
         case.kreaserve_denoise_s = denoise / len(images)
-        pairs = [(np.asarray(a), np.asarray(b))
-                 for a, b in zip(baseline_images[(case.tier, case.batch)], images, strict=True)]
+        pairs = [
+            (np.asarray(a), np.asarray(b))
+            for a, b in zip(baseline_images[(case.tier, case.batch)], images, strict=True)
+        ]
         case.psnr_min = min(psnr(a, b) for a, b in pairs)
         case.max_diff = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in pairs)
-        print(f"kreaserve {case.tier} batch {case.batch}: {case.kreaserve_s:.3f} s/image",
-              flush=True)
+        print(
+            f"kreaserve {case.tier} batch {case.batch}: {case.kreaserve_s:.3f} s/image", flush=True
+        )
 
     def engine_with_speedups() -> Engine:
         speedups.apply(pipe, options, args.device)
-        return Engine(pipe, weights=weights, device=args.device, dtype=dtype, source=label,
-                      options=options)
+        return Engine(
+            pipe, weights=weights, device=args.device, dtype=dtype, source=label, options=options
+        )
 
     if changes_pipeline(options):
         # FP8, compilation, another attention kernel or forced tiling change the pipeline in
@@ -288,17 +315,23 @@ def main() -> int:
             measure_baseline(case)
             measure_kreaserve(engine, case)
 
-    print(f"\n{date.today()} · {hardware(args.device)} · {platform.machine()} · torch "
-          f"{torch.__version__} · {label} · {args.dtype} · speed-ups: "
-          f"{', '.join(options.describe()) or 'none'} · {args.runs} batches per case · {order}\n")
-    print("| size | batch | baseline s/image | kreaserve s/image | speed-up | "
-          "of which encode + steps (baseline / kreaserve) | min PSNR vs baseline | "
-          "max pixel diff |")
+    print(
+        f"\n{date.today()} · {hardware(args.device)} · {platform.machine()} · torch "
+        f"{torch.__version__} · {label} · {args.dtype} · speed-ups: "
+        f"{', '.join(options.describe()) or 'none'} · {args.runs} batches per case · {order}\n"
+    )
+    print(
+        "| size | batch | baseline s/image | kreaserve s/image | speed-up | "
+        "of which encode + steps (baseline / kreaserve) | min PSNR vs baseline | "
+        "max pixel diff |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for case in cases:
-        print(f"| {case.tier} | {case.batch} | {case.baseline_s:.3f} | {case.kreaserve_s:.3f} | "
-              f"{case.baseline_s / case.kreaserve_s:.2f}x | {case.baseline_denoise_s:.3f} / "
-              f"{case.kreaserve_denoise_s:.3f} | {case.psnr_min:.1f} dB | {case.max_diff} |")
+        print(
+            f"| {case.tier} | {case.batch} | {case.baseline_s:.3f} | {case.kreaserve_s:.3f} | "
+            f"{case.baseline_s / case.kreaserve_s:.2f}x | {case.baseline_denoise_s:.3f} / "
+            f"{case.kreaserve_denoise_s:.3f} | {case.psnr_min:.1f} dB | {case.max_diff} |"
+        )
     return 0
 
 

@@ -27,12 +27,22 @@ QWEN3_VL_4B_TEXT = {
     "max_position_embeddings": 262144,
     "rms_norm_eps": 1e-6,
     "tie_word_embeddings": True,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0,
-                        "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 5000000.0,
+        "mrope_section": [24, 20, 20],
+        "mrope_interleaved": True,
+    },
 }
-MINIMAL_VISION = {"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2,
-                  "out_hidden_size": 2560, "num_position_embeddings": 16,
-                  "deepstack_visual_indexes": []}
+MINIMAL_VISION = {
+    "depth": 1,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_heads": 2,
+    "out_hidden_size": 2560,
+    "num_position_embeddings": 16,
+    "deepstack_visual_indexes": [],
+}
 
 
 @contextlib.contextmanager
@@ -54,8 +64,9 @@ def _modules(device: Any, dtype: Any) -> tuple[Any, Any, Any]:
 
     with torch.device(device), _default_dtype(dtype):
         transformer = Krea2Transformer2DModel().eval()
-        config = Qwen3VLConfig(text_config=dict(QWEN3_VL_4B_TEXT, pad_token_id=151643),
-                               vision_config=MINIMAL_VISION)
+        config = Qwen3VLConfig(
+            text_config=dict(QWEN3_VL_4B_TEXT, pad_token_id=151643), vision_config=MINIMAL_VISION
+        )
         text_encoder = Qwen3VLModel(config).eval()
         vae = AutoencoderKLQwenImage().eval()
     return transformer, text_encoder, vae
@@ -68,8 +79,7 @@ def count_parameters() -> dict[str, int]:
     transformer, text_encoder, vae = _modules(torch.device("meta"), torch.bfloat16)
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     language = text_encoder.language_model
-    return {"transformer": count(transformer), "text_encoder": count(language),
-            "vae": count(vae)}
+    return {"transformer": count(transformer), "text_encoder": count(language), "vae": count(vae)}
 
 
 def build_full_size_pipeline(device: str, dtype: Any) -> Any:
@@ -85,11 +95,21 @@ def build_full_size_pipeline(device: str, dtype: Any) -> Any:
         for name, param in transformer.named_parameters():
             if name.endswith("scale_shift_table"):
                 param.normal_(0.0, 0.1)
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5,
-                                                max_shift=1.15, base_image_seq_len=256,
-                                                max_image_seq_len=6400)
-    pipe = Krea2Pipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
-                         tokenizer=build_qwen_tokenizer(), transformer=transformer,
-                         is_distilled=True, patch_size=2)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=6400,
+    )
+    pipe = Krea2Pipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=build_qwen_tokenizer(),
+        transformer=transformer,
+        is_distilled=True,
+        patch_size=2,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -56,9 +56,11 @@ def main() -> None:
             moderator.check(prompt, strict=strict)
             latencies.append((time.perf_counter() - start) * 1000)
     latencies.sort()
-    rows = [f"| prompt check, {len(latencies)} checks of unseen prompts (both modes) | "
-            f"{statistics.median(latencies):.2f} ms | "
-            f"{latencies[int(len(latencies) * 0.95) - 1]:.2f} ms |"]
+    rows = [
+        f"| prompt check, {len(latencies)} checks of unseen prompts (both modes) | "
+        f"{statistics.median(latencies):.2f} ms | "
+        f"{latencies[int(len(latencies) * 0.95) - 1]:.2f} ms |"
+    ]
 
     images = ImageModerator(config)
     rng = np.random.default_rng(7)
@@ -68,8 +70,10 @@ def main() -> None:
         picture.save(buffer, format="PNG", compress_level=1)
         png = buffer.getvalue()
         median, p95 = timed(lambda png=png: images.check(png), args.repeats)
-        rows.append(f"| image check, {label} {w}×{h} PNG ({len(png) / 1e6:.1f} MB) | "
-                    f"{median:.1f} ms | {p95:.1f} ms |")
+        rows.append(
+            f"| image check, {label} {w}×{h} PNG ({len(png) / 1e6:.1f} MB) | "
+            f"{median:.1f} ms | {p95:.1f} ms |"
+        )
         median, p95 = timed(lambda picture=picture: images.check(picture), args.repeats)
         rows.append(f"| image check, {label} decoded image | {median:.1f} ms | {p95:.1f} ms |")
 

@@ -43,10 +43,17 @@ def direct(weights: str, cache: Path, repeats: int) -> dict[str, list[float]]:
     pipe.set_progress_bar_config(disable=True)
     out: dict[str, list[float]] = {}
     for _size, quality, width, height in CASES:
+
         def call(seed: int, width: int = width, height: int = height) -> None:
-            pipe(prompt=PROMPT, width=width, height=height, num_inference_steps=8,
-                 guidance_scale=0.0, max_sequence_length=640,
-                 generator=torch.Generator("cpu").manual_seed(seed))
+            pipe(
+                prompt=PROMPT,
+                width=width,
+                height=height,
+                num_inference_steps=8,
+                guidance_scale=0.0,
+                max_sequence_length=640,
+                generator=torch.Generator("cpu").manual_seed(seed),
+            )
 
         call(0)
         times = []
@@ -64,16 +71,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def service(weights: str, cache: Path, repeats: int) -> tuple[dict[str, list[float]],
-                                                               dict[str, list[float]]]:
+def service(
+    weights: str, cache: Path, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Client-observed seconds per task (and the engine's own seconds) through the service."""
     data = Path(tempfile.mkdtemp(prefix="kreaserve-bench-"))
     port = free_port()
-    env = {**os.environ, "KREASERVE_DATA_DIR": str(data), "KREASERVE_CACHE_DIR": str(cache),
-           "KREASERVE_PORT": str(port), "KREASERVE_WEIGHTS": weights}
+    env = {
+        **os.environ,
+        "KREASERVE_DATA_DIR": str(data),
+        "KREASERVE_CACHE_DIR": str(cache),
+        "KREASERVE_PORT": str(port),
+        "KREASERVE_WEIGHTS": weights,
+    }
     cli = [sys.executable, "-m", "kreaserve.cli"]
-    key = subprocess.run([*cli, "keys", "create", "--name", "bench", "--credits", "1000"],
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    key = subprocess.run(
+        [*cli, "keys", "create", "--name", "bench", "--credits", "1000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     log = (data / "serve.log").open("wb")
     server = subprocess.Popen([*cli, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -94,11 +112,20 @@ def service(weights: str, cache: Path, repeats: int) -> tuple[dict[str, list[flo
         for size, quality, _w, _h in CASES:
             for seed in range(repeats + 1):  # the first one is a warm-up at this size
                 start = time.perf_counter()
-                task = client.post("/v1/images/generations", json={
-                    "model": "krea-2-turbo", "prompt": PROMPT, "size": size,
-                    "quality": quality, "seed": seed + 1}).json()
+                task = client.post(
+                    "/v1/images/generations",
+                    json={
+                        "model": "krea-2-turbo",
+                        "prompt": PROMPT,
+                        "size": size,
+                        "quality": quality,
+                        "seed": seed + 1,
+                    },
+                ).json()
                 while (body := client.get(f"/v1/tasks/{task['id']}").json())["status"] in (
-                        "pending", "processing"):
+                    "pending",
+                    "processing",
+                ):
                     time.sleep(0.05)
                 assert body["status"] == "completed", body
                 image = httpx.get(body["results"][0])
@@ -118,32 +145,38 @@ def _engine_seconds(data: Path, task_id: str) -> float:
     import sqlite3
 
     with sqlite3.connect(data / "kreaserve.db") as conn:
-        return conn.execute("SELECT engine_seconds FROM tasks WHERE id = ?",
-                            (task_id,)).fetchone()[0]
+        return conn.execute("SELECT engine_seconds FROM tasks WHERE id = ?", (task_id,)).fetchone()[
+            0
+        ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="tiny-random")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cache-dir", type=Path,
-                        default=Path.home() / ".cache" / "kreaserve")
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "kreaserve")
     args = parser.parse_args()
 
     direct_times = direct(args.weights, args.cache_dir, args.repeats)
     wall, engine = service(args.weights, args.cache_dir, args.repeats)
 
     med = statistics.median
-    print(f"\n{date.today()} · {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores · weights {args.weights} · bf16 · 8 steps · "
-          f"median of {args.repeats} warm runs\n")
-    print("| tier | pixels | direct Krea2Pipeline call | engine time in service "
-          "| service round trip (POST → PNG downloaded) | overhead |")
+    print(
+        f"\n{date.today()} · {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores · weights {args.weights} · bf16 · 8 steps · "
+        f"median of {args.repeats} warm runs\n"
+    )
+    print(
+        "| tier | pixels | direct Krea2Pipeline call | engine time in service "
+        "| service round trip (POST → PNG downloaded) | overhead |"
+    )
     print("|---|---|---|---|---|---|")
     for _size, quality, width, height in CASES:
         d, e, w = med(direct_times[quality]), med(engine[quality]), med(wall[quality])
-        print(f"| {quality} | {width}×{height} | {d:.2f} s | {e:.2f} s | {w:.2f} s "
-              f"| +{w - d:.2f} s ({(w / d - 1) * 100:+.0f} %) |")
+        print(
+            f"| {quality} | {width}×{height} | {d:.2f} s | {e:.2f} s | {w:.2f} s "
+            f"| +{w - d:.2f} s ({(w / d - 1) * 100:+.0f} %) |"
+        )
     print("\nraw:", {"direct": direct_times, "engine": engine, "service": wall})
 
 

@@ -52,11 +52,13 @@ class NewKey:
     secret: str
 
 
-def create_account(session: Session, name: str, credits_units: int = 0,
-                   user_group: str = "default") -> int:
+def create_account(
+    session: Session, name: str, credits_units: int = 0, user_group: str = "default"
+) -> int:
     """A new account, with an opening grant when `credits_units` > 0."""
-    account = Account(name=name, user_group=user_group, balance_units=0, reserved_units=0,
-                      created_at=time.time())
+    account = Account(
+        name=name, user_group=user_group, balance_units=0, reserved_units=0, created_at=time.time()
+    )
     session.add(account)
     session.flush()
     if credits_units:
@@ -68,8 +70,13 @@ def create_key(session: Session, account_id: int, name: str) -> NewKey:
     """Issue a key for an account."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     prefix = secret[:SHOWN_PREFIX_LEN]
-    key = ApiKey(account_id=account_id, name=name, prefix=prefix, key_hash=hash_key(secret),
-                 created_at=time.time())
+    key = ApiKey(
+        account_id=account_id,
+        name=name,
+        prefix=prefix,
+        key_hash=hash_key(secret),
+        created_at=time.time(),
+    )
     session.add(key)
     session.flush()
     return NewKey(account_id=account_id, key_id=key.id, name=name, prefix=prefix, secret=secret)
@@ -80,15 +87,19 @@ def live_key_count(session: Session, account_id: int) -> int:
     write transaction is locked already), so concurrent creations are counted in turn."""
     session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
     return session.execute(
-        select(func.count()).select_from(ApiKey)
+        select(func.count())
+        .select_from(ApiKey)
         .where(ApiKey.account_id == account_id, ApiKey.revoked_at.is_(None))
     ).scalar_one()
 
 
 def revoke_key(session: Session, prefix_or_id: str) -> bool:
     """Revoke a key by id or shown prefix; False when no such live key."""
-    condition = (ApiKey.id == int(prefix_or_id)) if prefix_or_id.isdigit() else (
-        ApiKey.prefix == prefix_or_id)
+    condition = (
+        (ApiKey.id == int(prefix_or_id))
+        if prefix_or_id.isdigit()
+        else (ApiKey.prefix == prefix_or_id)
+    )
     result = session.execute(
         update(ApiKey).where(condition, ApiKey.revoked_at.is_(None)).values(revoked_at=time.time())
     )
@@ -98,7 +109,8 @@ def revoke_key(session: Session, prefix_or_id: str) -> bool:
 def webhook_secret(session: Session, account_id: int) -> str:
     """The account's callback signing secret, made on first use."""
     session.execute(
-        update(Account).where(Account.id == account_id, Account.webhook_secret.is_(None))
+        update(Account)
+        .where(Account.id == account_id, Account.webhook_secret.is_(None))
         .values(webhook_secret=signing.new_secret())
     )
     secret = session.execute(
@@ -111,16 +123,17 @@ def webhook_secret(session: Session, account_id: int) -> str:
 def rotate_webhook_secret(session: Session, account_id: int) -> str:
     """Replace the account's signing secret; callbacks sent from now on use the new one."""
     secret = signing.new_secret()
-    session.execute(update(Account).where(Account.id == account_id)
-                    .values(webhook_secret=secret))
+    session.execute(update(Account).where(Account.id == account_id).values(webhook_secret=secret))
     return secret
 
 
 def list_keys(session: Session, account_id: int) -> list[ApiKey]:
     """The account's keys, oldest first (revoked ones included)."""
-    return list(session.execute(
-        select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.id)
-    ).scalars())
+    return list(
+        session.execute(
+            select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.id)
+        ).scalars()
+    )
 
 
 def revoke_account_key(session: Session, account_id: int, key_id: int) -> ApiKey | None:
@@ -136,8 +149,9 @@ def revoke_account_key(session: Session, account_id: int, key_id: int) -> ApiKey
 def rotate_key(session: Session, account_id: int, key_id: int) -> NewKey | None:
     """Replace a live key with a new one of the same name; the old one stops at once."""
     key = session.execute(
-        select(ApiKey).where(ApiKey.id == key_id, ApiKey.account_id == account_id,
-                             ApiKey.revoked_at.is_(None))
+        select(ApiKey).where(
+            ApiKey.id == key_id, ApiKey.account_id == account_id, ApiKey.revoked_at.is_(None)
+        )
     ).scalar_one_or_none()
     if key is None:
         return None
@@ -146,8 +160,7 @@ def rotate_key(session: Session, account_id: int, key_id: int) -> NewKey | None:
 
 
 #: Account fields an operator may change, with what they mean in units.
-LIMIT_FIELDS = ("user_group", "requests_per_minute", "max_tasks_in_flight",
-                "daily_spend_cap_units")
+LIMIT_FIELDS = ("user_group", "requests_per_minute", "max_tasks_in_flight", "daily_spend_cap_units")
 
 
 def update_account(session: Session, account_id: int, **fields: object) -> bool:
@@ -156,9 +169,12 @@ def update_account(session: Session, account_id: int, **fields: object) -> bool:
     assert not unknown, unknown
     if not fields:
         return session.get(Account, account_id) is not None
-    return changed_rows(session.execute(
-        update(Account).where(Account.id == account_id).values(**fields)
-    )) == 1
+    return (
+        changed_rows(
+            session.execute(update(Account).where(Account.id == account_id).values(**fields))
+        )
+        == 1
+    )
 
 
 def account_summary(session: Session, account_id: int) -> dict[str, object] | None:
@@ -178,8 +194,11 @@ def account_summary(session: Session, account_id: int) -> dict[str, object] | No
         "available": ledger.to_credits(account.balance_units - account.reserved_units),
         "requests_per_minute": account.requests_per_minute,
         "max_tasks_in_flight": account.max_tasks_in_flight,
-        "daily_spend_cap": (ledger.to_credits(account.daily_spend_cap_units)
-                            if account.daily_spend_cap_units is not None else None),
+        "daily_spend_cap": (
+            ledger.to_credits(account.daily_spend_cap_units)
+            if account.daily_spend_cap_units is not None
+            else None
+        ),
         "keys": {"active": sum(1 for k in keys if k.revoked_at is None), "total": len(keys)},
     }
 

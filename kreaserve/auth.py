@@ -52,17 +52,26 @@ class KeyCache:
         read_at = time.monotonic()
         with self.db.read() as session:
             row = session.execute(
-                select(ApiKey.id, ApiKey.account_id, ApiKey.revoked_at, Account.user_group,
-                       Account.requests_per_minute, Account.max_tasks_in_flight)
+                select(
+                    ApiKey.id,
+                    ApiKey.account_id,
+                    ApiKey.revoked_at,
+                    Account.user_group,
+                    Account.requests_per_minute,
+                    Account.max_tasks_in_flight,
+                )
                 .join(Account, Account.id == ApiKey.account_id)
                 .where(ApiKey.key_hash == digest)
             ).one_or_none()
         principal = None
         if row is not None and row.revoked_at is None:
-            principal = Principal(account_id=row.account_id, key_id=row.id,
-                                  user_group=row.user_group,
-                                  requests_per_minute=row.requests_per_minute,
-                                  max_tasks_in_flight=row.max_tasks_in_flight)
+            principal = Principal(
+                account_id=row.account_id,
+                key_id=row.id,
+                user_group=row.user_group,
+                requests_per_minute=row.requests_per_minute,
+                max_tasks_in_flight=row.max_tasks_in_flight,
+            )
         with self._lock:
             self._entries[digest] = (principal, read_at)
             self._entries.move_to_end(digest)
@@ -102,9 +111,13 @@ class KeyCache:
         with self.db.transaction() as session:
             session.connection().execute(
                 update(keys)
-                .where(keys.c.id == bindparam("key_id"),
-                       or_(keys.c.last_used_at.is_(None),
-                           keys.c.last_used_at < bindparam("at") - LAST_USED_RESOLUTION))
+                .where(
+                    keys.c.id == bindparam("key_id"),
+                    or_(
+                        keys.c.last_used_at.is_(None),
+                        keys.c.last_used_at < bindparam("at") - LAST_USED_RESOLUTION,
+                    ),
+                )
                 .values(last_used_at=bindparam("at")),
                 [{"key_id": key_id, "at": at} for key_id, at in used.items()],
             )

@@ -38,9 +38,14 @@ def remove_aside(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def build_once(cache_dir: Path, dirname: str, *, marker_file: str,
-               is_complete: Callable[[Path], bool],
-               build: Callable[[Path], dict[str, Any]]) -> Path:
+def build_once(
+    cache_dir: Path,
+    dirname: str,
+    *,
+    marker_file: str,
+    is_complete: Callable[[Path], bool],
+    build: Callable[[Path], dict[str, Any]],
+) -> Path:
     """`<cache_dir>/<dirname>`, made by `build(tmp)` on first use.
 
     `build` fills the temporary folder and returns the marker's content; `is_complete`

@@ -15,8 +15,12 @@ import typer
 
 from kreaserve.config import Settings
 
-app = typer.Typer(help="kreaserve: self-hosted Krea 2 Turbo behind the krea-2-turbo task API.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="kreaserve: self-hosted Krea 2 Turbo behind the krea-2-turbo task API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 credits_app = typer.Typer(help="Grant and inspect credits.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -29,11 +33,16 @@ app.add_typer(credits_app, name="credits")
 app.add_typer(db_app, name="db")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="[env KREASERVE_DATA_DIR]")]
-DatabaseUrl = Annotated[str | None, typer.Option("--database-url",
-                                                 help="[env KREASERVE_DATABASE_URL]")]
-Weights = Annotated[str | None, typer.Option(
-    "--weights", help="krea/Krea-2-Turbo, a local directory, tiny-random or auto "
-    "[env KREASERVE_WEIGHTS]")]
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database-url", help="[env KREASERVE_DATABASE_URL]")
+]
+Weights = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        help="krea/Krea-2-Turbo, a local directory, tiny-random or auto [env KREASERVE_WEIGHTS]",
+    ),
+]
 
 
 def settings_from(**overrides: Any) -> Settings:
@@ -78,8 +87,10 @@ def open_database(settings: Settings):  # type: ignore[no-untyped-def]
         upgrade(settings.resolved_database_url)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError) as exc:
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise fail(f"cannot open the database {where}: {first[0] if first else exc} "
-                   "(check KREASERVE_DATABASE_URL)") from None
+        raise fail(
+            f"cannot open the database {where}: {first[0] if first else exc} "
+            "(check KREASERVE_DATABASE_URL)"
+        ) from None
     return Database(settings.resolved_database_url)
 
 
@@ -108,6 +119,7 @@ def open_checked_storage(settings: Settings):  # type: ignore[no-untyped-def]
 
 # --- serve / worker ------------------------------------------------------------------------
 
+
 def bind_listener(host: str, port: int):  # type: ignore[no-untyped-def]
     """The server's listening socket, bound before anything slow starts, so that a port in
     use stops `serve` at once instead of after the engine has loaded."""
@@ -115,13 +127,16 @@ def bind_listener(host: str, port: int):  # type: ignore[no-untyped-def]
 
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as exc:
-        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                   "(choose another with --port or KREASERVE_PORT)") from None
+        raise fail(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(choose another with --port or KREASERVE_PORT)"
+        ) from None
     sock.set_inheritable(True)
     return sock
 
@@ -133,10 +148,12 @@ def serve(
     weights: Weights = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
-    public_url: Annotated[str | None, typer.Option(
-        help="Base of result URLs [env KREASERVE_PUBLIC_URL]")] = None,
-    worker: Annotated[bool, typer.Option(
-        "--worker/--no-worker", help="Run an engine worker in this process too.")] = True,
+    public_url: Annotated[
+        str | None, typer.Option(help="Base of result URLs [env KREASERVE_PUBLIC_URL]")
+    ] = None,
+    worker: Annotated[
+        bool, typer.Option("--worker/--no-worker", help="Run an engine worker in this process too.")
+    ] = True,
 ) -> None:
     """Run the API (and, by default, a worker with its engine) on one machine."""
     import uvicorn
@@ -147,14 +164,21 @@ def serve(
     from kreaserve.service_secrets import SharedSecretError, url_signing_key
     from kreaserve.storage import ResultLinks
 
-    settings = settings_from(host=host, port=port, weights=weights, data_dir=data_dir,
-                             database_url=database_url, public_url=public_url)
+    settings = settings_from(
+        host=host,
+        port=port,
+        weights=weights,
+        data_dir=data_dir,
+        database_url=database_url,
+        public_url=public_url,
+    )
     setup_logging(settings)
     listener = bind_listener(settings.host, settings.port)
     settings.port = listener.getsockname()[1]  # --port 0: the port the system chose
     # uvicorn does not say where it listens when handed a socket.
-    logging.getLogger("kreaserve").info("listening on http://%s:%d (the API answers once "
-                                        "started)", settings.host, settings.port)
+    logging.getLogger("kreaserve").info(
+        "listening on http://%s:%d (the API answers once started)", settings.host, settings.port
+    )
     storage = open_checked_storage(settings)
     db = open_database(settings)
     try:
@@ -193,10 +217,16 @@ def worker_command(
     weights: Weights = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
-    metrics_port: Annotated[int | None, typer.Option(
-        "--metrics-port", min=0, max=65535,
-        help="Serve this worker's Prometheus metrics (GET /metrics) on this port, on the "
-        "address KREASERVE_HOST.")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve this worker's Prometheus metrics (GET /metrics) on this port, on the "
+            "address KREASERVE_HOST.",
+        ),
+    ] = None,
 ) -> None:
     """Run a worker only: claims tasks from the shared database and runs the engine."""
     import signal
@@ -231,20 +261,26 @@ def serve_worker_metrics(host: str, port: int, db: Any) -> None:
     try:
         server, _thread = start_http_server(port, addr=host, registry=metrics.registry_for(db))
     except OSError as exc:
-        raise fail(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} "
-                   "(choose another --metrics-port)") from None
+        raise fail(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} "
+            "(choose another --metrics-port)"
+        ) from None
     logging.getLogger("kreaserve.worker").info(
-        "metrics at http://%s:%d/metrics", host, server.server_address[1])
+        "metrics at http://%s:%d/metrics", host, server.server_address[1]
+    )
 
 
 # --- keys and credits ----------------------------------------------------------------------
+
 
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")],
     credits: Annotated[float, typer.Option(help="Opening credits of a new account.")] = 0.0,
-    account: Annotated[int | None, typer.Option(
-        help="Add the key to this existing account instead of creating one.")] = None,
+    account: Annotated[
+        int | None,
+        typer.Option(help="Add the key to this existing account instead of creating one."),
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -270,13 +306,23 @@ def keys_create(
         new = accounts.create_key(session, account_id, name)
         standing = ledger.balance(session, account_id)
     if as_json:
-        typer.echo(json.dumps({"key": new.secret, "key_id": new.key_id, "prefix": new.prefix,
-                               "account_id": account_id,
-                               "balance": ledger.to_credits(standing.balance_units)}))
+        typer.echo(
+            json.dumps(
+                {
+                    "key": new.secret,
+                    "key_id": new.key_id,
+                    "prefix": new.prefix,
+                    "account_id": account_id,
+                    "balance": ledger.to_credits(standing.balance_units),
+                }
+            )
+        )
         return
-    typer.echo(f"Created key '{name}' ({new.prefix}...) for account {account_id}, balance "
-               f"{ledger.to_credits(standing.balance_units)} credits. It is shown only once:",
-               err=True)
+    typer.echo(
+        f"Created key '{name}' ({new.prefix}...) for account {account_id}, balance "
+        f"{ledger.to_credits(standing.balance_units)} credits. It is shown only once:",
+        err=True,
+    )
     typer.echo(new.secret)
 
 
@@ -295,8 +341,11 @@ def keys_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> Non
 
 
 @keys_app.command("revoke")
-def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or shown prefix.")],
-                data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="Key id or shown prefix.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
     """Revoke a key; it stops working at once."""
     from kreaserve import accounts
 
@@ -309,12 +358,17 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or shown prefix.
 
 @credits_app.command("grant")
 def credits_grant(
-    account: int, amount: float,
-    adjust: Annotated[bool, typer.Option(
-        "--adjust", help="Record an operator correction (either sign) instead of a grant.")
+    account: int,
+    amount: float,
+    adjust: Annotated[
+        bool,
+        typer.Option(
+            "--adjust", help="Record an operator correction (either sign) instead of a grant."
+        ),
     ] = False,
     note: Annotated[str | None, typer.Option(help="Why, kept in the ledger.")] = None,
-    data_dir: DataDir = None, database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Add credits to an account (with --adjust, correct them either way)."""
     from kreaserve import ledger
@@ -327,26 +381,40 @@ def credits_grant(
         if session.get(Account, account) is None:
             raise fail(f"no account {account}")
         try:
-            ledger.grant(session, account, ledger.to_units(amount),
-                         note=(note or ("adjust" if adjust else "credits grant"))[:200],
-                         kind=ledger.ADJUST if adjust else ledger.GRANT)
+            ledger.grant(
+                session,
+                account,
+                ledger.to_units(amount),
+                note=(note or ("adjust" if adjust else "credits grant"))[:200],
+                kind=ledger.ADJUST if adjust else ledger.GRANT,
+            )
         except ValueError as exc:
             raise fail(str(exc)) from None
         standing = ledger.balance(session, account)
-    typer.echo(f"account {account}: balance {ledger.to_credits(standing.balance_units)}, "
-               f"reserved {ledger.to_credits(standing.reserved_units)}")
+    typer.echo(
+        f"account {account}: balance {ledger.to_credits(standing.balance_units)}, "
+        f"reserved {ledger.to_credits(standing.reserved_units)}"
+    )
 
 
 Group = Annotated[str | None, typer.Option("--group", help="User group (prices).")]
 Rpm = Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute per key.")]
-InFlight = Annotated[int | None, typer.Option(
-    "--in-flight", min=1, help="Unfinished tasks per key.")]
-DailyCap = Annotated[float | None, typer.Option(
-    "--daily-cap", min=0.0001, help="Credits the account may spend per UTC day.")]
+InFlight = Annotated[
+    int | None, typer.Option("--in-flight", min=1, help="Unfinished tasks per key.")
+]
+DailyCap = Annotated[
+    float | None,
+    typer.Option("--daily-cap", min=0.0001, help="Credits the account may spend per UTC day."),
+]
 
 
-def limit_values(group: str | None, rpm: int | None, in_flight: int | None,
-                 daily_cap: float | None, clear: list[str]) -> dict[str, Any]:
+def limit_values(
+    group: str | None,
+    rpm: int | None,
+    in_flight: int | None,
+    daily_cap: float | None,
+    clear: list[str],
+) -> dict[str, Any]:
     from kreaserve import ledger
 
     values: dict[str, Any] = {}
@@ -358,8 +426,11 @@ def limit_values(group: str | None, rpm: int | None, in_flight: int | None,
         values["max_tasks_in_flight"] = in_flight
     if daily_cap is not None:
         values["daily_spend_cap_units"] = ledger.to_units(daily_cap)
-    names = {"rpm": "requests_per_minute", "in-flight": "max_tasks_in_flight",
-             "daily-cap": "daily_spend_cap_units"}
+    names = {
+        "rpm": "requests_per_minute",
+        "in-flight": "max_tasks_in_flight",
+        "daily-cap": "daily_spend_cap_units",
+    }
     for item in clear:
         if item not in names:
             raise fail(f"--clear takes one of {', '.join(names)}")
@@ -371,8 +442,12 @@ def limit_values(group: str | None, rpm: int | None, in_flight: int | None,
 def accounts_create(
     name: Annotated[str, typer.Option(help="Who the account is for.")],
     credits: Annotated[float, typer.Option(min=0, help="Opening credits.")] = 0.0,
-    group: Group = None, rpm: Rpm = None, in_flight: InFlight = None,
-    daily_cap: DailyCap = None, data_dir: DataDir = None, database_url: DatabaseUrl = None,
+    group: Group = None,
+    rpm: Rpm = None,
+    in_flight: InFlight = None,
+    daily_cap: DailyCap = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Create an account (give it keys with `kreaserve keys create --account ID`)."""
     from kreaserve import accounts, ledger
@@ -380,8 +455,9 @@ def accounts_create(
     db = open_database(settings_from(data_dir=data_dir, database_url=database_url))
     with db.transaction() as session:
         account_id = accounts.create_account(session, name, ledger.to_units(credits))
-        accounts.update_account(session, account_id,
-                                **limit_values(group, rpm, in_flight, daily_cap, []))
+        accounts.update_account(
+            session, account_id, **limit_values(group, rpm, in_flight, daily_cap, [])
+        )
         summary = accounts.account_summary(session, account_id)
     typer.echo(json.dumps(summary))
 
@@ -398,8 +474,7 @@ def accounts_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) ->
 
 
 @accounts_app.command("show")
-def accounts_show(account: int, data_dir: DataDir = None,
-                  database_url: DatabaseUrl = None) -> None:
+def accounts_show(account: int, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """One account as JSON."""
     from kreaserve import accounts
 
@@ -413,11 +488,17 @@ def accounts_show(account: int, data_dir: DataDir = None,
 
 @accounts_app.command("update")
 def accounts_update(
-    account: int, group: Group = None, rpm: Rpm = None, in_flight: InFlight = None,
+    account: int,
+    group: Group = None,
+    rpm: Rpm = None,
+    in_flight: InFlight = None,
     daily_cap: DailyCap = None,
-    clear: Annotated[list[str], typer.Option(
-        "--clear", help="Remove a limit: rpm, in-flight or daily-cap (repeatable).")] = [],  # noqa: B006
-    data_dir: DataDir = None, database_url: DatabaseUrl = None,
+    clear: Annotated[
+        list[str],
+        typer.Option("--clear", help="Remove a limit: rpm, in-flight or daily-cap (repeatable)."),
+    ] = [],  # noqa: B006
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Change an account's group or limits."""
     from kreaserve import accounts
@@ -432,7 +513,8 @@ def accounts_update(
 
 
 @moderation_app.command(
-    "eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    "eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
 def moderation_eval(ctx: typer.Context) -> None:
     """Precision and recall per category, basic and strict, on the labelled evaluation set
     (and the check's latency). Options go to the evaluation: --help lists them."""
@@ -451,6 +533,7 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
 
 # --- generate ------------------------------------------------------------------------------
 
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
@@ -458,18 +541,23 @@ def generate(
     quality: Annotated[str, typer.Option(help="1K or 2K.")] = "1K",
     seed: Annotated[int | None, typer.Option(help="0..1048576; random when absent.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to save the PNG.")] = Path(
-        "image.png"),
+        "image.png"
+    ),
     url: Annotated[str, typer.Option(envvar="KREASERVE_URL", help="Server base URL.")] = (
-        "http://127.0.0.1:8000"),
-    api_key: Annotated[str | None, typer.Option(envvar="KREASERVE_API_KEY",
-                                                help="API key.")] = None,
+        "http://127.0.0.1:8000"
+    ),
+    api_key: Annotated[
+        str | None, typer.Option(envvar="KREASERVE_API_KEY", help="API key.")
+    ] = None,
 ) -> None:
     """Generate one image through a running server, with a progress bar, and save it."""
     from kreaserve.client import Client, KreaserveError
 
     if not api_key:
-        raise fail("no API key: pass --api-key or set KREASERVE_API_KEY "
-                   "(create one with `kreaserve keys create`)")
+        raise fail(
+            "no API key: pass --api-key or set KREASERVE_API_KEY "
+            "(create one with `kreaserve keys create`)"
+        )
     check_output(output)
     import httpx
 
@@ -477,8 +565,9 @@ def generate(
         try:
             task = client.create(prompt, size=size, quality=quality, seed=seed)
         except KreaserveError as exc:
-            raise fail(f"{exc.message} ({exc.code}{', ' + exc.param if exc.param else ''})") \
-                from None
+            raise fail(
+                f"{exc.message} ({exc.code}{', ' + exc.param if exc.param else ''})"
+            ) from None
         except httpx.HTTPError as exc:
             raise fail(f"cannot reach {url}: {exc or type(exc).__name__}") from None
         task_id = task.id
@@ -486,8 +575,10 @@ def generate(
             task = wait_with_progress(client, task)
             if task.status != "completed" or not task.results:
                 error = task.error
-                raise fail(f"task {task_id} {task.status}: {error.message if error else ''} "
-                           f"({error.code if error else ''})")
+                raise fail(
+                    f"task {task_id} {task.status}: {error.message if error else ''} "
+                    f"({error.code if error else ''})"
+                )
             client.download(task.results[0], output)
         except KeyboardInterrupt:
             try:
@@ -499,8 +590,10 @@ def generate(
             raise typer.Exit(130) from None
         except (httpx.HTTPError, KreaserveError, OSError) as exc:
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            raise fail(f"lost task {task_id}: {reason}. It may still finish: query it with "
-                       f"GET {url}/v1/tasks/{task_id}") from None
+            raise fail(
+                f"lost task {task_id}: {reason}. It may still finish: query it with "
+                f"GET {url}/v1/tasks/{task_id}"
+            ) from None
     typer.echo(f"saved {output} (task {task_id}, seed {task.seed})")
 
 
@@ -508,15 +601,18 @@ def check_output(output: Path) -> None:
     """Refuse, before any task is created (and charged), an output that cannot be saved:
     the server returns PNG, so the name must end in .png; a missing folder is created."""
     if output.suffix.lower() != ".png":
-        raise fail(f"-o {output}: the server returns PNG images, so the file name must end "
-                   "in .png (JPEG and WebP output are not supported yet)")
+        raise fail(
+            f"-o {output}: the server returns PNG images, so the file name must end "
+            "in .png (JPEG and WebP output are not supported yet)"
+        )
     if output.is_dir():
         raise fail(f"-o {output} is a folder; give a file name ending in .png")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise fail(f"-o {output}: cannot create the folder {output.parent}: "
-                   f"{exc.strerror or exc}") from None
+        raise fail(
+            f"-o {output}: cannot create the folder {output.parent}: {exc.strerror or exc}"
+        ) from None
     import os
 
     if not os.access(output.parent, os.W_OK):
@@ -527,8 +623,12 @@ def wait_with_progress(client: Any, task: Any) -> Any:
     """Poll the task to its end, drawing a progress bar."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, transient=False) as bar:
         line = bar.add_task(task.status, total=100)
 

@@ -48,44 +48,55 @@ class Settings(BaseSettings):
 
     # --- S3 result storage (unset bucket: the local folder) ---------------------
     s3_bucket: str | None = Field(
-        default=None, description="Store results in this S3-compatible bucket instead of "
+        default=None,
+        description="Store results in this S3-compatible bucket instead of "
         "<data_dir>/images; every API process and worker then needs no shared disk.",
     )
     s3_endpoint_url: str | None = Field(
-        default=None, description="S3 endpoint (MinIO, R2, B2...); default AWS, or "
+        default=None,
+        description="S3 endpoint (MinIO, R2, B2...); default AWS, or "
         "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL.",
     )
     s3_public_endpoint_url: str | None = Field(
-        default=None, description="Endpoint clients reach the store at, when it differs "
+        default=None,
+        description="Endpoint clients reach the store at, when it differs "
         "from s3_endpoint_url (e.g. http://minio:9000 inside compose, a public host "
         "outside); result links are signed for it. Default s3_endpoint_url.",
     )
     s3_region: str | None = Field(
-        default=None, description="Region of the bucket; default AWS_REGION / "
+        default=None,
+        description="Region of the bucket; default AWS_REGION / "
         "AWS_DEFAULT_REGION, else us-east-1.",
     )
     s3_access_key_id: str | None = Field(
-        default=None, description="Access key; default the usual AWS chain "
+        default=None,
+        description="Access key; default the usual AWS chain "
         "(AWS_ACCESS_KEY_ID, ~/.aws, instance roles).",
     )
     s3_secret_access_key: str | None = Field(
         default=None, description="Secret of s3_access_key_id; default the AWS chain."
     )
     s3_prefix: str = Field(
-        default="results/", description="Object name prefix of result images; the bucket "
+        default="results/",
+        description="Object name prefix of result images; the bucket "
         "lifecycle rule covers only this prefix.",
     )
     s3_addressing_style: str = Field(
-        default="auto", pattern="^(auto|path|virtual)$", description="Bucket in the path "
+        default="auto",
+        pattern="^(auto|path|virtual)$",
+        description="Bucket in the path "
         "(MinIO and most self-hosted stores) or in the host name: auto, path or virtual.",
     )
     s3_links: str = Field(
-        default="direct", pattern="^(direct|redirect)$", description="direct: result URLs "
+        default="direct",
+        pattern="^(direct|redirect)$",
+        description="direct: result URLs "
         "are presigned links to the store, ending when the result expires; redirect: "
         "/files/... URLs of the API that redirect to a presigned link of 5 minutes.",
     )
     s3_lifecycle: bool = Field(
-        default=True, description="At start, add a bucket lifecycle rule deleting result "
+        default=True,
+        description="At start, add a bucket lifecycle rule deleting result "
         "objects a day after they expire (a backstop of the sweep; skipped with a warning "
         "where the store has none).",
     )
@@ -95,18 +106,26 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="Port `serve` binds to.")
     max_body_bytes: int = Field(default=1024 * 1024, description="Largest accepted request body.")
     header_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="A request's headers must arrive within this long of "
+        default=10.0,
+        gt=0,
+        description="A request's headers must arrive within this long of "
         "their first byte (or of the connection); a slower connection is closed.",
     )
     body_timeout_seconds: float = Field(
-        default=30.0, gt=0, description="A request's whole body must arrive within this long "
+        default=30.0,
+        gt=0,
+        description="A request's whole body must arrive within this long "
         "of its headers; a slower connection is closed.",
     )
     keep_alive_seconds: float = Field(
-        default=5.0, gt=0, description="An idle keep-alive connection is closed after this long.",
+        default=5.0,
+        gt=0,
+        description="An idle keep-alive connection is closed after this long.",
     )
     max_connections: int = Field(
-        default=1000, ge=1, description="Open connections (or requests under way) per process "
+        default=1000,
+        ge=1,
+        description="Open connections (or requests under way) per process "
         "beyond which new requests are answered 503.",
     )
 
@@ -123,7 +142,9 @@ class Settings(BaseSettings):
     )
     worker_poll_seconds: float = Field(default=0.2, gt=0, description="Idle queue poll interval.")
     lease_seconds: float = Field(
-        default=30.0, gt=0, description="A claimed task returns to the queue this long after "
+        default=30.0,
+        gt=0,
+        description="A claimed task returns to the queue this long after "
         "its worker stops renewing the claim (a crashed worker loses nothing).",
     )
     max_attempts: int = Field(
@@ -136,50 +157,67 @@ class Settings(BaseSettings):
         default=600.0, gt=0, description="A generation running longer ends generation_timeout."
     )
     engine_gpus: str = Field(
-        default="auto", description="GPUs a worker runs engines on, one engine child per GPU: "
+        default="auto",
+        description="GPUs a worker runs engines on, one engine child per GPU: "
         "auto (each GPU in CUDA_VISIBLE_DEVICES, else each one nvidia-smi lists, else one "
         "engine), a comma-separated list of GPU indexes such as 0,1,2,3, or none (one engine, "
         "environment untouched).",
     )
     engine_memory_limit_mb: int | None = Field(
-        default=None, gt=0, description="Cap on an engine child's host memory (RLIMIT_DATA, "
+        default=None,
+        gt=0,
+        description="Cap on an engine child's host memory (RLIMIT_DATA, "
         "MiB), applied once it has loaded: a generation past it fails resource_exhausted "
         "instead of waking the kernel's OOM killer.",
     )
     batch_size: int = Field(
-        default=1, ge=1, le=16, description="Most pending tasks of one pixel size a worker "
+        default=1,
+        ge=1,
+        le=16,
+        description="Most pending tasks of one pixel size a worker "
         "claims at once and runs as one pipeline call (see BENCHMARKS.md).",
     )
     batch_wait_ms: float = Field(
-        default=5.0, ge=0, le=1000, description="How long a worker that claimed fewer than "
+        default=5.0,
+        ge=0,
+        le=1000,
+        description="How long a worker that claimed fewer than "
         "batch_size tasks waits for more of the same size before it starts.",
     )
     trim_padding: bool = Field(
-        default=True, description="Cut the text conditioning to the real prompt length "
+        default=True,
+        description="Cut the text conditioning to the real prompt length "
         "(equal to the padded pipeline up to float rounding; see BENCHMARKS.md).",
     )
     attention_backend: str | None = Field(
-        default=None, description="diffusers attention backend for the transformer (flash, "
+        default=None,
+        description="diffusers attention backend for the transformer (flash, "
         "_native_cudnn, flash_varlen, ...); default PyTorch SDPA.",
     )
     compile: bool = Field(
-        default=False, description="Compile the repeated transformer blocks (torch.compile, "
+        default=False,
+        description="Compile the repeated transformer blocks (torch.compile, "
         "regional); the warm-up then compiles for the served sizes.",
     )
     cuda_graphs: bool = Field(
-        default=False, description="With compile on CUDA, capture CUDA graphs "
-        "(reduce-overhead mode).",
+        default=False,
+        description="With compile on CUDA, capture CUDA graphs (reduce-overhead mode).",
     )
     fp8: bool = Field(
-        default=False, description="FP8 weights and activations for the transformer (torchao; "
+        default=False,
+        description="FP8 weights and activations for the transformer (torchao; "
         "CUDA compute capability 8.9+, e.g. H100).",
     )
     vae_tiling: str = Field(
-        default="auto", pattern="^(auto|on|off)$", description="VAE tiling for decodes: on, "
+        default="auto",
+        pattern="^(auto|on|off)$",
+        description="VAE tiling for decodes: on, "
         "off, or auto (tile a decode only when it ran out of memory).",
     )
     overlap_decode: str = Field(
-        default="auto", pattern="^(auto|on|off)$", description="Decode a batch on a second "
+        default="auto",
+        pattern="^(auto|on|off)$",
+        description="Decode a batch on a second "
         "thread (and CUDA stream) while the next one denoises: on, off, or auto (on for CUDA; "
         "slower on CPU, where both share the cores).",
     )
@@ -197,20 +235,29 @@ class Settings(BaseSettings):
         default=True, description="`serve` sends the callbacks of ended tasks."
     )
     callback_allow_hosts: str = Field(
-        default="", description="Comma-separated host names or addresses exempt from the "
+        default="",
+        description="Comma-separated host names or addresses exempt from the "
         "internal-address rule, for test receivers only. Never set it in production.",
     )
     callback_concurrency: int = Field(
-        default=8, ge=1, le=256, description="Callback attempts one `serve` process runs at "
+        default=8,
+        ge=1,
+        le=256,
+        description="Callback attempts one `serve` process runs at "
         "once (each may wait up to 10 s for its receiver).",
     )
     callback_account_concurrency: int = Field(
-        default=2, ge=1, le=256, description="Most callback attempts of one account under "
+        default=2,
+        ge=1,
+        le=256,
+        description="Most callback attempts of one account under "
         "way at once, over all senders: an account whose receivers hang cannot hold the "
         "slots other accounts' callbacks need.",
     )
     callback_redeliveries_per_minute: int = Field(
-        default=10, ge=1, description="Redeliveries (POST .../callbacks/redeliver) one "
+        default=10,
+        ge=1,
+        description="Redeliveries (POST .../callbacks/redeliver) one "
         "account may queue per minute (429 with Retry-After beyond).",
     )
 
@@ -223,21 +270,26 @@ class Settings(BaseSettings):
         default="explicit_sexual,graphic_gore",
         description="Categories added when a task asks for nsfw_check.",
     )
-    moderation_basic_threshold: float = Field(default=0.5, ge=0, le=1,
-                                              description="Score that refuses a prompt.")
+    moderation_basic_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Score that refuses a prompt."
+    )
     moderation_strict_threshold: float = Field(
         default=0.4, ge=0, le=1, description="Score that refuses a prompt under nsfw_check."
     )
     moderation_image_threshold: float = Field(
-        default=0.5, ge=0, le=1, description="open_nsfw score that withholds an image "
-        "under nsfw_check.",
+        default=0.5,
+        ge=0,
+        le=1,
+        description="open_nsfw score that withholds an image under nsfw_check.",
     )
     moderation_extra_terms: dict[str, list[str]] = Field(
-        default_factory=dict, description='The operator\'s own terms by category, as JSON: '
+        default_factory=dict,
+        description="The operator's own terms by category, as JSON: "
         '{"explicit_sexual": ["..."], "my_brand_policy": ["..."]}.',
     )
     moderation_log_prompts: bool = Field(
-        default=False, description="Log the prompt text of moderation decisions "
+        default=False,
+        description="Log the prompt text of moderation decisions "
         "(category and score are always logged).",
     )
 
@@ -252,47 +304,62 @@ class Settings(BaseSettings):
 
     # --- accounts and limits -------------------------------------------------
     admin_token: str | None = Field(
-        default=None, description="Bearer token of the admin API (/admin/v1); unset: the "
-        "admin API answers 404.",
+        default=None,
+        description="Bearer token of the admin API (/admin/v1); unset: the admin API answers 404.",
     )
     requests_per_minute: int = Field(
-        default=600, ge=1, description="Default request limit per minute of an account "
-        "(all its keys together)."
+        default=600,
+        ge=1,
+        description="Default request limit per minute of an account (all its keys together).",
     )
     max_tasks_in_flight: int = Field(
-        default=100, ge=1, description="Default limit of an account's pending + processing "
-        "tasks (all its keys together)."
+        default=100,
+        ge=1,
+        description="Default limit of an account's pending + processing "
+        "tasks (all its keys together).",
     )
     max_keys_per_account: int = Field(
-        default=10, ge=1, description="Most live keys an account may hold when it creates "
-        "keys for itself (POST /v1/keys); operators are not bound by it."
+        default=10,
+        ge=1,
+        description="Most live keys an account may hold when it creates "
+        "keys for itself (POST /v1/keys); operators are not bound by it.",
     )
     key_creates_per_minute: int = Field(
-        default=10, ge=1, description="Keys an account may create or rotate per minute "
-        "through /v1/keys."
+        default=10,
+        ge=1,
+        description="Keys an account may create or rotate per minute through /v1/keys.",
     )
     auth_cache_seconds: float = Field(
-        default=2.0, ge=0, le=10, description="How long an API process trusts what it read "
+        default=2.0,
+        ge=0,
+        le=10,
+        description="How long an API process trusts what it read "
         "about a key: a key revoked (or an account changed) through another process stops "
-        "working here within this many seconds; through this process, at once."
+        "working here within this many seconds; through this process, at once.",
     )
 
     # --- observability -------------------------------------------------------
     log_format: str = Field(
-        default="text", pattern="^(text|json)$", description="text (one readable line per "
+        default="text",
+        pattern="^(text|json)$",
+        description="text (one readable line per "
         "event) or json (one JSON object per line, for log collectors).",
     )
     log_level: str = Field(
-        default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$",
+        default="INFO",
+        pattern="^(DEBUG|INFO|WARNING|ERROR)$",
         description="Least severe level logged: DEBUG, INFO, WARNING or ERROR.",
     )
     tracing: str = Field(
-        default="off", pattern="^(off|otlp|console)$", description="OpenTelemetry spans of "
+        default="off",
+        pattern="^(off|otlp|console)$",
+        description="OpenTelemetry spans of "
         "requests and callbacks: off, otlp (to OTEL_EXPORTER_OTLP_ENDPOINT) or console; "
         "needs pip install 'kreaserve[otel]'.",
     )
     metrics_token: str | None = Field(
-        default=None, description="Bearer token GET /metrics requires; unset: /metrics is "
+        default=None,
+        description="Bearer token GET /metrics requires; unset: /metrics is "
         "open (restrict it at your proxy).",
     )
 
@@ -307,8 +374,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _engine_switches_fit(self) -> Settings:
         if self.cuda_graphs and not self.compile:
-            raise ValueError("KREASERVE_CUDA_GRAPHS needs KREASERVE_COMPILE: CUDA graphs are "
-                             "captured by torch.compile's reduce-overhead mode")
+            raise ValueError(
+                "KREASERVE_CUDA_GRAPHS needs KREASERVE_COMPILE: CUDA graphs are "
+                "captured by torch.compile's reduce-overhead mode"
+            )
         return self
 
     @field_validator("engine_gpus")
@@ -317,16 +386,16 @@ class Settings(BaseSettings):
         value = value.strip()
         if value in ("auto", "none") or re.fullmatch(r"\d+(\s*,\s*\d+)*", value):
             return value
-        raise ValueError("it takes auto, none, or GPU indexes separated by commas, "
-                         "such as 0,1,2,3")
+        raise ValueError("it takes auto, none, or GPU indexes separated by commas, such as 0,1,2,3")
 
     @model_validator(mode="after")
     def _presigned_links_fit(self) -> Settings:
-        if self.s3_bucket and self.s3_links == "direct" and \
-                self.result_ttl_seconds > 7 * 24 * 3600:
-            raise ValueError("KREASERVE_RESULT_TTL_SECONDS is over 7 days, the longest a "
-                             "presigned S3 link lives; lower it or set "
-                             "KREASERVE_S3_LINKS=redirect")
+        if self.s3_bucket and self.s3_links == "direct" and self.result_ttl_seconds > 7 * 24 * 3600:
+            raise ValueError(
+                "KREASERVE_RESULT_TTL_SECONDS is over 7 days, the longest a "
+                "presigned S3 link lives; lower it or set "
+                "KREASERVE_S3_LINKS=redirect"
+            )
         return self
 
     @field_validator("public_url")
@@ -346,8 +415,11 @@ class Settings(BaseSettings):
         """KREASERVE_CALLBACK_ALLOW_HOSTS, normalised as the SSRF guard compares hosts."""
         from kreaserve.callbacks.ssrf import normalise_host
 
-        return frozenset(normalise_host(host.strip())
-                         for host in self.callback_allow_hosts.split(",") if host.strip())
+        return frozenset(
+            normalise_host(host.strip())
+            for host in self.callback_allow_hosts.split(",")
+            if host.strip()
+        )
 
     def moderation_config(self):  # type: ignore[no-untyped-def]
         """The moderation settings as the classifiers take them."""

@@ -74,23 +74,36 @@ def read_snapshot(db: Database) -> Snapshot:
             # Literal status: the planners match it to the partial index.
             recent = (
                 select(Task.engine_seconds)
-                .where(text("status = 'completed'"), Task.quality == quality,
-                       Task.engine_seconds.is_not(None))
-                .order_by(Task.finished_at.desc()).limit(ESTIMATE_WINDOW).subquery()
+                .where(
+                    text("status = 'completed'"),
+                    Task.quality == quality,
+                    Task.engine_seconds.is_not(None),
+                )
+                .order_by(Task.finished_at.desc())
+                .limit(ESTIMATE_WINDOW)
+                .subquery()
             )
             average = session.execute(select(func.avg(recent.c.engine_seconds))).scalar()
             if average:
                 rates[quality] = float(average)
         for quality, created_at in session.execute(
-                select(Task.quality, Task.created_at).where(text("status = 'pending'"))):
+            select(Task.quality, Task.created_at).where(text("status = 'pending'"))
+        ):
             pending.setdefault(quality, []).append(created_at)
-        processing = dict(session.execute(
-            select(Task.quality, func.count()).where(Task.status == contract.PROCESSING)
-            .group_by(Task.quality)).all())
+        processing = dict(
+            session.execute(
+                select(Task.quality, func.count())
+                .where(Task.status == contract.PROCESSING)
+                .group_by(Task.quality)
+            ).all()
+        )
         workers = session.execute(
-            select(func.count()).select_from(WorkerRecord)
-            .where(WorkerRecord.state == "ready",
-                   WorkerRecord.heartbeat_at > time.time() - WORKER_STALE_SECONDS)
+            select(func.count())
+            .select_from(WorkerRecord)
+            .where(
+                WorkerRecord.state == "ready",
+                WorkerRecord.heartbeat_at > time.time() - WORKER_STALE_SECONDS,
+            )
         ).scalar_one()
     for created in pending.values():
         created.sort()
@@ -103,8 +116,9 @@ class QueueEstimates:
     One caller reads at a time; the others meanwhile use the previous snapshot, so a
     refresh never makes several requests wait."""
 
-    def __init__(self, db: Database, max_age: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, db: Database, max_age: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.db, self.max_age, self.clock = db, max_age, clock
         self._snapshot: Snapshot | None = None
         self._read_at = -math.inf

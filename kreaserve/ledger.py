@@ -51,14 +51,29 @@ class Balance:
         return self.balance_units - self.reserved_units
 
 
-def _append(session: Session, account_id: int, kind: str, units: int,
-            task_id: str | None = None, note: str | None = None) -> None:
-    session.add(LedgerEntry(account_id=account_id, task_id=task_id, kind=kind,
-                            amount_units=units, note=note, created_at=time.time()))
+def _append(
+    session: Session,
+    account_id: int,
+    kind: str,
+    units: int,
+    task_id: str | None = None,
+    note: str | None = None,
+) -> None:
+    session.add(
+        LedgerEntry(
+            account_id=account_id,
+            task_id=task_id,
+            kind=kind,
+            amount_units=units,
+            note=note,
+            created_at=time.time(),
+        )
+    )
 
 
-def grant(session: Session, account_id: int, units: int, note: str | None = None,
-          kind: str = GRANT) -> None:
+def grant(
+    session: Session, account_id: int, units: int, note: str | None = None, kind: str = GRANT
+) -> None:
     """Add credits to an account (`adjust`: an operator's correction of either sign);
     never takes the balance below what is reserved."""
     assert kind in (GRANT, ADJUST), kind
@@ -80,8 +95,10 @@ def reserve(session: Session, account_id: int, units: int, task_id: str) -> bool
         update(Account)
         .where(Account.id == account_id)
         .where(Account.balance_units - Account.reserved_units >= units)
-        .values(reserved_units=Account.reserved_units + units,
-                tasks_in_flight=Account.tasks_in_flight + 1)
+        .values(
+            reserved_units=Account.reserved_units + units,
+            tasks_in_flight=Account.tasks_in_flight + 1,
+        )
     )
     if changed_rows(result) != 1:
         return False
@@ -99,9 +116,11 @@ def charge(session: Session, account_id: int, units: int, task_id: str) -> None:
     session.execute(
         update(Account)
         .where(Account.id == account_id)
-        .values(balance_units=Account.balance_units - units,
-                reserved_units=Account.reserved_units - units,
-                tasks_in_flight=Account.tasks_in_flight - 1)
+        .values(
+            balance_units=Account.balance_units - units,
+            reserved_units=Account.reserved_units - units,
+            tasks_in_flight=Account.tasks_in_flight - 1,
+        )
     )
     _append(session, account_id, CHARGE, units, task_id=task_id)
 
@@ -111,8 +130,10 @@ def release(session: Session, account_id: int, units: int, task_id: str) -> None
     session.execute(
         update(Account)
         .where(Account.id == account_id)
-        .values(reserved_units=Account.reserved_units - units,
-                tasks_in_flight=Account.tasks_in_flight - 1)
+        .values(
+            reserved_units=Account.reserved_units - units,
+            tasks_in_flight=Account.tasks_in_flight - 1,
+        )
     )
     _append(session, account_id, RELEASE, units, task_id=task_id)
 
@@ -135,5 +156,6 @@ def balance_from_entries(session: Session, account_id: int) -> Balance:
         ).all()
     )
     get = lambda kind: int(sums.get(kind, 0))  # noqa: E731
-    return Balance(get(GRANT) + get(ADJUST) - get(CHARGE),
-                   get(RESERVE) - get(CHARGE) - get(RELEASE))
+    return Balance(
+        get(GRANT) + get(ADJUST) - get(CHARGE), get(RESERVE) - get(CHARGE) - get(RELEASE)
+    )

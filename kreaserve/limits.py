@@ -76,30 +76,41 @@ def lease_size(limit: int) -> int:
 
 def too_many(bucket: str, limit: int, now: float) -> Refusal:
     retry = max(1, int(window_of(now) + WINDOW_SECONDS - now + 0.999))
-    return Refusal("rate_limit_exceeded" if bucket == REQUESTS else "key_creation_rate_exceeded",
-                   f"This account may make {limit} {_NOUNS[bucket]} per minute; retry in "
-                   f"{retry} s.", retry)
+    return Refusal(
+        "rate_limit_exceeded" if bucket == REQUESTS else "key_creation_rate_exceeded",
+        f"This account may make {limit} {_NOUNS[bucket]} per minute; retry in {retry} s.",
+        retry,
+    )
 
 
-def lease(session: Session, account_id: int, bucket: str, limit: int,
-          now: float | None = None, size: int | None = None) -> int:
+def lease(
+    session: Session,
+    account_id: int,
+    bucket: str,
+    limit: int,
+    now: float | None = None,
+    size: int | None = None,
+) -> int:
     """Take up to `size` (default `lease_size(limit)`) of the account's current minute; how
     many were left to take (0 once the minute's limit is used up)."""
     now = time.time() if now is None else now
     size = lease_size(limit) if size is None else size
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    upsert = dialect.insert(RateWindow).values(account_id=account_id, bucket=bucket,
-                                               window_start=window_of(now), count=size)
+    upsert = dialect.insert(RateWindow).values(
+        account_id=account_id, bucket=bucket, window_start=window_of(now), count=size
+    )
     total = session.execute(
-        upsert.on_conflict_do_update(index_elements=["account_id", "bucket", "window_start"],
-                                     set_={"count": RateWindow.count + size})
-        .returning(RateWindow.count)
+        upsert.on_conflict_do_update(
+            index_elements=["account_id", "bucket", "window_start"],
+            set_={"count": RateWindow.count + size},
+        ).returning(RateWindow.count)
     ).scalar_one()
     return max(0, min(size, limit - (total - size)))
 
 
-def count_one(session: Session, account_id: int, bucket: str, limit: int,
-              now: float | None = None) -> Refusal | None:
+def count_one(
+    session: Session, account_id: int, bucket: str, limit: int, now: float | None = None
+) -> Refusal | None:
     """Count one event exactly, in the caller's transaction (rare ones: key creations)."""
     now = time.time() if now is None else now
     if lease(session, account_id, bucket, limit, now, size=1):
@@ -111,8 +122,11 @@ def give_back(session: Session, account_id: int, bucket: str, window: int, unspe
     """Return what a process leased and will not spend (the account's limit changed)."""
     session.execute(
         update(RateWindow)
-        .where(RateWindow.account_id == account_id, RateWindow.bucket == bucket,
-               RateWindow.window_start == window)
+        .where(
+            RateWindow.account_id == account_id,
+            RateWindow.bucket == bucket,
+            RateWindow.window_start == window,
+        )
         .values(count=RateWindow.count - unspent)
     )
 
@@ -128,8 +142,9 @@ class QuotaLeases:
         #: minutes known to be used up, with the limit they were used up at
         self._spent: dict[tuple[int, str, int], int] = {}
 
-    def take_local(self, account_id: int, bucket: str, limit: int,
-                   now: float | None = None) -> Refusal | None | Literal[False]:
+    def take_local(
+        self, account_id: int, bucket: str, limit: int, now: float | None = None
+    ) -> Refusal | None | Literal[False]:
         """Spend one from this process's lease: None when admitted, a Refusal when the
         minute is used up, False when a new lease is needed (`take`, which may block)."""
         now = time.time() if now is None else now
@@ -143,8 +158,9 @@ class QuotaLeases:
                 return too_many(bucket, limit, now)
         return False
 
-    def take(self, account_id: int, bucket: str, limit: int,
-             now: float | None = None) -> Refusal | None:
+    def take(
+        self, account_id: int, bucket: str, limit: int, now: float | None = None
+    ) -> Refusal | None:
         """Spend one, leasing more from the database when this process has none left (and
         giving back what it leased under another limit, when the limit changed)."""
         now = time.time() if now is None else now
@@ -176,38 +192,47 @@ class QuotaLeases:
                 del table[slot]
 
 
-def reserve_task(session: Session, account_id: int, units: int, task_id: str,
-                 default_in_flight: int | None) -> None:
+def reserve_task(
+    session: Session, account_id: int, units: int, task_id: str, default_in_flight: int | None
+) -> None:
     """Reserve a new task's price, counting it in flight, in the caller's transaction; one
     UPDATE when the account has room, credits and no daily cap.
 
     Raises LimitReached (in flight), DailyCapReached or InsufficientCredits otherwise.
     The account row is locked (or SQLite's write lock held) before anything is checked,
     so concurrent creates through any number of processes are counted one at a time."""
-    in_flight_limit = func.coalesce(Account.max_tasks_in_flight,
-                                    default_in_flight or UNLIMITED)
+    in_flight_limit = func.coalesce(Account.max_tasks_in_flight, default_in_flight or UNLIMITED)
     fast = session.execute(
         update(Account)
-        .where(Account.id == account_id, Account.daily_spend_cap_units.is_(None),
-               Account.balance_units - Account.reserved_units >= units,
-               Account.tasks_in_flight < in_flight_limit)
-        .values(reserved_units=Account.reserved_units + units,
-                tasks_in_flight=Account.tasks_in_flight + 1)
+        .where(
+            Account.id == account_id,
+            Account.daily_spend_cap_units.is_(None),
+            Account.balance_units - Account.reserved_units >= units,
+            Account.tasks_in_flight < in_flight_limit,
+        )
+        .values(
+            reserved_units=Account.reserved_units + units,
+            tasks_in_flight=Account.tasks_in_flight + 1,
+        )
     )
     if changed_rows(fast) == 1:
         ledger.record_reservation(session, account_id, units, task_id)
         return
     row = session.execute(
-        select(Account.tasks_in_flight, Account.max_tasks_in_flight,
-               Account.daily_spend_cap_units)
-        .where(Account.id == account_id).with_for_update()
+        select(Account.tasks_in_flight, Account.max_tasks_in_flight, Account.daily_spend_cap_units)
+        .where(Account.id == account_id)
+        .with_for_update()
     ).one()
     limit = row.max_tasks_in_flight or default_in_flight or UNLIMITED
     if row.tasks_in_flight >= limit:
-        raise LimitReached(Refusal(
-            "too_many_tasks_in_flight",
-            f"This account already has {row.tasks_in_flight} unfinished tasks (limit "
-            f"{limit}); wait for one to end.", 5))
+        raise LimitReached(
+            Refusal(
+                "too_many_tasks_in_flight",
+                f"This account already has {row.tasks_in_flight} unfinished tasks (limit "
+                f"{limit}); wait for one to end.",
+                5,
+            )
+        )
     cap = row.daily_spend_cap_units
     if cap is not None and spent_today(session, account_id) + units > cap:
         raise DailyCapReached(cap)
@@ -219,16 +244,19 @@ def spent_today(session: Session, account_id: int, now: float | None = None) -> 
     """Units the account committed today (UTC): tasks created today and not released."""
     now = time.time() if now is None else now
     midnight = now - now % 86400
-    return int(session.execute(
-        select(func.coalesce(func.sum(Task.price_units), 0))
-        .where(Task.account_id == account_id, Task.created_at >= midnight,
-               Task.billing_state.in_(("reserved", "charged")))
-    ).scalar_one())
+    return int(
+        session.execute(
+            select(func.coalesce(func.sum(Task.price_units), 0)).where(
+                Task.account_id == account_id,
+                Task.created_at >= midnight,
+                Task.billing_state.in_(("reserved", "charged")),
+            )
+        ).scalar_one()
+    )
 
 
 def forget_old_windows(session: Session, now: float | None = None) -> int:
     """Delete counters of finished minutes (maintenance)."""
     now = time.time() if now is None else now
     cutoff = window_of(now) - WINDOW_SECONDS
-    return changed_rows(
-        session.execute(delete(RateWindow).where(RateWindow.window_start < cutoff)))
+    return changed_rows(session.execute(delete(RateWindow).where(RateWindow.window_start < cutoff)))

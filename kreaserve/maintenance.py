@@ -39,8 +39,9 @@ class Maintenance:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="kreaserve-maintenance",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name="kreaserve-maintenance", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

@@ -11,8 +11,7 @@ from kreaserve.db.models import Task
 from kreaserve.storage import ResultLinks
 
 
-def task_object(task: Task, *, links: ResultLinks,
-                estimated_time: int | None) -> dict[str, Any]:
+def task_object(task: Task, *, links: ResultLinks, estimated_time: int | None) -> dict[str, Any]:
     """The task as GET /v1/tasks/{id} shows it (the create answer is the same object)."""
     results = None
     if task.status == contract.COMPLETED:
@@ -22,15 +21,23 @@ def task_object(task: Task, *, links: ResultLinks,
         error = {"code": task.error_code, "message": task.error_message or ""}
     live = task.status not in contract.TERMINAL
     return schemas.task_body(
-        task_id=task.id, created=task.created, model=task.model, status=task.status,
-        progress=task.progress, can_cancel=live and not task.cancel_requested,
+        task_id=task.id,
+        created=task.created,
+        model=task.model,
+        status=task.status,
+        progress=task.progress,
+        can_cancel=live and not task.cancel_requested,
         estimated_time=estimated_time if live else None,
-        price_credits=ledger.to_credits(task.price_units), user_group=task.user_group,
-        seed=task.seed, results=results, error=error,
+        price_credits=ledger.to_credits(task.price_units),
+        user_group=task.user_group,
+        seed=task.seed,
+        results=results,
+        error=error,
     )
 
 
 def render_json(body: dict[str, Any]) -> bytes:
     """JSON bytes exactly as the API sends them (Starlette's JSONResponse encoding)."""
-    return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None,
-                      separators=(",", ":")).encode("utf-8")
+    return json.dumps(
+        body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")

@@ -31,8 +31,11 @@ def _close(path: Path, wanted: int) -> None:
     if stat.S_IMODE(info.st_mode) == wanted:
         return
     if info.st_uid != os.getuid():
-        log.warning("%s is readable by others and not ours to change (mode %o)", path,
-                    stat.S_IMODE(info.st_mode))
+        log.warning(
+            "%s is readable by others and not ours to change (mode %o)",
+            path,
+            stat.S_IMODE(info.st_mode),
+        )
         return
     os.chmod(path, wanted)
 

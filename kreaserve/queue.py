@@ -68,8 +68,15 @@ class Claim:
     batch: int = 1  # how many tasks were claimed together with it (itself included)
 
 
-def create(db: Database, account_id: int, key_id: int | None, user_group: str,
-           params: NewTask, price_units: int, max_in_flight: int | None = None) -> Task:
+def create(
+    db: Database,
+    account_id: int,
+    key_id: int | None,
+    user_group: str,
+    params: NewTask,
+    price_units: int,
+    max_in_flight: int | None = None,
+) -> Task:
     """Check the account's limits, reserve the price and enqueue the task, in one
     transaction of three statements (`limits.reserve_task`, the ledger entry, the task).
 
@@ -83,13 +90,28 @@ def create(db: Database, account_id: int, key_id: int | None, user_group: str,
     with db.transaction() as session:
         limits.reserve_task(session, account_id, price_units, task_id, max_in_flight)
         task = Task(
-            id=task_id, account_id=account_id, api_key_id=key_id, model=params.model,
-            prompt=params.prompt, size=params.size, quality=params.quality, width=width,
-            height=height, seed=seed, nsfw_check=params.nsfw_check,
-            callback_url=params.callback_url, traceparent=params.traceparent,
-            status=contract.PENDING, progress=0,
-            cancel_requested=False, created=created, created_at=now, attempts=0,
-            price_units=price_units, user_group=user_group, billing_state="reserved",
+            id=task_id,
+            account_id=account_id,
+            api_key_id=key_id,
+            model=params.model,
+            prompt=params.prompt,
+            size=params.size,
+            quality=params.quality,
+            width=width,
+            height=height,
+            seed=seed,
+            nsfw_check=params.nsfw_check,
+            callback_url=params.callback_url,
+            traceparent=params.traceparent,
+            status=contract.PENDING,
+            progress=0,
+            cancel_requested=False,
+            created=created,
+            created_at=now,
+            attempts=0,
+            price_units=price_units,
+            user_group=user_group,
+            billing_state="reserved",
             results_purged=False,
         )
         session.add(task)
@@ -120,24 +142,47 @@ def claim(db: Database, worker_id: str, lease_seconds: float) -> Claim | None:
         row = session.execute(
             update(Task)
             .where(Task.id == oldest, Task.status == contract.PENDING)
-            .values(status=contract.PROCESSING, worker_id=worker_id,
-                    lease_expires_at=now + lease_seconds, attempts=Task.attempts + 1,
-                    started_at=func.coalesce(Task.started_at, now), progress=0)
-            .returning(Task.id, Task.prompt, Task.width, Task.height, Task.seed,
-                       Task.quality, Task.attempts, Task.nsfw_check, Task.created_at)
+            .values(
+                status=contract.PROCESSING,
+                worker_id=worker_id,
+                lease_expires_at=now + lease_seconds,
+                attempts=Task.attempts + 1,
+                started_at=func.coalesce(Task.started_at, now),
+                progress=0,
+            )
+            .returning(
+                Task.id,
+                Task.prompt,
+                Task.width,
+                Task.height,
+                Task.seed,
+                Task.quality,
+                Task.attempts,
+                Task.nsfw_check,
+                Task.created_at,
+            )
         ).one_or_none()
     return None if row is None else _claim_from(row)
 
 
 def _claim_from(row: Any) -> Claim:
     """The Claim of a row returned by a claiming UPDATE."""
-    return Claim(task_id=row.id, prompt=row.prompt, width=row.width, height=row.height,
-                 seed=row.seed, quality=row.quality, attempts=row.attempts,
-                 nsfw_check=bool(row.nsfw_check), created_at=row.created_at)
+    return Claim(
+        task_id=row.id,
+        prompt=row.prompt,
+        width=row.width,
+        height=row.height,
+        seed=row.seed,
+        quality=row.quality,
+        attempts=row.attempts,
+        nsfw_check=bool(row.nsfw_check),
+        created_at=row.created_at,
+    )
 
 
-def claim_same_size(db: Database, worker_id: str, lease_seconds: float, width: int,
-                    height: int, limit: int) -> list[Claim]:
+def claim_same_size(
+    db: Database, worker_id: str, lease_seconds: float, width: int, height: int, limit: int
+) -> list[Claim]:
     """Take up to `limit` more pending tasks of `width` x `height`, oldest first, to run in
     one batch. Only first attempts: a task whose engine failed runs alone, so a task that
     kills engines cannot take a batch of others down with it twice."""
@@ -146,8 +191,12 @@ def claim_same_size(db: Database, worker_id: str, lease_seconds: float, width: i
     now = time.time()
     oldest = (
         select(Task.id)
-        .where(Task.status == contract.PENDING, Task.width == width, Task.height == height,
-               Task.attempts == 0)
+        .where(
+            Task.status == contract.PENDING,
+            Task.width == width,
+            Task.height == height,
+            Task.attempts == 0,
+        )
         .order_by(Task.created_at, Task.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -161,18 +210,31 @@ def claim_same_size(db: Database, worker_id: str, lease_seconds: float, width: i
         rows = session.execute(
             update(Task)
             .where(Task.id.in_(ids), Task.status == contract.PENDING)
-            .values(status=contract.PROCESSING, worker_id=worker_id,
-                    lease_expires_at=now + lease_seconds, attempts=Task.attempts + 1,
-                    started_at=func.coalesce(Task.started_at, now), progress=0)
-            .returning(Task.id, Task.prompt, Task.width, Task.height, Task.seed,
-                       Task.quality, Task.attempts, Task.nsfw_check, Task.created_at)
+            .values(
+                status=contract.PROCESSING,
+                worker_id=worker_id,
+                lease_expires_at=now + lease_seconds,
+                attempts=Task.attempts + 1,
+                started_at=func.coalesce(Task.started_at, now),
+                progress=0,
+            )
+            .returning(
+                Task.id,
+                Task.prompt,
+                Task.width,
+                Task.height,
+                Task.seed,
+                Task.quality,
+                Task.attempts,
+                Task.nsfw_check,
+                Task.created_at,
+            )
         ).all()
     rows = sorted(rows, key=lambda row: (row.created_at, row.id))
     return [_claim_from(row) for row in rows]
 
 
-def claim_batch(db: Database, worker_id: str, lease_seconds: float,
-                max_size: int) -> list[Claim]:
+def claim_batch(db: Database, worker_id: str, lease_seconds: float, max_size: int) -> list[Claim]:
     """The oldest pending task and up to `max_size - 1` more of its pixel size (see
     `claim_same_size`); empty when the queue is."""
     first = claim(db, worker_id, lease_seconds)
@@ -180,8 +242,9 @@ def claim_batch(db: Database, worker_id: str, lease_seconds: float,
         return []
     claims = [first]
     if max_size > 1 and first.attempts <= 1:
-        claims += claim_same_size(db, worker_id, lease_seconds, first.width, first.height,
-                                  max_size - 1)
+        claims += claim_same_size(
+            db, worker_id, lease_seconds, first.width, first.height, max_size - 1
+        )
     if len(claims) > 1:
         claims = [replace(claim, batch=len(claims)) for claim in claims]
     metrics.tasks_claimed(claims)
@@ -196,8 +259,9 @@ class LeaseState:
     cancel_requested: bool
 
 
-def renew(db: Database, task_id: str, worker_id: str, lease_seconds: float,
-          progress: int | None = None) -> LeaseState:
+def renew(
+    db: Database, task_id: str, worker_id: str, lease_seconds: float, progress: int | None = None
+) -> LeaseState:
     """Extend the lease (and record progress); tells the worker about cancellation."""
     values: dict[str, object] = {"lease_expires_at": time.time() + lease_seconds}
     if progress is not None:
@@ -205,8 +269,9 @@ def renew(db: Database, task_id: str, worker_id: str, lease_seconds: float,
     with db.transaction() as session:
         row = session.execute(
             update(Task)
-            .where(Task.id == task_id, Task.worker_id == worker_id,
-                   Task.status == contract.PROCESSING)
+            .where(
+                Task.id == task_id, Task.worker_id == worker_id, Task.status == contract.PROCESSING
+            )
             .values(**values)
             .returning(Task.cancel_requested)
         ).one_or_none()
@@ -215,15 +280,17 @@ def renew(db: Database, task_id: str, worker_id: str, lease_seconds: float,
     return LeaseState(held=True, cancel_requested=bool(row.cancel_requested))
 
 
-def _end(session: Session, task_id: str, worker_id: str | None, status: str,
-         **values: object) -> Task | None:
+def _end(
+    session: Session, task_id: str, worker_id: str | None, status: str, **values: object
+) -> Task | None:
     """Move a held task to a terminal state and queue its callback, in the caller's
     transaction; None when it is no longer ours."""
     guard = [Task.id == task_id, Task.status == contract.PROCESSING]
     if worker_id is not None:
         guard.append(Task.worker_id == worker_id)
     task = session.execute(
-        update(Task).where(*guard)
+        update(Task)
+        .where(*guard)
         .values(status=status, finished_at=time.time(), lease_expires_at=None, **values)
         .returning(Task)
     ).scalar_one_or_none()
@@ -232,15 +299,30 @@ def _end(session: Session, task_id: str, worker_id: str | None, status: str,
     return task
 
 
-def complete(db: Database, task_id: str, worker_id: str, result_keys: list[str],
-             ttl_seconds: float, engine_seconds: float, batch: int | None = None) -> bool:
+def complete(
+    db: Database,
+    task_id: str,
+    worker_id: str,
+    result_keys: list[str],
+    ttl_seconds: float,
+    engine_seconds: float,
+    batch: int | None = None,
+) -> bool:
     """Mark completed and charge the reservation (billing confirmation), atomically.
     `batch`: how many images ran in its pipeline call (a metrics label)."""
     now = time.time()
     with db.transaction() as session:
-        task = _end(session, task_id, worker_id, contract.COMPLETED, progress=100,
-                    result_keys=result_keys, results_expire_at=now + ttl_seconds,
-                    engine_seconds=engine_seconds, billing_state="charged")
+        task = _end(
+            session,
+            task_id,
+            worker_id,
+            contract.COMPLETED,
+            progress=100,
+            result_keys=result_keys,
+            results_expire_at=now + ttl_seconds,
+            engine_seconds=engine_seconds,
+            billing_state="charged",
+        )
         if task is None:
             return False
         ledger.charge(session, task.account_id, task.price_units, task.id)
@@ -248,13 +330,26 @@ def complete(db: Database, task_id: str, worker_id: str, result_keys: list[str],
     return True
 
 
-def fail(db: Database, task_id: str, worker_id: str | None, code: str, message: str,
-         status: str = contract.FAILED) -> bool:
+def fail(
+    db: Database,
+    task_id: str,
+    worker_id: str | None,
+    code: str,
+    message: str,
+    status: str = contract.FAILED,
+) -> bool:
     """Mark failed (or cancelled) with a task error code and release the reservation."""
     assert code in contract.TASK_ERROR_CODES, code
     with db.transaction() as session:
-        task = _end(session, task_id, worker_id, status, error_code=code,
-                    error_message=message, billing_state="released")
+        task = _end(
+            session,
+            task_id,
+            worker_id,
+            status,
+            error_code=code,
+            error_message=message,
+            billing_state="released",
+        )
         if task is None:
             return False
         ledger.release(session, task.account_id, task.price_units, task.id)
@@ -264,8 +359,14 @@ def fail(db: Database, task_id: str, worker_id: str | None, code: str, message: 
 
 def end_cancelled(db: Database, task_id: str, worker_id: str) -> bool:
     """End a held task as cancelled by its owner, releasing its reservation."""
-    return fail(db, task_id, worker_id, CANCELLED_ERROR["error_code"],
-                CANCELLED_ERROR["error_message"], status=contract.CANCELLED)
+    return fail(
+        db,
+        task_id,
+        worker_id,
+        CANCELLED_ERROR["error_code"],
+        CANCELLED_ERROR["error_message"],
+        status=contract.CANCELLED,
+    )
 
 
 def cancel(db: Database, account_id: int, task_id: str) -> Task | None:
@@ -276,10 +377,15 @@ def cancel(db: Database, account_id: int, task_id: str) -> Task | None:
     with db.transaction() as session:
         task = session.execute(
             update(Task)
-            .where(Task.id == task_id, Task.account_id == account_id,
-                   Task.status == contract.PENDING)
-            .values(status=contract.CANCELLED, finished_at=time.time(), **CANCELLED_ERROR,
-                    billing_state="released")
+            .where(
+                Task.id == task_id, Task.account_id == account_id, Task.status == contract.PENDING
+            )
+            .values(
+                status=contract.CANCELLED,
+                finished_at=time.time(),
+                **CANCELLED_ERROR,
+                billing_state="released",
+            )
             .returning(Task)
         ).scalar_one_or_none()
         if task is not None:
@@ -290,8 +396,11 @@ def cancel(db: Database, account_id: int, task_id: str) -> Task | None:
             cancelled_now = None
             session.execute(
                 update(Task)
-                .where(Task.id == task_id, Task.account_id == account_id,
-                       Task.status == contract.PROCESSING)
+                .where(
+                    Task.id == task_id,
+                    Task.account_id == account_id,
+                    Task.status == contract.PROCESSING,
+                )
                 .values(cancel_requested=True)
             )
             task = session.execute(
@@ -307,8 +416,9 @@ def requeue(db: Database, task_id: str, worker_id: str) -> bool:
     with db.transaction() as session:
         result = session.execute(
             update(Task)
-            .where(Task.id == task_id, Task.worker_id == worker_id,
-                   Task.status == contract.PROCESSING)
+            .where(
+                Task.id == task_id, Task.worker_id == worker_id, Task.status == contract.PROCESSING
+            )
             .values(status=contract.PENDING, worker_id=None, lease_expires_at=None, progress=0)
         )
     return changed_rows(result) == 1
@@ -329,17 +439,32 @@ def reap(db: Database, max_attempts: int) -> int:
         ).all()
         for row in expired:
             if row.cancel_requested:
-                task = _end(session, row.id, None, contract.CANCELLED, **CANCELLED_ERROR,
-                            billing_state="released")
+                task = _end(
+                    session,
+                    row.id,
+                    None,
+                    contract.CANCELLED,
+                    **CANCELLED_ERROR,
+                    billing_state="released",
+                )
             elif row.attempts >= max_attempts:
-                task = _end(session, row.id, None, contract.FAILED, error_code="service_error",
-                            error_message=f"The worker stopped {row.attempts} times while "
-                            "running this task; it was given up.", billing_state="released")
+                task = _end(
+                    session,
+                    row.id,
+                    None,
+                    contract.FAILED,
+                    error_code="service_error",
+                    error_message=f"The worker stopped {row.attempts} times while "
+                    "running this task; it was given up.",
+                    billing_state="released",
+                )
             else:
                 session.execute(
-                    update(Task).where(Task.id == row.id, Task.status == contract.PROCESSING)
-                    .values(status=contract.PENDING, worker_id=None, lease_expires_at=None,
-                            progress=0)
+                    update(Task)
+                    .where(Task.id == row.id, Task.status == contract.PROCESSING)
+                    .values(
+                        status=contract.PENDING, worker_id=None, lease_expires_at=None, progress=0
+                    )
                 )
                 continue
             if task is not None:
@@ -352,17 +477,37 @@ def reap(db: Database, max_attempts: int) -> int:
 
 # --- workers -----------------------------------------------------------------------------
 
-def worker_heartbeat(db: Database, worker_id: str, hostname: str, pid: int, state: str,
-                     weights: str | None = None, device: str | None = None,
-                     warning: str | None = None, message: str | None = None) -> None:
+
+def worker_heartbeat(
+    db: Database,
+    worker_id: str,
+    hostname: str,
+    pid: int,
+    state: str,
+    weights: str | None = None,
+    device: str | None = None,
+    warning: str | None = None,
+    message: str | None = None,
+) -> None:
     """Record (insert or update) a worker and the state of its engine."""
     now = time.time()
     with db.transaction() as session:
         row = session.get(WorkerRecord, worker_id)
         if row is None:
-            session.add(WorkerRecord(id=worker_id, hostname=hostname, pid=pid, state=state,
-                               weights=weights, device=device, warning=warning,
-                               message=message, started_at=now, heartbeat_at=now))
+            session.add(
+                WorkerRecord(
+                    id=worker_id,
+                    hostname=hostname,
+                    pid=pid,
+                    state=state,
+                    weights=weights,
+                    device=device,
+                    warning=warning,
+                    message=message,
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+            )
         else:
             row.state, row.heartbeat_at = state, now
             if weights is not None:
@@ -378,14 +523,17 @@ def worker_heartbeat(db: Database, worker_id: str, hostname: str, pid: int, stat
 def live_workers(db: Database) -> list[WorkerRecord]:
     """Workers whose heartbeat is recent."""
     with db.read() as session:
-        return list(session.execute(
-            select(WorkerRecord)
-            .where(WorkerRecord.heartbeat_at > time.time() - WORKER_STALE_SECONDS)
-            .order_by(WorkerRecord.started_at)
-        ).scalars())
+        return list(
+            session.execute(
+                select(WorkerRecord)
+                .where(WorkerRecord.heartbeat_at > time.time() - WORKER_STALE_SECONDS)
+                .order_by(WorkerRecord.started_at)
+            ).scalars()
+        )
 
 
 # --- result expiry ------------------------------------------------------------------------
+
 
 def expired_results(db: Database, limit: int = 500) -> list[tuple[str, list[str]]]:
     """Completed tasks whose result URLs have expired but whose files still exist."""

@@ -126,12 +126,14 @@ class CreateTaskRequest(BaseModel):
         try:
             return ssrf.check_url(value, allow)
         except ssrf.UnsafeURLError as exc:
-            raise PydanticCustomError("invalid_callback_url", "{reason}",
-                                      {"reason": str(exc)}) from None
+            raise PydanticCustomError(
+                "invalid_callback_url", "{reason}", {"reason": str(exc)}
+            ) from None
 
 
-def parse_create_request(payload: Any,
-                         allow_hosts: frozenset[str] = frozenset()) -> CreateTaskRequest:
+def parse_create_request(
+    payload: Any, allow_hosts: frozenset[str] = frozenset()
+) -> CreateTaskRequest:
     """Validate a create body; `allow_hosts`: callback hosts exempt from the
     internal-address rule (tests only)."""
     return parse_body(CreateTaskRequest, payload, {"allow_hosts": allow_hosts})
@@ -151,17 +153,20 @@ def parse_body(model: type[M], payload: Any, context: dict[str, Any] | None = No
         param = str(first["loc"][0]) if first["loc"] else None
         kind = first["type"]
         if kind == "missing":
-            raise RequestError("missing_required_parameter", f"{param} is required",
-                               param) from None
+            raise RequestError(
+                "missing_required_parameter", f"{param} is required", param
+            ) from None
         if kind in _TYPE_NAMES:
-            raise RequestError(f"invalid_{param}", f"{param} must be {_TYPE_NAMES[kind]}",
-                               param) from None
+            raise RequestError(
+                f"invalid_{param}", f"{param} must be {_TYPE_NAMES[kind]}", param
+            ) from None
         if kind.startswith("invalid_") or kind == "prompt_too_long":
             raise RequestError(kind, first["msg"], param) from None
         raise RequestError(f"invalid_{param}", f"{param}: {first['msg']}", param) from None
 
 
 # --- operator bodies (admin API) ----------------------------------------------------------
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
@@ -174,8 +179,9 @@ LIMIT_MAX = 1_000_000_000
 
 def _positive_or_none(value: int | float | None, field: str) -> int | float | None:
     if value is not None and not 0 < value <= LIMIT_MAX:  # also refuses NaN
-        raise PydanticCustomError(f"invalid_{field}",
-                                  f"{field} must be positive, at most {LIMIT_MAX}, or null")
+        raise PydanticCustomError(
+            f"invalid_{field}", f"{field} must be positive, at most {LIMIT_MAX}, or null"
+        )
     return value
 
 
@@ -252,15 +258,30 @@ class KeyCreate(_Strict):
 
 # --- response bodies ---------------------------------------------------------------------
 
+
 def usage(price_credits: float, user_group: str) -> dict[str, Any]:
-    return {"billing_rule": contract.BILLING_RULE, "credits_reserved": price_credits,
-            "user_group": user_group}
+    return {
+        "billing_rule": contract.BILLING_RULE,
+        "credits_reserved": price_credits,
+        "user_group": user_group,
+    }
 
 
-def task_body(*, task_id: str, created: int, model: str, status: str, progress: int,
-              can_cancel: bool, estimated_time: int | None, price_credits: float,
-              user_group: str, seed: int, results: list[str] | None = None,
-              error: dict[str, str] | None = None) -> dict[str, Any]:
+def task_body(
+    *,
+    task_id: str,
+    created: int,
+    model: str,
+    status: str,
+    progress: int,
+    can_cancel: bool,
+    estimated_time: int | None,
+    price_credits: float,
+    user_group: str,
+    seed: int,
+    results: list[str] | None = None,
+    error: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The task object of the contract (create and query share it; extras are additive)."""
     task_info: dict[str, Any] = {"can_cancel": can_cancel}
     if estimated_time is not None:

@@ -21,13 +21,15 @@ from kreaserve import accounts, ledger
 from kreaserve.db import Database, upgrade
 from tests.s3util import MotoServer, moto_server
 
-POSTGRES_URL = os.environ.get("KREASERVE_TEST_POSTGRES_URL",
-                              "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "KREASERVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 #: .ci/run sets this, so a missing PostgreSQL fails CI instead of skipping.
 REQUIRE_POSTGRES = os.environ.get("KREASERVE_REQUIRE_POSTGRES") == "1"
 
 
 # --- databases -----------------------------------------------------------------------------
+
 
 def _admin_connect():  # type: ignore[no-untyped-def]
     import psycopg
@@ -41,8 +43,10 @@ def postgres_server() -> str:
     try:
         _admin_connect().close()
     except Exception as exc:  # noqa: BLE001
-        reason = f"PostgreSQL not reachable at {POSTGRES_URL} ({exc}); set " \
-                 "KREASERVE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+        reason = (
+            f"PostgreSQL not reachable at {POSTGRES_URL} ({exc}); set "
+            "KREASERVE_TEST_POSTGRES_URL to run the PostgreSQL tests"
+        )
         if REQUIRE_POSTGRES:
             pytest.fail(reason)
         pytest.skip(reason)
@@ -110,6 +114,7 @@ def new_account(db: Database, credits: float = 100.0, name: str = "test") -> tup
 
 # --- servers -------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -161,8 +166,9 @@ class Server:
         return self.db
 
     def client(self, key: str) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"},
-                            timeout=30)
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
 
     def logs(self) -> str:
         return "\n".join(p.output()[-6000:] for p in [self.api, *self.workers])
@@ -176,9 +182,13 @@ class Server:
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> Proc:
     with log.open("ab") as handle:  # the child keeps its own descriptor
-        popen = subprocess.Popen([sys.executable, "-m", "kreaserve.cli", *args], env=env,
-                                 stdout=handle, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL)
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "kreaserve.cli", *args],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     return Proc(popen, log)
 
 
@@ -196,10 +206,18 @@ def wait_for(url: str, proc: Proc, timeout: float = 120, status: int = 200) -> N
     raise RuntimeError(f"{url} not {status} after {timeout} s:\n{proc.output()}")
 
 
-def start_server(tmp: Path, database_url: str, cache: Path, *, embedded_worker: bool,
-                 separate_workers: int = 0, wait_ready: bool = True,
-                 extra_env: dict[str, str] | None = None, port: int | None = None,
-                 data_dir: Path | None = None) -> Server:
+def start_server(
+    tmp: Path,
+    database_url: str,
+    cache: Path,
+    *,
+    embedded_worker: bool,
+    separate_workers: int = 0,
+    wait_ready: bool = True,
+    extra_env: dict[str, str] | None = None,
+    port: int | None = None,
+    data_dir: Path | None = None,
+) -> Server:
     """Start `kreaserve serve` (and `kreaserve worker`s) and wait until it answers."""
     port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
@@ -237,10 +255,12 @@ def start_server(tmp: Path, database_url: str, cache: Path, *, embedded_worker: 
     return server
 
 
-@pytest.fixture(scope="session",
-                params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[tuple[str, Path]]:
+@pytest.fixture(
+    scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
     """(database URL, temp folder) for each backend, one database per session."""
     tmp = tmp_path_factory.mktemp(request.param)
     if request.param == "sqlite":
@@ -256,8 +276,9 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def api_server(backend: tuple[str, Path], weights_cache: Path) -> Iterator[Server]:
     """The API alone (no worker): tasks stay pending, so queue states are deterministic."""
     url, tmp = backend
-    server = start_server(tmp / "api-only", url, weights_cache, embedded_worker=False,
-                          extra_env=API_SERVER_ENV)
+    server = start_server(
+        tmp / "api-only", url, weights_cache, embedded_worker=False, extra_env=API_SERVER_ENV
+    )
     yield server
     server.stop()
 
@@ -276,13 +297,15 @@ def full_server(backend: tuple[str, Path], weights_cache: Path) -> Iterator[Serv
     `kreaserve worker` process on PostgreSQL (the distributed layout)."""
     url, tmp = backend
     if url.startswith("sqlite"):
-        server = start_server(tmp / "full", f"sqlite:///{tmp / 'full.db'}", weights_cache,
-                              embedded_worker=True)
+        server = start_server(
+            tmp / "full", f"sqlite:///{tmp / 'full.db'}", weights_cache, embedded_worker=True
+        )
     else:
         admin = POSTGRES_URL
         full_url, drop = make_postgres_database(admin)
-        server = start_server(tmp / "full", full_url, weights_cache, embedded_worker=False,
-                              separate_workers=1)
+        server = start_server(
+            tmp / "full", full_url, weights_cache, embedded_worker=False, separate_workers=1
+        )
     yield server
     server.stop()
     if not url.startswith("sqlite"):
@@ -292,8 +315,9 @@ def full_server(backend: tuple[str, Path], weights_cache: Path) -> Iterator[Serv
 # --- test tiers ----------------------------------------------------------------------------
 
 #: Fixtures a unit test may not use: unit tests need no server and no PostgreSQL.
-NOT_FOR_UNIT_TESTS = frozenset({"postgres_server", "database_url", "backend", "api_server",
-                                "full_server", "s3_server"})
+NOT_FOR_UNIT_TESTS = frozenset(
+    {"postgres_server", "database_url", "backend", "api_server", "full_server", "s3_server"}
+)
 TESTS = Path(__file__).resolve().parent
 
 
@@ -313,14 +337,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if tier(item) == "unit":
             used = NOT_FOR_UNIT_TESTS.intersection(item.fixturenames)
             if used:
-                raise pytest.UsageError(f"{item.nodeid} is a unit test but uses {sorted(used)}; "
-                                        "move it to tests/integration")
+                raise pytest.UsageError(
+                    f"{item.nodeid} is a unit test but uses {sorted(used)}; "
+                    "move it to tests/integration"
+                )
     if items and all(tier(item) == "unit" for item in items) and "torch" in sys.modules:
-        raise pytest.UsageError("a module of tests/unit imported torch; tests that need it "
-                                "belong in tests/engine")
+        raise pytest.UsageError(
+            "a module of tests/unit imported torch; tests that need it belong in tests/engine"
+        )
 
 
 # --- CI strictness -------------------------------------------------------------------------
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under KREASERVE_REQUIRE_POSTGRES=1 (CI), any skipped test fails the run."""
@@ -329,6 +357,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
     if skipped:
-        reporter.write_line(f"{len(skipped)} tests were skipped; CI requires every test to run.",
-                            red=True)
+        reporter.write_line(
+            f"{len(skipped)} tests were skipped; CI requires every test to run.", red=True
+        )
         session.exitstatus = 1

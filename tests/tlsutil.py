@@ -30,8 +30,7 @@ def _openssl(*args: str, cwd: Path) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:  # pragma: no cover
         raise RuntimeError("the openssl command-line tool is needed to make test certificates")
-    result = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
     if result.returncode != 0:  # pragma: no cover
         raise RuntimeError(f"openssl {' '.join(args)} failed:\n{result.stderr}")
 
@@ -53,23 +52,63 @@ def make_ca_and_cert(tmp_path: Path, hostnames: list[str]) -> tuple[Path, Path, 
     folder = Path(tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", _DAYS,
-             "-subj", "/CN=kreaserve test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             "-addext", "subjectKeyIdentifier=hash", cwd=folder)
-    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr",
-             "-subj", f"/CN={hostnames[0]}", cwd=folder)
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        _DAYS,
+        "-subj",
+        "/CN=kreaserve test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext",
+        "subjectKeyIdentifier=hash",
+        cwd=folder,
+    )
+    _openssl(
+        "req",
+        *ec,
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        f"/CN={hostnames[0]}",
+        cwd=folder,
+    )
     (folder / "server.ext").write_text(
         "subjectAltName=" + ",".join(_san(name) for name in hostnames) + "\n"
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature\n"
         "extendedKeyUsage=serverAuth\n"
         "subjectKeyIdentifier=hash\n"
-        "authorityKeyIdentifier=keyid,issuer\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.pem", "-days", _DAYS,
-             "-extfile", "server.ext", cwd=folder)
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        _DAYS,
+        "-extfile",
+        "server.ext",
+        cwd=folder,
+    )
     return folder / "ca.pem", folder / "server.pem", folder / "server.key"
 
 
@@ -97,8 +136,9 @@ class _TLSServer(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def https_server(handler_class: type[http.server.BaseHTTPRequestHandler], cert_path: Path,
-                 key_path: Path) -> Iterator[int]:
+def https_server(
+    handler_class: type[http.server.BaseHTTPRequestHandler], cert_path: Path, key_path: Path
+) -> Iterator[int]:
     """Serve `handler_class` over HTTPS on 127.0.0.1 with the given certificate; yields the
     port. The server is shut down and its socket closed on exit."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -109,8 +149,12 @@ def https_server(handler_class: type[http.server.BaseHTTPRequestHandler], cert_p
 
     context.sni_callback = remember_sni
     server = _TLSServer(handler_class, context)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="https-test-server", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        name="https-test-server",
+        daemon=True,
+    )
     thread.start()
     try:
         yield server.server_address[1]

@@ -58,18 +58,28 @@ async def flush_last_used(keys: auth.KeyCache) -> None:
             log.exception("recording when keys were last used failed")
 
 
-def create_app(settings: Settings, *, db: Database | None = None,
-               storage: Storage | None = None,
-               background: Sequence[Background] = ()) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    storage: Storage | None = None,
+    background: Sequence[Background] = (),
+) -> FastAPI:
     """Build the app; `background` services start and stop with it."""
     db = db or Database(settings.resolved_database_url)
     storage = storage or open_storage(settings)
     url_secret = url_signing_key(settings, db)
-    services = Services(settings=settings, db=db, storage=storage, url_secret=url_secret,
-                        links=ResultLinks.for_settings(settings, storage, url_secret),
-                        moderator=PromptModerator(settings.moderation_config()),
-                        keys=auth.KeyCache(db, settings.auth_cache_seconds),
-                        quotas=limits.QuotaLeases(db), estimates=QueueEstimates(db))
+    services = Services(
+        settings=settings,
+        db=db,
+        storage=storage,
+        url_secret=url_secret,
+        links=ResultLinks.for_settings(settings, storage, url_secret),
+        moderator=PromptModerator(settings.moderation_config()),
+        keys=auth.KeyCache(db, settings.auth_cache_seconds),
+        quotas=limits.QuotaLeases(db),
+        estimates=QueueEstimates(db),
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -92,12 +102,25 @@ def create_app(settings: Settings, *, db: Database | None = None,
             for item in reversed(background):
                 await run_in_threadpool(item.stop)
 
-    app = FastAPI(title="kreaserve", version="0.1.0", lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="kreaserve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.services = services
     errors.install(app)
-    for module in (images, tasks, task_list, callbacks, credits, keys, admin, pages, files,
-                   health, metrics, docs):
+    for module in (
+        images,
+        tasks,
+        task_list,
+        callbacks,
+        credits,
+        keys,
+        admin,
+        pages,
+        files,
+        health,
+        metrics,
+        docs,
+    ):
         app.include_router(module.router)
     app.mount(docs.ASSETS, docs.assets, name="docs-assets")
     openapi.install(app)

@@ -46,13 +46,15 @@ async def get_principal(request: Request, services: ServicesDep) -> accounts.Pri
     """The caller, from `Authorization: Bearer <key>`; 401 when absent or not valid."""
     header = request.headers.get("authorization")
     if not header:
-        raise APIError(401, "missing_api_key",
-                       "No API key: send it as 'Authorization: Bearer <key>'.")
+        raise APIError(
+            401, "missing_api_key", "No API key: send it as 'Authorization: Bearer <key>'."
+        )
     scheme, _, key = header.partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key or " " in key:
-        raise APIError(401, "invalid_authorization_header",
-                       "The Authorization header must be 'Bearer <key>'.")
+        raise APIError(
+            401, "invalid_authorization_header", "The Authorization header must be 'Bearer <key>'."
+        )
 
     # The key and the account's quota are usually in memory: no database, no thread.
     digest = accounts.hash_key(key)
@@ -65,8 +67,9 @@ async def get_principal(request: Request, services: ServicesDep) -> accounts.Pri
     rpm = principal.requests_per_minute or services.settings.requests_per_minute
     refusal = services.quotas.take_local(principal.account_id, limits.REQUESTS, rpm)
     if refusal is False:
-        refusal = await run_in_threadpool(services.quotas.take, principal.account_id,
-                                          limits.REQUESTS, rpm)
+        refusal = await run_in_threadpool(
+            services.quotas.take, principal.account_id, limits.REQUESTS, rpm
+        )
     if isinstance(refusal, limits.Refusal):
         raise rate_limited(refusal)
     services.keys.note_used(principal.key_id)
@@ -75,8 +78,9 @@ async def get_principal(request: Request, services: ServicesDep) -> accounts.Pri
 
 def rate_limited(refusal: limits.Refusal) -> APIError:
     """The contract's 429, with Retry-After."""
-    return APIError(429, refusal.code, refusal.message,
-                    headers={"Retry-After": str(refusal.retry_after)})
+    return APIError(
+        429, refusal.code, refusal.message, headers={"Retry-After": str(refusal.retry_after)}
+    )
 
 
 PrincipalDep = Annotated[accounts.Principal, Depends(get_principal)]
@@ -91,19 +95,22 @@ async def read_json_body(request: Request, limit: int) -> Any:
         if not (declared.isascii() and declared.isdigit()):
             raise APIError(400, "invalid_content_length", "Content-Length is not a number.")
         if int(declared) > limit:
-            raise APIError(413, "request_too_large",
-                           f"The request body is larger than {limit} bytes.")
+            raise APIError(
+                413, "request_too_large", f"The request body is larger than {limit} bytes."
+            )
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise APIError(413, "request_too_large",
-                               f"The request body is larger than {limit} bytes.")
+                raise APIError(
+                    413, "request_too_large", f"The request body is larger than {limit} bytes."
+                )
             chunks.append(chunk)
     except ClientDisconnect:
-        raise APIError(400, "client_disconnected",
-                       "The client went away before its request body arrived.") from None
+        raise APIError(
+            400, "client_disconnected", "The client went away before its request body arrived."
+        ) from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise APIError(400, "invalid_json", "The request body is empty; send a JSON object.")
@@ -112,8 +119,7 @@ async def read_json_body(request: Request, limit: int) -> Any:
     except RecursionError:
         raise APIError(400, "invalid_json", "The request body is nested too deeply.") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
-        raise APIError(400, "invalid_json",
-                       f"The request body is not valid JSON: {exc}.") from None
+        raise APIError(400, "invalid_json", f"The request body is not valid JSON: {exc}.") from None
     _check_text(payload)
     return payload
 
@@ -137,9 +143,12 @@ def _check_text(payload: Any) -> None:
             stack.extend((item, field) for item in value)
         elif isinstance(value, str) and ("\x00" in value or not _encodable(value)):
             name = field or "request"
-            raise APIError(400, f"invalid_{field}" if field else "invalid_json",
-                           f"{name} must be text without NUL characters or lone surrogates",
-                           field)
+            raise APIError(
+                400,
+                f"invalid_{field}" if field else "invalid_json",
+                f"{name} must be text without NUL characters or lone surrogates",
+                field,
+            )
 
 
 def _encodable(text: str) -> bool:

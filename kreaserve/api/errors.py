@@ -19,8 +19,14 @@ log = logging.getLogger("kreaserve.api")
 class APIError(Exception):
     """A request error: HTTP status, machine code, human message and the field at fault."""
 
-    def __init__(self, status: int, code: str, message: str, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.param = status, code, message, param
         self.headers = headers
@@ -36,8 +42,9 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
     error: dict[str, object] = {
         "code": _printable(code),
         "message": _printable(message),
-        "type": ERROR_TYPES.get(status, "invalid_request_error" if status < 500
-                                else "internal_server_error"),
+        "type": ERROR_TYPES.get(
+            status, "invalid_request_error" if status < 500 else "internal_server_error"
+        ),
     }
     if param is not None:
         error["param"] = _printable(param)
@@ -45,8 +52,11 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
 
 
 def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(error_body(exc.status, exc.code, exc.message, exc.param),
-                        status_code=exc.status, headers=exc.headers)
+    return JSONResponse(
+        error_body(exc.status, exc.code, exc.message, exc.param),
+        status_code=exc.status,
+        headers=exc.headers,
+    )
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
@@ -81,8 +91,9 @@ def install(app: FastAPI) -> None:
             message = f"No such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             headers = {**(headers or {}), "Allow": allowed_methods(request)}
-        return JSONResponse(error_body(exc.status_code, code, message),
-                            status_code=exc.status_code, headers=headers)
+        return JSONResponse(
+            error_body(exc.status_code, code, message), status_code=exc.status_code, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -90,8 +101,9 @@ def install(app: FastAPI) -> None:
         loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
         param = loc[0] if loc else None
         return JSONResponse(
-            error_body(400, "invalid_parameter", f"{param or 'request'}: {first.get('msg')}",
-                       param),
+            error_body(
+                400, "invalid_parameter", f"{param or 'request'}: {first.get('msg')}", param
+            ),
             status_code=400,
         )
 
@@ -99,18 +111,27 @@ def install(app: FastAPI) -> None:
     async def _client_gone(request: Request, _exc: ClientDisconnect) -> JSONResponse:
         # Nobody reads this answer; it keeps a client that hung up out of the error log.
         log.info("client went away during %s %s", request.method, request.url.path)
-        return JSONResponse(error_body(400, "client_disconnected", "The client went away."),
-                            status_code=400)
+        return JSONResponse(
+            error_body(400, "client_disconnected", "The client went away."), status_code=400
+        )
 
     @app.exception_handler(sqlalchemy.exc.OperationalError)
     @app.exception_handler(sqlalchemy.exc.InterfaceError)
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
-        log.error("database unavailable on %s %s: %s", request.method, request.url.path,
-                  str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.error(
+            "database unavailable on %s %s: %s",
+            request.method,
+            request.url.path,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
         return JSONResponse(
-            error_body(503, "database_unavailable",
-                       "The service cannot reach its database right now; retry shortly."),
-            status_code=503, headers={"Retry-After": "5"},
+            error_body(
+                503,
+                "database_unavailable",
+                "The service cannot reach its database right now; retry shortly.",
+            ),
+            status_code=503,
+            headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(Exception)

@@ -37,23 +37,22 @@ LOCK_SECONDS = contract.CALLBACK_TIMEOUT + 50.0
 class CallbackDispatcher:
     """Background sender of the callback outbox."""
 
-    def __init__(self, settings: Settings, db: Database, links: ResultLinks, *,
-                 poll_seconds: float = 0.1) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, links: ResultLinks, *, poll_seconds: float = 0.1
+    ) -> None:
         self.settings, self.db, self.links = settings, db, links
         self.id = f"{socket.gethostname()}-{os.getpid()}-callbacks-{uuid.uuid4().hex[:6]}"
         self.allow_hosts = settings.callback_allow_host_set
         self._concurrency, self._poll = settings.callback_concurrency, poll_seconds
         self._per_account = settings.callback_account_concurrency
-        self._pool = ThreadPoolExecutor(self._concurrency,
-                                        thread_name_prefix="kreaserve-callback")
+        self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="kreaserve-callback")
         self._busy = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="kreaserve-callbacks",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="kreaserve-callbacks", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -68,8 +67,9 @@ class CallbackDispatcher:
             with self._lock:
                 free = self._concurrency - self._busy
             try:
-                due = outbox.claim_due(self.db, self.id, free, LOCK_SECONDS,
-                                       per_account=self._per_account)
+                due = outbox.claim_due(
+                    self.db, self.id, free, LOCK_SECONDS, per_account=self._per_account
+                )
             except Exception:  # noqa: BLE001 - keep sending through database hiccups
                 log.exception("claiming callbacks failed")
                 due = []
@@ -102,31 +102,55 @@ class CallbackDispatcher:
         body = delivery.body or self.render(delivery.task_id)
         with self.db.transaction() as session:
             secret = accounts.webhook_secret(session, delivery.account_id)
-            traceparent = session.scalar(select(Task.traceparent)
-                                         .where(Task.id == delivery.task_id))
+            traceparent = session.scalar(
+                select(Task.traceparent).where(Task.id == delivery.task_id)
+            )
         started = time.time()
-        headers = {"content-type": "application/json", "user-agent": USER_AGENT,
-                   **signing.signed_headers(secret, delivery.webhook_id, body, started)}
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            **signing.signed_headers(secret, delivery.webhook_id, body, started),
+        }
         clock = time.perf_counter()
-        with tracing.span("callback", traceparent, kind="client",
-                          attributes={"kreaserve.task_id": delivery.task_id}):
+        with tracing.span(
+            "callback",
+            traceparent,
+            kind="client",
+            attributes={"kreaserve.task_id": delivery.task_id},
+        ):
             if traceparent:  # the callback continues the create request's trace
                 headers["traceparent"] = tracing.outgoing(traceparent)
             status_code, error = self._post(delivery.url, body, headers)
         duration = time.perf_counter() - clock
-        status = outbox.record_attempt(self.db, delivery, self.id, body=body, started_at=started,
-                                       duration=duration, status_code=status_code, error=error)
+        status = outbox.record_attempt(
+            self.db,
+            delivery,
+            self.id,
+            body=body,
+            started_at=started,
+            duration=duration,
+            status_code=status_code,
+            error=error,
+        )
         metrics.callback_attempt(error, status_code, delivery.attempts + 1)
-        log.info("callback of task %s attempt %d: %s (%s, %.2f s)", delivery.task_id,
-                 delivery.attempts + 1, status, error or status_code, duration)
+        log.info(
+            "callback of task %s attempt %d: %s (%s, %.2f s)",
+            delivery.task_id,
+            delivery.attempts + 1,
+            status,
+            error or status_code,
+            duration,
+        )
         return status
 
-    def _post(self, url: str, body: bytes, headers: dict[str, str]
-              ) -> tuple[int | None, str | None]:
+    def _post(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int | None, str | None]:
         """(HTTP status, error text) of one POST; error None on a 2xx answer."""
         try:
-            response = pinned.post_pinned(url, body, headers, timeout=contract.CALLBACK_TIMEOUT,
-                                          allow_hosts=self.allow_hosts)
+            response = pinned.post_pinned(
+                url, body, headers, timeout=contract.CALLBACK_TIMEOUT, allow_hosts=self.allow_hosts
+            )
         except ssrf.UnsafeURLError as exc:
             return None, f"refused: {exc}"
         except httpx.TimeoutException:

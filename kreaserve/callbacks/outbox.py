@@ -32,11 +32,18 @@ def enqueue(session: Session, task: Task) -> None:
     if not task.callback_url:
         return
     now = time.time()
-    session.add(CallbackDelivery(
-        task_id=task.id, account_id=task.account_id, url=task.callback_url,
-        webhook_id=webhook_id(task.id), status=PENDING, attempts=0, next_attempt_at=now,
-        created_at=now,
-    ))
+    session.add(
+        CallbackDelivery(
+            task_id=task.id,
+            account_id=task.account_id,
+            url=task.callback_url,
+            webhook_id=webhook_id(task.id),
+            status=PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,9 @@ class Due:
     body: bytes | None
 
 
-def claim_due(db: Database, sender: str, limit: int, lock_seconds: float,
-              per_account: int | None = None) -> list[Due]:
+def claim_due(
+    db: Database, sender: str, limit: int, lock_seconds: float, per_account: int | None = None
+) -> list[Due]:
     """Lock up to `limit` deliveries whose next attempt is due, fairly across accounts.
 
     Each account's oldest due delivery comes before any account's second one (round robin
@@ -67,39 +75,61 @@ def claim_due(db: Database, sender: str, limit: int, lock_seconds: float,
     now = time.time()
     row = CallbackDelivery
     free = (row.locked_until.is_(None)) | (row.locked_until < now)
-    rank = func.row_number().over(partition_by=row.account_id,
-                                  order_by=(row.next_attempt_at, row.id))
-    due = (select(row.id, row.account_id, row.next_attempt_at, rank.label("rank"))
-           .where(row.status == PENDING, row.next_attempt_at <= now, free).subquery())
+    rank = func.row_number().over(
+        partition_by=row.account_id, order_by=(row.next_attempt_at, row.id)
+    )
+    due = (
+        select(row.id, row.account_id, row.next_attempt_at, rank.label("rank"))
+        .where(row.status == PENDING, row.next_attempt_at <= now, free)
+        .subquery()
+    )
     fair = select(due.c.id).order_by(due.c.rank, due.c.next_attempt_at, due.c.id).limit(limit)
     if per_account is not None:
-        busy = (select(row.account_id, func.count().label("held"))
-                .where(row.status == PENDING, row.locked_until >= now)
-                .group_by(row.account_id).subquery())
-        fair = (fair.outerjoin(busy, busy.c.account_id == due.c.account_id)
-                .where(due.c.rank + func.coalesce(busy.c.held, 0) <= per_account))
+        busy = (
+            select(row.account_id, func.count().label("held"))
+            .where(row.status == PENDING, row.locked_until >= now)
+            .group_by(row.account_id)
+            .subquery()
+        )
+        fair = fair.outerjoin(busy, busy.c.account_id == due.c.account_id).where(
+            due.c.rank + func.coalesce(busy.c.held, 0) <= per_account
+        )
     with db.transaction() as session:
         candidates = list(session.execute(fair).scalars())
         if not candidates:
             return []
         # Lock what is still free (the condition is checked again on the locked row).
-        ids = list(session.execute(
-            select(row.id).where(row.id.in_(candidates), row.status == PENDING, free)
-            .with_for_update(skip_locked=True)).scalars())
+        ids = list(
+            session.execute(
+                select(row.id)
+                .where(row.id.in_(candidates), row.status == PENDING, free)
+                .with_for_update(skip_locked=True)
+            ).scalars()
+        )
         if not ids:
             return []
         rows = session.execute(
             update(row)
             .where(row.id.in_(ids))
             .values(locked_by=sender, locked_until=now + lock_seconds)
-            .returning(row.id, row.task_id, row.account_id, row.url, row.webhook_id,
-                       row.attempts, row.body)
+            .returning(
+                row.id, row.task_id, row.account_id, row.url, row.webhook_id, row.attempts, row.body
+            )
         ).all()
     return [Due(*values) for values in rows]
 
 
-def record_attempt(db: Database, due: Due, sender: str, *, body: bytes, started_at: float,
-                   duration: float, status_code: int | None, error: str | None) -> str:
+def record_attempt(
+    db: Database,
+    due: Due,
+    sender: str,
+    *,
+    body: bytes,
+    started_at: float,
+    duration: float,
+    status_code: int | None,
+    error: str | None,
+) -> str:
     """Store one attempt and schedule what follows; returns the delivery's new status."""
     number = due.attempts + 1
     succeeded = error is None and status_code is not None and 200 <= status_code < 300
@@ -107,36 +137,54 @@ def record_attempt(db: Database, due: Due, sender: str, *, body: bytes, started_
     if succeeded:
         values: dict[str, object] = {"status": SUCCEEDED, "finished_at": now}
     elif number <= len(contract.CALLBACK_RETRY_DELAYS):
-        values = {"status": PENDING,
-                  "next_attempt_at": now + contract.CALLBACK_RETRY_DELAYS[number - 1]}
+        values = {
+            "status": PENDING,
+            "next_attempt_at": now + contract.CALLBACK_RETRY_DELAYS[number - 1],
+        }
     else:
         values = {"status": FAILED, "finished_at": now}
     with db.transaction() as session:
         result = session.execute(
             update(CallbackDelivery)
-            .where(CallbackDelivery.id == due.id, CallbackDelivery.locked_by == sender,
-                   CallbackDelivery.attempts == due.attempts)
+            .where(
+                CallbackDelivery.id == due.id,
+                CallbackDelivery.locked_by == sender,
+                CallbackDelivery.attempts == due.attempts,
+            )
             .values(attempts=number, locked_by=None, locked_until=None, body=body, **values)
         )
         if changed_rows(result) != 1:  # our lock expired and another sender took over
             return "lost"
-        session.add(CallbackAttempt(delivery_id=due.id, number=number, started_at=started_at,
-                                    duration_seconds=duration, status_code=status_code,
-                                    error=error))
+        session.add(
+            CallbackAttempt(
+                delivery_id=due.id,
+                number=number,
+                started_at=started_at,
+                duration_seconds=duration,
+                status_code=status_code,
+                error=error,
+            )
+        )
     return str(values["status"])
 
 
-def deliveries(db: Database, task_id: str
-               ) -> list[tuple[CallbackDelivery, list[CallbackAttempt]]]:
+def deliveries(db: Database, task_id: str) -> list[tuple[CallbackDelivery, list[CallbackAttempt]]]:
     """A task's deliveries, oldest first, each with its attempts."""
     with db.transaction() as session:
-        rows = list(session.execute(
-            select(CallbackDelivery).where(CallbackDelivery.task_id == task_id)
-            .order_by(CallbackDelivery.id)).scalars())
-        attempts = list(session.execute(
-            select(CallbackAttempt)
-            .where(CallbackAttempt.delivery_id.in_([row.id for row in rows]))
-            .order_by(CallbackAttempt.delivery_id, CallbackAttempt.number)).scalars())
+        rows = list(
+            session.execute(
+                select(CallbackDelivery)
+                .where(CallbackDelivery.task_id == task_id)
+                .order_by(CallbackDelivery.id)
+            ).scalars()
+        )
+        attempts = list(
+            session.execute(
+                select(CallbackAttempt)
+                .where(CallbackAttempt.delivery_id.in_([row.id for row in rows]))
+                .order_by(CallbackAttempt.delivery_id, CallbackAttempt.number)
+            ).scalars()
+        )
     by_delivery: dict[int, list[CallbackAttempt]] = {row.id: [] for row in rows}
     for attempt in attempts:
         by_delivery[attempt.delivery_id].append(attempt)
@@ -171,19 +219,27 @@ def redeliver(db: Database, task: Task, per_minute: int) -> None:
         # Serialise redeliveries of one task (PostgreSQL; SQLite serialises all writers).
         session.execute(select(Task.id).where(Task.id == task.id).with_for_update())
         pending = session.execute(
-            select(func.count()).select_from(CallbackDelivery)
+            select(func.count())
+            .select_from(CallbackDelivery)
             .where(CallbackDelivery.task_id == task.id, CallbackDelivery.status == PENDING)
         ).scalar_one()
         if pending:
             raise DeliveryPending
         earlier = aliased(CallbackDelivery)
-        recent = list(session.execute(
-            select(CallbackDelivery.created_at)
-            .where(CallbackDelivery.account_id == task.account_id,
-                   CallbackDelivery.created_at > now - REDELIVERY_WINDOW_SECONDS,
-                   exists().where(earlier.task_id == CallbackDelivery.task_id,
-                                  earlier.id < CallbackDelivery.id))
-            .order_by(CallbackDelivery.created_at)).scalars())
+        recent = list(
+            session.execute(
+                select(CallbackDelivery.created_at)
+                .where(
+                    CallbackDelivery.account_id == task.account_id,
+                    CallbackDelivery.created_at > now - REDELIVERY_WINDOW_SECONDS,
+                    exists().where(
+                        earlier.task_id == CallbackDelivery.task_id,
+                        earlier.id < CallbackDelivery.id,
+                    ),
+                )
+                .order_by(CallbackDelivery.created_at)
+            ).scalars()
+        )
         if len(recent) >= per_minute:
             oldest = recent[len(recent) - per_minute]
             raise RedeliveryLimited(max(1, math.ceil(oldest + REDELIVERY_WINDOW_SECONDS - now)))

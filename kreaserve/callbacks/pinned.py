@@ -54,11 +54,13 @@ class _DeadlineStream(httpcore.NetworkStream):
     def close(self) -> None:
         self._stream.close()
 
-    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
         timeout = self._deadline.clip(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout),
-                               self._deadline)
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, timeout), self._deadline
+        )
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)
@@ -73,16 +75,24 @@ class _PinnedBackend(httpcore.SyncBackend):
         self._port = port
         self._deadline = deadline
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                    local_address: str | None = None,
-                    socket_options: Any = None) -> httpcore.NetworkStream:
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
         error: Exception | None = None
         for address in self._addresses:
             try:
                 stream = super().connect_tcp(
-                    str(address), self._port,
+                    str(address),
+                    self._port,
                     self._deadline.clip(timeout, httpcore.ConnectTimeout),
-                    local_address=local_address, socket_options=socket_options)
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
                 continue
@@ -135,36 +145,54 @@ class _PinnedTransport(httpx.BaseTransport):
 
     def __init__(self, backend: httpcore.NetworkBackend) -> None:
         # httpx's own default context: certifi, or SSL_CERT_FILE / SSL_CERT_DIR when set.
-        self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
-                                             network_backend=backend, max_connections=1,
-                                             http1=True, http2=False, retries=0)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            network_backend=backend,
+            max_connections=1,
+            http1=True,
+            http2=False,
+            retries=0,
+        )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         core_request = httpcore.Request(
             method=request.method,
-            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host,
-                             port=request.url.port, target=request.url.raw_path),
-            headers=request.headers.raw, content=request.stream,
-            extensions=request.extensions)
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
         try:
             response = self._pool.handle_request(core_request)
         except Exception as exc:
             raise _httpx_error(exc) from exc
-        return httpx.Response(status_code=response.status, headers=response.headers,
-                              stream=_ResponseStream(response.stream),
-                              extensions=response.extensions)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response.stream),
+            extensions=response.extensions,
+        )
 
     def close(self) -> None:
         self._pool.close()
 
 
-_DROPPED_RESPONSE_HEADERS = frozenset({"content-length", "content-encoding",
-                                       "transfer-encoding"})
+_DROPPED_RESPONSE_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
 
 
-def post_pinned(url: str, content: bytes, headers: Mapping[str, str], timeout: float = 10.0,
-                allow_hosts: frozenset[str] = frozenset(),
-                resolver: Resolver = socket.getaddrinfo) -> httpx.Response:
+def post_pinned(
+    url: str,
+    content: bytes,
+    headers: Mapping[str, str],
+    timeout: float = 10.0,
+    allow_hosts: frozenset[str] = frozenset(),
+    resolver: Resolver = socket.getaddrinfo,
+) -> httpx.Response:
     """POST `content` to `url` after the send-time check, connected to the checked address.
 
     Raises UnsafeURLError (the URL or what its host resolves to is refused) or an
@@ -179,20 +207,22 @@ def post_pinned(url: str, content: bytes, headers: Mapping[str, str], timeout: f
     sent_headers = {"accept-encoding": "identity"}
     sent_headers.update((k, v) for k, v in headers.items() if k.lower() != "host")
     transport = _PinnedTransport(_PinnedBackend(addresses, parsed.port, deadline))
-    with httpx.Client(transport=transport, trust_env=False, follow_redirects=False,
-                      timeout=httpx.Timeout(timeout)) as client:
-        request = client.build_request("POST", parsed.url(), content=content,
-                                       headers=sent_headers)
+    with httpx.Client(
+        transport=transport, trust_env=False, follow_redirects=False, timeout=httpx.Timeout(timeout)
+    ) as client:
+        request = client.build_request("POST", parsed.url(), content=content, headers=sent_headers)
         response = client.send(request, stream=True)
         try:
             body = bytearray()
             for chunk in response.iter_raw():
-                body += chunk[:MAX_RESPONSE_BYTES - len(body)]
+                body += chunk[: MAX_RESPONSE_BYTES - len(body)]
                 if len(body) >= MAX_RESPONSE_BYTES:
                     break
         finally:
             response.close()
-    kept = [(k, v) for k, v in response.headers.multi_items()
-            if k.lower() not in _DROPPED_RESPONSE_HEADERS]
-    return httpx.Response(response.status_code, headers=kept, content=bytes(body),
-                          request=request)
+    kept = [
+        (k, v)
+        for k, v in response.headers.multi_items()
+        if k.lower() not in _DROPPED_RESPONSE_HEADERS
+    ]
+    return httpx.Response(response.status_code, headers=kept, content=bytes(body), request=request)

@@ -25,5 +25,8 @@ def signed_headers(secret: str, webhook_id: str, body: bytes, timestamp: float) 
     """The three Standard Webhooks headers for one attempt of `body`."""
     moment = datetime.fromtimestamp(int(timestamp), tz=UTC)
     signature = Webhook(secret).sign(webhook_id, moment, body.decode("utf-8"))
-    return {"webhook-id": webhook_id, "webhook-timestamp": str(int(timestamp)),
-            "webhook-signature": signature}
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(timestamp)),
+        "webhook-signature": signature,
+    }

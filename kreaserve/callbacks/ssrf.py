@@ -60,54 +60,59 @@ _V4 = ipaddress.IPv4Network
 _V6 = ipaddress.IPv6Network
 
 #: IPv4 blocks that are never a callback receiver (IANA special-purpose, not global).
-_INTERNAL_V4 = tuple(_V4(net) for net in (
-    "0.0.0.0/8",        # "this network"
-    "10.0.0.0/8",       # private
-    "100.64.0.0/10",    # carrier-grade NAT
-    "127.0.0.0/8",      # loopback
-    "169.254.0.0/16",   # link-local, cloud metadata (169.254.169.254)
-    "172.16.0.0/12",    # private
-    "192.0.0.0/24",     # IETF protocol assignments
-    "192.0.2.0/24",     # TEST-NET-1
-    "192.88.99.0/24",   # 6to4 relay anycast (deprecated)
-    "192.168.0.0/16",   # private
-    "198.18.0.0/15",    # benchmarking
-    "198.51.100.0/24",  # TEST-NET-2
-    "203.0.113.0/24",   # TEST-NET-3
-    "224.0.0.0/4",      # multicast
-    "240.0.0.0/4",      # reserved, and 255.255.255.255 broadcast
-))
+_INTERNAL_V4 = tuple(
+    _V4(net)
+    for net in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",  # private
+        "100.64.0.0/10",  # carrier-grade NAT
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local, cloud metadata (169.254.169.254)
+        "172.16.0.0/12",  # private
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # TEST-NET-1
+        "192.88.99.0/24",  # 6to4 relay anycast (deprecated)
+        "192.168.0.0/16",  # private
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # TEST-NET-2
+        "203.0.113.0/24",  # TEST-NET-3
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and 255.255.255.255 broadcast
+    )
+)
 
 #: IPv6 blocks refused outright (those that embed an IPv4 address are judged by it instead).
-_INTERNAL_V6 = tuple(_V6(net) for net in (
-    "::/128",           # unspecified (also caught as IPv4-compatible 0.0.0.0)
-    "::1/128",          # loopback (also caught as IPv4-compatible 0.0.0.1)
-    "64:ff9b:1::/48",   # local-use NAT64 (RFC 8215): the operator's own translator
-    "100::/64",         # discard-only
-    "2001::/32",        # Teredo: tunnels to an address we cannot judge
-    "2001:db8::/32",    # documentation
-    "3fff::/20",        # documentation
-    "5f00::/16",        # SRv6 SIDs
-    "fc00::/7",         # unique local
-    "fe80::/10",        # link-local
-    "fec0::/10",        # site-local (deprecated)
-    "ff00::/8",         # multicast
-))
+_INTERNAL_V6 = tuple(
+    _V6(net)
+    for net in (
+        "::/128",  # unspecified (also caught as IPv4-compatible 0.0.0.0)
+        "::1/128",  # loopback (also caught as IPv4-compatible 0.0.0.1)
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215): the operator's own translator
+        "100::/64",  # discard-only
+        "2001::/32",  # Teredo: tunnels to an address we cannot judge
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+        "5f00::/16",  # SRv6 SIDs
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated)
+        "ff00::/8",  # multicast
+    )
+)
 #: The only IPv6 space in global unicast use; anything else is reserved or special.
 _GLOBAL_UNICAST_V6 = _V6("2000::/3")
 
-_MAPPED = _V6("::ffff:0:0/96")          # IPv4-mapped
-_TRANSLATED = _V6("::ffff:0:0:0/96")    # IPv4-translated (SIIT)
-_COMPATIBLE = _V6("::/96")              # IPv4-compatible (deprecated)
-_NAT64 = _V6("64:ff9b::/96")            # well-known NAT64 prefix
-_SIX_TO_FOUR = _V6("2002::/16")         # 6to4
+_MAPPED = _V6("::ffff:0:0/96")  # IPv4-mapped
+_TRANSLATED = _V6("::ffff:0:0:0/96")  # IPv4-translated (SIIT)
+_COMPATIBLE = _V6("::/96")  # IPv4-compatible (deprecated)
+_NAT64 = _V6("64:ff9b::/96")  # well-known NAT64 prefix
+_SIX_TO_FOUR = _V6("2002::/16")  # 6to4
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 address stands for (mapped, translated, compatible, NAT64,
     6to4), or None."""
-    if address in _MAPPED or address in _TRANSLATED or address in _COMPATIBLE \
-            or address in _NAT64:
+    if address in _MAPPED or address in _TRANSLATED or address in _COMPATIBLE or address in _NAT64:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address in _SIX_TO_FOUR:
         return ipaddress.IPv4Address((int(address) >> 80) & 0xFFFFFFFF)
@@ -130,9 +135,15 @@ def is_internal_address(address: IPAddress) -> bool:
             return True
     else:
         raise TypeError(f"not an IP address: {address!r}")
-    return (not address.is_global or address.is_private or address.is_loopback
-            or address.is_link_local or address.is_multicast or address.is_reserved
-            or address.is_unspecified)
+    return (
+        not address.is_global
+        or address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    )
 
 
 # --- host names ---------------------------------------------------------------------------
@@ -141,8 +152,7 @@ _ASCII_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 #: A last label that parses as a number means the whole host is meant as an IPv4 address
 #: (as in the WHATWG URL standard); no top-level domain is numeric.
 _NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
-_LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost",
-                          "ip6-loopback"})
+_LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 
 def _invalid_host() -> UnsafeURLError:
@@ -233,9 +243,10 @@ def _is_local_name(name: str) -> bool:
 
 # --- URLs ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ParsedURL:
-    host: str   # normalised (normalise_host)
+    host: str  # normalised (normalise_host)
     port: int
     target: str  # path and query, as given
 
@@ -257,8 +268,9 @@ def parse_url(url: str) -> ParsedURL:
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeURLError(f"callback_url must be at most {MAX_URL_LENGTH} characters")
     if _BAD_URL_CHARS.search(url) or any(ch.isspace() for ch in url):
-        raise UnsafeURLError("callback_url must not contain spaces, control characters "
-                             "or backslashes")
+        raise UnsafeURLError(
+            "callback_url must not contain spaces, control characters or backslashes"
+        )
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
@@ -305,8 +317,13 @@ def check_url(url: str, allow_hosts: frozenset[str] = frozenset()) -> str:
 
 # --- resolving ----------------------------------------------------------------------------
 
-def resolve_checked(host: str, port: int, allow_hosts: frozenset[str] = frozenset(),
-                    resolver: Resolver = socket.getaddrinfo) -> list[IPAddress]:
+
+def resolve_checked(
+    host: str,
+    port: int,
+    allow_hosts: frozenset[str] = frozenset(),
+    resolver: Resolver = socket.getaddrinfo,
+) -> list[IPAddress]:
     """The check at send time: the addresses `host` resolves to (in the resolver's order,
     without repeats), every one of them public; raises UnsafeURLError if any is internal or
     none resolves. A literal address is not resolved but checked the same way."""

@@ -96,12 +96,20 @@ class Task(Base):
         Index("ix_tasks_key_status", "api_key_id", "status"),
         # The queue estimate reads these (estimates.py); partial, so they cost nothing to
         # tasks in other states.
-        Index("ix_tasks_pending_quality", "quality", "created_at",
-              sqlite_where=text("status = 'pending'"),
-              postgresql_where=text("status = 'pending'")),
-        Index("ix_tasks_completed_quality", "quality", "finished_at",
-              sqlite_where=text("status = 'completed'"),
-              postgresql_where=text("status = 'completed'")),
+        Index(
+            "ix_tasks_pending_quality",
+            "quality",
+            "created_at",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_tasks_completed_quality",
+            "quality",
+            "finished_at",
+            sqlite_where=text("status = 'completed'"),
+            postgresql_where=text("status = 'completed'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

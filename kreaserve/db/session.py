@@ -39,7 +39,7 @@ def normalize_url(url: str) -> str:
     """Plain `postgresql://` (and `postgres://`) URLs use the psycopg 3 driver."""
     for scheme in ("postgresql://", "postgres://"):
         if url.startswith(scheme):
-            return "postgresql+psycopg://" + url[len(scheme):]
+            return "postgresql+psycopg://" + url[len(scheme) :]
     return url
 
 

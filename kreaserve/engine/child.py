@@ -104,8 +104,7 @@ class Child:
             self.send(message)
 
     def serve(self) -> None:
-        finisher = threading.Thread(target=self._finish_loop, name="engine-finisher",
-                                    daemon=True)
+        finisher = threading.Thread(target=self._finish_loop, name="engine-finisher", daemon=True)
         sender = threading.Thread(target=self._send_loop, name="engine-sender", daemon=True)
         sender.start()
         if self.overlap:
@@ -151,13 +150,22 @@ class Child:
 
         message = batch.message
         try:
-            requests = [GenerateRequest(prompt=i.prompt, width=message.width,
-                                        height=message.height, seed=i.seed, steps=message.steps)
-                        for i in items]
+            requests = [
+                GenerateRequest(
+                    prompt=i.prompt,
+                    width=message.width,
+                    height=message.height,
+                    seed=i.seed,
+                    steps=message.steps,
+                )
+                for i in items
+            ]
         except (TypeError, ValueError) as exc:
             for item in items:
-                self.answer(batch, m.Failed(item.job, "invalid_parameters",
-                                            f"Invalid generation request: {exc}"))
+                self.answer(
+                    batch,
+                    m.Failed(item.job, "invalid_parameters", f"Invalid generation request: {exc}"),
+                )
             return []
 
         def on_step(index: int, step: int, total: int) -> None:
@@ -176,8 +184,9 @@ class Child:
             if speedups.is_out_of_memory(exc) and len(items) > 1:
                 # A smaller batch may fit: run the items one by one (each image is the same
                 # as in the batch, since every item has its own generator).
-                log.warning("a batch of %d ran out of memory; running its images one by one",
-                            len(items))
+                log.warning(
+                    "a batch of %d ran out of memory; running its images one by one", len(items)
+                )
                 speedups.free_memory(self.engine.info["device"])
                 pieces = []
                 for item in items:
@@ -249,8 +258,13 @@ def main(conn: Connection, cancel_slots: Any, load: m.Load) -> None:
     try:
         from kreaserve.engine.pipeline import Engine, WeightsError
 
-        engine = Engine.load(load.weights, cache_dir=load.cache_dir, device=load.device,
-                             dtype=load.dtype, options=load.options)
+        engine = Engine.load(
+            load.weights,
+            cache_dir=load.cache_dir,
+            device=load.device,
+            dtype=load.dtype,
+            options=load.options,
+        )
         if load.warmup:
             engine.warmup(load.warmup_sizes, batch_size=load.warmup_batch_size)
     except WeightsError as exc:
@@ -260,17 +274,24 @@ def main(conn: Connection, cancel_slots: Any, load: m.Load) -> None:
         log.exception("engine failed to load")
         conn.send(m.LoadFailed(f"The engine could not start: {type(exc).__name__}: {exc}"))
         return
-    info = dict(engine.info, visible_devices=load.visible_devices,
-                cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-                memory_mb=data_memory_mb())
+    info = dict(
+        engine.info,
+        visible_devices=load.visible_devices,
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        memory_mb=data_memory_mb(),
+    )
     if load.memory_limit_mb is not None:
         if info["memory_mb"] >= load.memory_limit_mb:
-            conn.send(m.LoadFailed(
-                f"KREASERVE_ENGINE_MEMORY_LIMIT_MB={load.memory_limit_mb} is below what the "
-                f"loaded engine already uses ({info['memory_mb']} MiB); raise it."))
+            conn.send(
+                m.LoadFailed(
+                    f"KREASERVE_ENGINE_MEMORY_LIMIT_MB={load.memory_limit_mb} is below what the "
+                    f"loaded engine already uses ({info['memory_mb']} MiB); raise it."
+                )
+            )
             return
         limit = load.memory_limit_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(
-            resource.RLIMIT_DATA)[1]))
+        resource.setrlimit(
+            resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1])
+        )
     conn.send(m.Ready(info=info, load_seconds=time.perf_counter() - started))
     Child(conn, cancel_slots, engine).serve()

@@ -44,11 +44,14 @@ class EngineOptions:
         if self.overlap not in OVERLAP:
             raise ValueError(f"overlap must be one of {', '.join(OVERLAP)}, got {self.overlap!r}")
         if self.vae_tiling not in VAE_TILING:
-            raise ValueError(f"vae_tiling must be one of {', '.join(VAE_TILING)}, "
-                             f"got {self.vae_tiling!r}")
+            raise ValueError(
+                f"vae_tiling must be one of {', '.join(VAE_TILING)}, got {self.vae_tiling!r}"
+            )
         if self.cuda_graphs and not self.compile:
-            raise ValueError("cuda_graphs needs compile: CUDA graphs are captured by "
-                             "torch.compile's reduce-overhead mode")
+            raise ValueError(
+                "cuda_graphs needs compile: CUDA graphs are captured by "
+                "torch.compile's reduce-overhead mode"
+            )
 
     def describe(self) -> list[str]:
         """The switches that are on, for logs and benchmark tables."""

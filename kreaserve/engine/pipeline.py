@@ -67,7 +67,13 @@ class Engine:
     """A loaded Krea2Pipeline on one device. Create with `Engine.load`; one generation at a time."""
 
     def __init__(
-        self, pipe: Any, *, weights: ResolvedWeights, device: str, dtype: Any, source: str,
+        self,
+        pipe: Any,
+        *,
+        weights: ResolvedWeights,
+        device: str,
+        dtype: Any,
+        source: str,
         options: EngineOptions | None = None,
     ) -> None:
         from .sampler import Sampler
@@ -83,9 +89,12 @@ class Engine:
         self._decode_stream: Any = None
         self._multiple = int(pipe.vae_scale_factor * pipe.patch_size)
         self._guidance_scale = 0.0 if pipe.config.is_distilled else BASE_GUIDANCE_SCALE
-        self._sampler = Sampler(pipe, guidance_scale=self._guidance_scale,
-                                max_sequence_length=MAX_SEQUENCE_LENGTH,
-                                trim_padding=self.options.trim_padding)
+        self._sampler = Sampler(
+            pipe,
+            guidance_scale=self._guidance_scale,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            trim_padding=self.options.trim_padding,
+        )
 
     @classmethod
     def load(
@@ -157,8 +166,14 @@ class Engine:
             speedups.apply(pipe, options, str(torch_device))
         except speedups.OptionError as exc:
             raise WeightsError(str(exc)) from exc
-        return cls(pipe, weights=resolved, device=str(torch_device), dtype=torch_dtype,
-                   source=source, options=options)
+        return cls(
+            pipe,
+            weights=resolved,
+            device=str(torch_device),
+            dtype=torch_dtype,
+            source=source,
+            options=options,
+        )
 
     @staticmethod
     def _from_pretrained(
@@ -221,8 +236,10 @@ class Engine:
         if not all(isinstance(r, GenerateRequest) for r in requests):
             raise TypeError("requests must be GenerateRequests")
         first = requests[0]
-        if any((r.width, r.height, r.steps) != (first.width, first.height, first.steps)
-               for r in requests):
+        if any(
+            (r.width, r.height, r.steps) != (first.width, first.height, first.steps)
+            for r in requests
+        ):
             raise ValueError("every request of a batch must have the same size and steps")
         if first.width % self._multiple or first.height % self._multiple:
             raise ValueError(
@@ -265,8 +282,13 @@ class Engine:
             try:
                 cond = self._sampler.encode([r.prompt for r in requests])
                 latents, live = self._sampler.denoise(
-                    cond, generators, width=first.width, height=first.height,
-                    steps=first.steps, on_step=step, cancelled=cancelled,
+                    cond,
+                    generators,
+                    width=first.width,
+                    height=first.height,
+                    steps=first.steps,
+                    on_step=step,
+                    cancelled=cancelled,
                 )
             except AllCancelled:
                 return None
@@ -286,7 +308,7 @@ class Engine:
         import torch
 
         row = batch.live.index(index)
-        latents = batch.latents[row:row + 1]
+        latents = batch.latents[row : row + 1]
         with self._decode_lock, torch.no_grad():
             if batch.ready is None:
                 image = self._decode(latents, batch.width, batch.height)
@@ -309,11 +331,15 @@ class Engine:
         try:
             return self._sampler.decode(latents, width=width, height=height)[0]
         except Exception as exc:
-            if (self.options.vae_tiling != "auto" or vae.use_tiling
-                    or not speedups.is_out_of_memory(exc)):
+            if (
+                self.options.vae_tiling != "auto"
+                or vae.use_tiling
+                or not speedups.is_out_of_memory(exc)
+            ):
                 raise
-        log.warning("decoding a %dx%d image ran out of memory; retrying with VAE tiling",
-                    width, height)
+        log.warning(
+            "decoding a %dx%d image ran out of memory; retrying with VAE tiling", width, height
+        )
         speedups.free_memory(self._device)
         vae.enable_tiling()
         try:
@@ -374,8 +400,9 @@ class Engine:
             raise GenerationCancelled("cancelled between denoising steps")
         return image
 
-    def warmup(self, sizes: Sequence[tuple[int, int]] = ((256, 256),), *,
-               batch_size: int = 1) -> float:
+    def warmup(
+        self, sizes: Sequence[tuple[int, int]] = ((256, 256),), *, batch_size: int = 1
+    ) -> float:
         """Run one generation per size so first-request costs (allocations, compilation) are
         paid now; returns the seconds it took.
 
@@ -390,6 +417,7 @@ class Engine:
         if batch_size > 1 and sizes:
             width, height = sizes[0]
             for prompts in (("warm-up", "a longer warm-up prompt"), ("warm-up", "warm-down")):
-                self.generate_batch([GenerateRequest(prompt=p, width=width, height=height,
-                                                     seed=1) for p in prompts])
+                self.generate_batch(
+                    [GenerateRequest(prompt=p, width=width, height=height, seed=1) for p in prompts]
+                )
         return time.perf_counter() - start

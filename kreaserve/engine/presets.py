@@ -267,8 +267,13 @@ def ensure_preset(name: str, cache_dir: Path) -> Path:
         build_preset_pipeline(spec).save_pretrained(tmp, safe_serialization=True)
         return {"name": spec.name, "version": spec.version, "spec": asdict(spec)}
 
-    return cachedir.build_once(cache_dir, spec.dirname, marker_file=MARKER_FILE,
-                               is_complete=lambda path: _is_complete(path, spec), build=build)
+    return cachedir.build_once(
+        cache_dir,
+        spec.dirname,
+        marker_file=MARKER_FILE,
+        is_complete=lambda path: _is_complete(path, spec),
+        build=build,
+    )
 
 
 def ensure_tiny_random(cache_dir: Path) -> Path:

@@ -83,8 +83,10 @@ class EngineProcess:
     def _spawn(self, child_conn: Connection) -> Any:
         """Start the child process on its end of the pipe (a test may run it otherwise)."""
         process = self._ctx.Process(
-            target=child.main, args=(child_conn, self._cancel_slots, self.load),
-            name="kreaserve-engine", daemon=True,
+            target=child.main,
+            args=(child_conn, self._cancel_slots, self.load),
+            name="kreaserve-engine",
+            daemon=True,
         )
         process.start()
         return process
@@ -116,8 +118,8 @@ class EngineProcess:
                     return message
                 self.stop(grace=0)
                 raise EngineProtocolError(
-                    f"The engine process sent an unknown message {message!r:.200}; "
-                    "it was stopped.")
+                    f"The engine process sent an unknown message {message!r:.200}; it was stopped."
+                )
         except (EOFError, OSError) as exc:
             raise EngineDied(self._death()) from exc
         if not self._process.is_alive():

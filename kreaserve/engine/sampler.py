@@ -55,8 +55,9 @@ class Conditioning:
 class Sampler:
     """Runs `pipe`'s encode, denoising loop and decode step by step (see the module doc)."""
 
-    def __init__(self, pipe: Any, *, guidance_scale: float, max_sequence_length: int,
-                 trim_padding: bool) -> None:
+    def __init__(
+        self, pipe: Any, *, guidance_scale: float, max_sequence_length: int, trim_padding: bool
+    ) -> None:
         self.pipe = pipe
         self.guidance_scale = guidance_scale
         self.max_sequence_length = max_sequence_length
@@ -106,10 +107,15 @@ class Sampler:
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         mask = torch.tensor(valid, dtype=torch.bool, device=self.device)
         position_ids = (mask.long().cumsum(dim=-1) - 1).clamp(min=0).unsqueeze(0).expand(3, -1, -1)
-        outputs = pipe.text_encoder(input_ids=input_ids, attention_mask=mask,
-                                    position_ids=position_ids, output_hidden_states=True)
-        hidden = torch.stack([outputs.hidden_states[i] for i in pipe.text_encoder_select_layers],
-                             dim=2)
+        outputs = pipe.text_encoder(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            output_hidden_states=True,
+        )
+        hidden = torch.stack(
+            [outputs.hidden_states[i] for i in pipe.text_encoder_select_layers], dim=2
+        )
         return hidden[:, prefix_idx:], mask[:, prefix_idx:]
 
     # --- denoising ----------------------------------------------------------------------
@@ -142,37 +148,58 @@ class Sampler:
             cond = cond.select(torch.tensor(live, device=cond.embeds.device))
             generators = [generators[i] for i in live]
         num_channels = pipe.transformer.config.in_channels // (pipe.patch_size**2)
-        latents = pipe.prepare_latents(len(generators), num_channels, height, width,
-                                       cond.embeds.dtype, device, list(generators))
+        latents = pipe.prepare_latents(
+            len(generators),
+            num_channels,
+            height,
+            width,
+            cond.embeds.dtype,
+            device,
+            list(generators),
+        )
         grid = pipe.vae_scale_factor * pipe.patch_size
-        position_ids = pipe.prepare_position_ids(cond.embeds.shape[1], height // grid,
-                                                 width // grid, device)
+        position_ids = pipe.prepare_position_ids(
+            cond.embeds.shape[1], height // grid, width // grid, device
+        )
         negative_ids = position_ids
         if cond.negative is not None and cond.negative.embeds.shape[1] != cond.embeds.shape[1]:
-            negative_ids = pipe.prepare_position_ids(cond.negative.embeds.shape[1],
-                                                     height // grid, width // grid, device)
+            negative_ids = pipe.prepare_position_ids(
+                cond.negative.embeds.shape[1], height // grid, width // grid, device
+            )
         sigmas = np.linspace(1.0, 1 / steps, steps)
         config = pipe.scheduler.config
         if pipe.config.is_distilled:
             mu = 1.15
         else:
-            mu = calculate_shift(latents.shape[1], config.get("base_image_seq_len", 256),
-                                 config.get("max_image_seq_len", 6400),
-                                 config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+            mu = calculate_shift(
+                latents.shape[1],
+                config.get("base_image_seq_len", 256),
+                config.get("max_image_seq_len", 6400),
+                config.get("base_shift", 0.5),
+                config.get("max_shift", 1.15),
+            )
         timesteps, _ = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=sigmas, mu=mu)
         pipe.scheduler.set_begin_index(0)
         transformer = pipe.transformer
         for i, t in enumerate(timesteps):
             timestep = (t / config.num_train_timesteps).expand(latents.shape[0]).to(latents.dtype)
-            noise = transformer(hidden_states=latents, encoder_hidden_states=cond.embeds,
-                                timestep=timestep, position_ids=position_ids,
-                                encoder_attention_mask=cond.mask, return_dict=False)[0]
+            noise = transformer(
+                hidden_states=latents,
+                encoder_hidden_states=cond.embeds,
+                timestep=timestep,
+                position_ids=position_ids,
+                encoder_attention_mask=cond.mask,
+                return_dict=False,
+            )[0]
             if cond.negative is not None:
-                negative = transformer(hidden_states=latents,
-                                       encoder_hidden_states=cond.negative.embeds,
-                                       timestep=timestep, position_ids=negative_ids,
-                                       encoder_attention_mask=cond.negative.mask,
-                                       return_dict=False)[0]
+                negative = transformer(
+                    hidden_states=latents,
+                    encoder_hidden_states=cond.negative.embeds,
+                    timestep=timestep,
+                    position_ids=negative_ids,
+                    encoder_attention_mask=cond.negative.mask,
+                    return_dict=False,
+                )[0]
                 noise = noise + self.guidance_scale * (noise - negative)
             latents = pipe.scheduler.step(noise, t, latents, return_dict=False)[0]
             if on_step is not None:
@@ -197,8 +224,9 @@ class Sampler:
         shape = (1, vae.config.z_dim, 1, 1, 1)
         mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
         # As the pipeline rounds it: the reciprocal is taken after the cast to the VAE dtype.
-        inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device,
-                                                                                latents.dtype)
+        inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(
+            latents.device, latents.dtype
+        )
         latents = latents / inverse_std + mean
         image = vae.decode(latents, return_dict=False)[0][:, :, 0]
         return pipe.image_processor.postprocess(image, output_type="pil")

@@ -41,8 +41,9 @@ def apply(pipe: Any, options: EngineOptions, device: str) -> None:
                 "Unset KREASERVE_ATTENTION_BACKEND to use PyTorch's SDPA."
             ) from exc
     if options.cuda_graphs and not cuda:
-        raise OptionError("KREASERVE_CUDA_GRAPHS needs a CUDA device; this engine runs on "
-                          f"{device}.")
+        raise OptionError(
+            f"KREASERVE_CUDA_GRAPHS needs a CUDA device; this engine runs on {device}."
+        )
     if options.compile:
         # Trimmed text makes the sequence length vary per prompt; mark it dynamic up front
         # instead of recompiling for every new length.
@@ -59,14 +60,18 @@ def _fp8(transformer: Any, cuda: bool, device: str) -> None:
     import torch
 
     if not cuda:
-        raise OptionError(f"KREASERVE_FP8 needs an NVIDIA GPU with compute capability "
-                          f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} or newer (L40S, H100, "
-                          f"H200, B200); this engine runs on {device}.")
+        raise OptionError(
+            f"KREASERVE_FP8 needs an NVIDIA GPU with compute capability "
+            f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} or newer (L40S, H100, "
+            f"H200, B200); this engine runs on {device}."
+        )
     capability = torch.cuda.get_device_capability(torch.device(device))
     if capability < FP8_MIN_CAPABILITY:
-        raise OptionError(f"KREASERVE_FP8 needs compute capability 8.9 or newer; "
-                          f"{torch.cuda.get_device_name(torch.device(device))} has "
-                          f"{capability[0]}.{capability[1]}. Unset KREASERVE_FP8.")
+        raise OptionError(
+            f"KREASERVE_FP8 needs compute capability 8.9 or newer; "
+            f"{torch.cuda.get_device_name(torch.device(device))} has "
+            f"{capability[0]}.{capability[1]}. Unset KREASERVE_FP8."
+        )
     try:
         from torchao.quantization import (
             Float8DynamicActivationFloat8WeightConfig,
@@ -74,8 +79,9 @@ def _fp8(transformer: Any, cuda: bool, device: str) -> None:
             quantize_,
         )
     except ImportError as exc:
-        raise OptionError("KREASERVE_FP8 needs torchao: pip install 'kreaserve[gpu]' "
-                          f"({exc}).") from exc
+        raise OptionError(
+            f"KREASERVE_FP8 needs torchao: pip install 'kreaserve[gpu]' ({exc})."
+        ) from exc
     quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
     log.info("transformer linear layers quantized to FP8 (per-row scales)")
 
@@ -87,8 +93,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError | torch.OutOfMemoryError):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text
-                                              or "can't allocate memory" in text)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
 
 
 def free_memory(device: str) -> None:

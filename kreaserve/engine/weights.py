@@ -166,8 +166,7 @@ def check_directory(spec: str) -> None:
         raise WeightsError(f"Could not load weights from '{spec}': {what}. " + HOW_TO_CHOOSE)
     if not path.is_dir():
         raise WeightsError(
-            f"Could not load weights from '{path}': it is a file, not a directory. "
-            + HOW_TO_CHOOSE
+            f"Could not load weights from '{path}': it is a file, not a directory. " + HOW_TO_CHOOSE
         )
     index = path / "model_index.json"
     try:

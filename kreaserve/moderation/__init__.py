@@ -79,8 +79,13 @@ class PromptModerator:
             active = self.config.categories(strict)
             scored = {c: max(rules.scores.get(c, 0.0), semantic.get(c, 0.0)) for c in active}
             closest = max(scored, key=scored.__getitem__) if scored else None
-        log_decision(decision, config=self.config, prompt=prompt, closest=closest,
-                     evidence=rules.evidence.get(decision.category or ""))
+        log_decision(
+            decision,
+            config=self.config,
+            prompt=prompt,
+            closest=closest,
+            evidence=rules.evidence.get(decision.category or ""),
+        )
         return decision
 
 

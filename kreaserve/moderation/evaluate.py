@@ -76,8 +76,7 @@ EVAL_SETS = {
 def load_eval_set(path: Path | None = None, *, name: str = "main") -> list[Example]:
     """The labelled prompts of `path`, or of the bundled set `name` (EVAL_SETS)."""
     if path is None:
-        raw = resources.files("kreaserve.moderation").joinpath(EVAL_SETS[name]).read_text(
-            "utf-8")
+        raw = resources.files("kreaserve.moderation").joinpath(EVAL_SETS[name]).read_text("utf-8")
     else:
         raw = Path(path).read_text("utf-8")
     return [Example(**json.loads(line)) for line in raw.splitlines() if line.strip()]
@@ -88,7 +87,7 @@ class CategoryStats:
     n: int = 0
     refused: int = 0
     exact: int = 0
-    flagged: int = 0        # prompts refused under this category
+    flagged: int = 0  # prompts refused under this category
     flagged_right: int = 0  # ... whose label is this category
 
     @property
@@ -144,31 +143,43 @@ class Report:
         basic, strict = self.modes.get("basic"), self.modes.get("strict")
         if basic is not None:
             if basic.safe_block_rate > BASIC_MAX_SAFE_BLOCK:
-                out.append(f"basic blocks {basic.safe_block_rate:.1%} of safe prompts "
-                           f"(target <= {BASIC_MAX_SAFE_BLOCK:.0%})")
+                out.append(
+                    f"basic blocks {basic.safe_block_rate:.1%} of safe prompts "
+                    f"(target <= {BASIC_MAX_SAFE_BLOCK:.0%})"
+                )
             for c in BASIC_CATEGORIES:
                 s = basic.categories.get(c)
                 if s and s.n and s.recall < BASIC_MIN_RECALL:
                     out.append(f"basic blocks {s.recall:.1%} of {c} (target >= 95%)")
             if basic.outside and basic.outside_blocked / basic.outside > BASIC_MAX_OUTSIDE_BLOCK:
-                out.append(f"basic refuses {basic.outside_blocked}/{basic.outside} strict-only "
-                           f"prompts (target <= {BASIC_MAX_OUTSIDE_BLOCK:.0%})")
+                out.append(
+                    f"basic refuses {basic.outside_blocked}/{basic.outside} strict-only "
+                    f"prompts (target <= {BASIC_MAX_OUTSIDE_BLOCK:.0%})"
+                )
         if strict is not None:
             if strict.safe_block_rate > STRICT_MAX_SAFE_BLOCK:
-                out.append(f"strict blocks {strict.safe_block_rate:.1%} of safe prompts "
-                           f"(target <= {STRICT_MAX_SAFE_BLOCK:.0%})")
+                out.append(
+                    f"strict blocks {strict.safe_block_rate:.1%} of safe prompts "
+                    f"(target <= {STRICT_MAX_SAFE_BLOCK:.0%})"
+                )
             for c in STRICT_CATEGORIES:
                 s = strict.categories.get(c)
                 if s and s.n and s.recall < STRICT_MIN_RECALL:
                     out.append(f"strict blocks {s.recall:.1%} of {c} (target >= 95%)")
         if self.latency_ms and self.latency_ms.get("median", 0.0) > MAX_MEDIAN_MS:
-            out.append(f"median check latency {self.latency_ms['median']:.2f} ms "
-                       f"(target < {MAX_MEDIAN_MS} ms)")
+            out.append(
+                f"median check latency {self.latency_ms['median']:.2f} ms "
+                f"(target < {MAX_MEDIAN_MS} ms)"
+            )
         return out
 
 
-def _score_mode(examples: Sequence[Example], scores: Sequence[tuple[Mapping, Mapping]],
-                config: ModerationConfig, strict: bool) -> ModeReport:
+def _score_mode(
+    examples: Sequence[Example],
+    scores: Sequence[tuple[Mapping, Mapping]],
+    config: ModerationConfig,
+    strict: bool,
+) -> ModeReport:
     mode = "strict" if strict else "basic"
     report = ModeReport(mode)
     checked = set(config.categories(strict))
@@ -199,8 +210,9 @@ def _score_mode(examples: Sequence[Example], scores: Sequence[tuple[Mapping, Map
             report.outside += 1
             report.outside_blocked += int(refused)
             right = not refused
-        kind = report.by_kind.setdefault(f"{ex.label == 'safe' and 'safe' or 'unsafe'}/"
-                                         f"{ex.kind}", [0, 0])
+        kind = report.by_kind.setdefault(
+            f"{ex.label == 'safe' and 'safe' or 'unsafe'}/{ex.kind}", [0, 0]
+        )
         if ex.label == "safe" or ex.label in checked:
             kind[0] += 1
             kind[1] += int(right)
@@ -219,13 +231,22 @@ def _latency(moderator: PromptModerator, examples: Sequence[Example]) -> dict[st
             moderator.check(ex.prompt, strict=strict)
             times.append((time.perf_counter() - start) * 1000)
     times.sort()
-    return {"median": statistics.median(times), "p95": times[int(0.95 * (len(times) - 1))],
-            "max": times[-1], "calls": float(len(times))}
+    return {
+        "median": statistics.median(times),
+        "p95": times[int(0.95 * (len(times) - 1))],
+        "max": times[-1],
+        "calls": float(len(times)),
+    }
 
 
-def run_evaluation(config: ModerationConfig | None = None, *, examples: Sequence[Example] = (),
-                   latency: bool = True, precision: str = "int8",
-                   variant: str = "rules+semantic") -> Report:
+def run_evaluation(
+    config: ModerationConfig | None = None,
+    *,
+    examples: Sequence[Example] = (),
+    latency: bool = True,
+    precision: str = "int8",
+    variant: str = "rules+semantic",
+) -> Report:
     """Evaluate both modes; `variant` may be "rules", "semantic" or "rules+semantic"."""
     config = config or ModerationConfig()
     examples = list(examples) or load_eval_set()
@@ -238,8 +259,10 @@ def run_evaluation(config: ModerationConfig | None = None, *, examples: Sequence
         text = moderator._rules.semantic_text(norm)
         semantic_scores = moderator._semantic.scores(text) if variant != "rules" else {}
         scores.append((rule_scores, semantic_scores))
-    modes = {name: _score_mode(examples, scores, config, strict)
-             for name, strict in (("basic", False), ("strict", True))}
+    modes = {
+        name: _score_mode(examples, scores, config, strict)
+        for name, strict in (("basic", False), ("strict", True))
+    }
     timing = _latency(moderator, examples) if latency else {}
     return Report(len(examples), modes, timing, variant)
 
@@ -252,38 +275,49 @@ def format_report(report: Report, *, misses: bool = False) -> str:
         lines.append(f"  {'category':<20} {'n':>4} {'recall':>8} {'exact':>8} {'precision':>10}")
         for c, s in mode.categories.items():
             if s.n:
-                lines.append(f"  {c:<20} {s.n:>4} {s.recall:>8.1%} {s.exact_recall:>8.1%} "
-                             f"{s.precision:>10.1%}")
-        lines.append(f"  {'all targets':<20} "
-                     f"{sum(mode.categories[c].n for c in mode.target_categories() if c in mode.categories):>4} "  # noqa: E501
-                     f"{mode.target_recall:>8.1%}")
-        lines.append(f"  safe prompts blocked: {mode.safe_blocked}/{mode.safe} = "
-                     f"{mode.safe_block_rate:.2%}  (hard negatives: "
-                     f"{mode.hard_negatives_blocked}/{mode.hard_negatives})")
+                lines.append(
+                    f"  {c:<20} {s.n:>4} {s.recall:>8.1%} {s.exact_recall:>8.1%} "
+                    f"{s.precision:>10.1%}"
+                )
+        lines.append(
+            f"  {'all targets':<20} "
+            f"{sum(mode.categories[c].n for c in mode.target_categories() if c in mode.categories):>4} "  # noqa: E501
+            f"{mode.target_recall:>8.1%}"
+        )
+        lines.append(
+            f"  safe prompts blocked: {mode.safe_blocked}/{mode.safe} = "
+            f"{mode.safe_block_rate:.2%}  (hard negatives: "
+            f"{mode.hard_negatives_blocked}/{mode.hard_negatives})"
+        )
         if mode.outside:
-            lines.append(f"  strict-only prompts refused in basic mode: "
-                         f"{mode.outside_blocked}/{mode.outside}")
+            lines.append(
+                f"  strict-only prompts refused in basic mode: "
+                f"{mode.outside_blocked}/{mode.outside}"
+            )
         kinds = ", ".join(f"{k} {r}/{n}" for k, (n, r) in sorted(mode.by_kind.items()))
         lines.append(f"  correct by kind: {kinds}")
         if misses:
             for prompt, label, category, score in mode.misses:
-                lines.append(f"    MISS [{label} -> {category or 'allowed'} {score:.2f}] "
-                             f"{prompt!r}")
+                lines.append(
+                    f"    MISS [{label} -> {category or 'allowed'} {score:.2f}] {prompt!r}"
+                )
     if report.latency_ms:
         lat = report.latency_ms
         lines.append("")
-        lines.append(f"check() latency over {int(lat['calls'])} calls (semantic cache cleared): "
-                     f"median {lat['median']:.2f} ms, p95 {lat['p95']:.2f} ms, "
-                     f"max {lat['max']:.2f} ms")
+        lines.append(
+            f"check() latency over {int(lat['calls'])} calls (semantic cache cleared): "
+            f"median {lat['median']:.2f} ms, p95 {lat['p95']:.2f} ms, "
+            f"max {lat['max']:.2f} ms"
+        )
     failures = report.failures()
     lines.append("")
-    lines.append("targets: all met" if not failures else
-                 "targets MISSED: " + "; ".join(failures))
+    lines.append("targets: all met" if not failures else "targets MISSED: " + "; ".join(failures))
     return "\n".join(lines)
 
 
-def cross_validate(config: ModerationConfig, l2_values: Sequence[float], folds: int = 5,
-                   precision: str = "int8") -> str:
+def cross_validate(
+    config: ModerationConfig, l2_values: Sequence[float], folds: int = 5, precision: str = "int8"
+) -> str:
     """k-fold CV of the semantic classifier on the exemplars (not the evaluation set)."""
     from . import semantic
 
@@ -303,7 +337,7 @@ def cross_validate(config: ModerationConfig, l2_values: Sequence[float], folds: 
             test_idx = np.nonzero(fold_of == k)[0]
             linear = semantic.train(emb[train_idx], list(labels[train_idx]), l2)
             for i in test_idx:
-                s = linear.scores(emb[i:i + 1])
+                s = linear.scores(emb[i : i + 1])
                 probs[i] = [s[c] for c in semantic.SEMANTIC_CATEGORIES]
         safe = labels == "safe"
         parts = []
@@ -312,36 +346,55 @@ def cross_validate(config: ModerationConfig, l2_values: Sequence[float], folds: 
             idx = [semantic.SEMANTIC_CATEGORIES.index(c) for c in cats]
             flagged = np.asarray((probs[:, idx] >= t).any(axis=1))
             target = np.isin(labels, cats)
-            parts.append(f"{t_name}: safe blocked {flagged[safe].mean():.1%}, "
-                         f"recall {flagged[target].mean():.1%}")
+            parts.append(
+                f"{t_name}: safe blocked {flagged[safe].mean():.1%}, "
+                f"recall {flagged[target].mean():.1%}"
+            )
         lines.append(f"  l2={l2:<6} " + "; ".join(parts))
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kreaserve moderation eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where the one-time encoder export is cached "
-                             f"(default {default_cache_dir()})")
-    parser.add_argument("--eval-file", type=Path, default=None,
-                        help="a JSONL file of {prompt, label, kind} (default: the bundled set)")
-    parser.add_argument("--set", dest="eval_set", choices=tuple(EVAL_SETS), default="main",
-                        help="which bundled set to run (default main)")
-    parser.add_argument("--holdout", action="store_true",
-                        help="the same as --set holdout")
+    parser = argparse.ArgumentParser(
+        prog="kreaserve moderation eval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=f"where the one-time encoder export is cached (default {default_cache_dir()})",
+    )
+    parser.add_argument(
+        "--eval-file",
+        type=Path,
+        default=None,
+        help="a JSONL file of {prompt, label, kind} (default: the bundled set)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="eval_set",
+        choices=tuple(EVAL_SETS),
+        default="main",
+        help="which bundled set to run (default main)",
+    )
+    parser.add_argument("--holdout", action="store_true", help="the same as --set holdout")
     parser.add_argument("--basic-threshold", type=float, default=None)
     parser.add_argument("--strict-threshold", type=float, default=None)
     parser.add_argument("--precision", choices=("int8", "fp32"), default="int8")
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--misses", action="store_true", help="list the prompts each mode misses")
-    parser.add_argument("--ablation", action="store_true",
-                        help="also evaluate rules only and semantic only")
-    parser.add_argument("--cv", action="store_true",
-                        help="cross-validate the semantic classifier on the exemplars")
+    parser.add_argument(
+        "--ablation", action="store_true", help="also evaluate rules only and semantic only"
+    )
+    parser.add_argument(
+        "--cv", action="store_true", help="cross-validate the semantic classifier on the exemplars"
+    )
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--check-targets", action="store_true",
-                        help="exit 1 when a target of the issue is missed")
+    parser.add_argument(
+        "--check-targets", action="store_true", help="exit 1 when a target of the issue is missed"
+    )
     args = parser.parse_args(argv)
 
     kwargs: dict[str, object] = {}
@@ -354,18 +407,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = ModerationConfig(**kwargs)  # type: ignore[arg-type]
 
     if args.cv:
-        print(cross_validate(config, (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
-                             precision=args.precision))
+        print(cross_validate(config, (1e-5, 3e-5, 1e-4, 3e-4, 1e-3), precision=args.precision))
         return 0
-    examples = load_eval_set(args.eval_file,
-                             name="holdout" if args.holdout else args.eval_set)
-    report = run_evaluation(config, examples=examples, latency=not args.no_latency,
-                            precision=args.precision)
+    examples = load_eval_set(args.eval_file, name="holdout" if args.holdout else args.eval_set)
+    report = run_evaluation(
+        config, examples=examples, latency=not args.no_latency, precision=args.precision
+    )
     reports = [report]
     if args.ablation:
         for variant in ("rules", "semantic"):
-            reports.append(run_evaluation(config, examples=examples, latency=False,
-                                          precision=args.precision, variant=variant))
+            reports.append(
+                run_evaluation(
+                    config,
+                    examples=examples,
+                    latency=False,
+                    precision=args.precision,
+                    variant=variant,
+                )
+            )
     if args.json:
         print(json.dumps([asdict(r) for r in reports], indent=2, default=str))
     else:

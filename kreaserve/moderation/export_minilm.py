@@ -49,8 +49,11 @@ def export(out_dir: Path) -> dict[str, object]:
             self.bert = bert
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+            hidden = self.bert(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=torch.zeros_like(input_ids),
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=-1)
@@ -62,12 +65,19 @@ def export(out_dir: Path) -> dict[str, object]:
     ids = torch.ones(1, 12, dtype=torch.long)
     with torch.no_grad():
         torch.onnx.export(
-            encoder, (ids, torch.ones_like(ids)), str(fp32), dynamo=False,
-            input_names=["input_ids", "attention_mask"], output_names=["embedding"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
-                          "attention_mask": {0: "batch", 1: "tokens"},
-                          "embedding": {0: "batch"}},
-            opset_version=17)
+            encoder,
+            (ids, torch.ones_like(ids)),
+            str(fp32),
+            dynamo=False,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "tokens"},
+                "attention_mask": {0: "batch", 1: "tokens"},
+                "embedding": {0: "batch"},
+            },
+            opset_version=17,
+        )
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
     shutil.copyfile(model_dir / "tokenizer.json", out_dir / "tokenizer.json")
 
@@ -88,8 +98,12 @@ def export(out_dir: Path) -> dict[str, object]:
         agreement[path.name] = worst
     if agreement[fp32.name] < 0.9999 or agreement[int8.name] < 0.97:
         raise RuntimeError(f"exported encoder disagrees with torch: {agreement}")
-    return {"cosine_vs_torch": agreement, "torch": torch.__version__,
-            "onnxruntime": ort.__version__, "source": str(model_dir)}
+    return {
+        "cosine_vs_torch": agreement,
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "source": str(model_dir),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

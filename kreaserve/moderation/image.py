@@ -61,8 +61,10 @@ class ImageModerator:
         decode, most of the time a 2K image takes)."""
         score = self._classifier.score(png)
         allowed = score < self.config.image_threshold
-        decision = Decision(allowed, None if allowed else EXPLICIT_SEXUAL, round(score, 4),
-                            "strict", "image")
-        log_decision(decision, config=self.config, prompt=None, kind="image",
-                     closest=EXPLICIT_SEXUAL)
+        decision = Decision(
+            allowed, None if allowed else EXPLICIT_SEXUAL, round(score, 4), "strict", "image"
+        )
+        log_decision(
+            decision, config=self.config, prompt=None, kind="image", closest=EXPLICIT_SEXUAL
+        )
         return decision

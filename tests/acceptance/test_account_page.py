@@ -23,13 +23,21 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Page
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 STORAGE_KEY = "kreaserve.apiKey"
 SCREENSHOT = Path("/tmp/kreaserve-account.png")
 #: What Chromium logs for a fetch answered 4xx; allowed only where a test expects one.
-HTTP_ERROR = re.compile(r"Failed to load resource: the server responded with a status of "
-                        r"(\d{3})")
+HTTP_ERROR = re.compile(
+    r"Failed to load resource: the server responded with a status of "
+    r"(\d{3})"
+)
 #: Records CSP violations before any page script runs (an init script is not subject to CSP).
 WATCH_CSP = """
 window.__cspViolations = [];
@@ -41,12 +49,15 @@ document.addEventListener("securitypolicyviolation", (event) => {
 
 # --- the browser -----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """One headless Chromium for the module; each test gets a fresh context."""
     if not CHROMIUM.exists() or not shutil.which(str(CHROMIUM)):
-        pytest.skip(f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y "
-                    "chromium` (scripts/bootstrap does this when run as root)")
+        pytest.skip(
+            f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y "
+            "chromium` (scripts/bootstrap does this when run as root)"
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -88,7 +99,8 @@ class Ui:
 
     def row(self, name: str) -> Any:
         return self.page.locator("#keys-body tr").filter(
-            has=self.page.locator(".key-name > span:first-child", has_text=name))
+            has=self.page.locator(".key-name > span:first-child", has_text=name)
+        )
 
     def errors(self) -> list[str]:
         found = [f"page error: {error}" for error in self.page_errors]
@@ -100,15 +112,17 @@ class Ui:
                 continue
             found.append(f"console {message.type}: {message.text}")
         if not self.page.is_closed():
-            found += [f"CSP violation: {v}"
-                      for v in self.page.evaluate("window.__cspViolations || []")]
+            found += [
+                f"CSP violation: {v}" for v in self.page.evaluate("window.__cspViolations || []")
+            ]
         return found
 
 
 @pytest.fixture
 def ui(browser: Browser, api_server: Server) -> Iterator[Ui]:
-    context = browser.new_context(viewport={"width": 1100, "height": 900},
-                                  permissions=["clipboard-read", "clipboard-write"])
+    context = browser.new_context(
+        viewport={"width": 1100, "height": 900}, permissions=["clipboard-read", "clipboard-write"]
+    )
     context.add_init_script(WATCH_CSP)
     page = context.new_page()
     page.set_default_timeout(10_000)
@@ -131,9 +145,11 @@ def ui(browser: Browser, api_server: Server) -> Iterator[Ui]:
 
 # --- the API, directly -----------------------------------------------------------------------
 
+
 def status_with(server: Server, key: str) -> int:
-    return httpx.get(f"{server.url}/v1/credits", headers={"Authorization": f"Bearer {key}"},
-                     timeout=30).status_code
+    return httpx.get(
+        f"{server.url}/v1/credits", headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ).status_code
 
 
 def api(server: Server, key: str, method: str, path: str, **kwargs: Any) -> Any:
@@ -150,15 +166,24 @@ def charge_one_task(server: Server, key: str, quality: str) -> None:
     from kreaserve import contract, queue
     from kreaserve.db.models import Task
 
-    task = api(server, key, "POST", "/v1/images/generations",
-               json={"model": "krea-2-turbo", "prompt": "a red fox", "quality": quality})
+    task = api(
+        server,
+        key,
+        "POST",
+        "/v1/images/generations",
+        json={"model": "krea-2-turbo", "prompt": "a red fox", "quality": quality},
+    )
     with server.database().transaction() as session:
-        session.execute(update(Task).where(Task.id == task["id"])
-                        .values(status=contract.PROCESSING, worker_id="page-test"))
+        session.execute(
+            update(Task)
+            .where(Task.id == task["id"])
+            .values(status=contract.PROCESSING, worker_id="page-test")
+        )
     assert queue.complete(server.database(), task["id"], "page-test", [], 60, 1.0)
 
 
 # --- the tests -------------------------------------------------------------------------------
+
 
 def test_a_wrong_key_does_not_sign_in(ui: Ui, api_server: Server) -> None:
     from playwright.sync_api import expect
@@ -182,8 +207,7 @@ def test_a_wrong_key_does_not_sign_in(ui: Ui, api_server: Server) -> None:
     assert ui.stored_key() == key
 
 
-def test_the_page_shows_balance_usage_and_keys_as_the_api_does(ui: Ui,
-                                                                api_server: Server) -> None:
+def test_the_page_shows_balance_usage_and_keys_as_the_api_does(ui: Ui, api_server: Server) -> None:
     from playwright.sync_api import expect
 
     key = api_server.key(credits=100.0)
@@ -191,8 +215,13 @@ def test_the_page_shows_balance_usage_and_keys_as_the_api_does(ui: Ui,
     api(api_server, key, "POST", "/v1/keys", json={"name": "ci runner"})
     charge_one_task(api_server, key, "1K")
     charge_one_task(api_server, key, "2K")
-    api(api_server, key, "POST", "/v1/images/generations",
-        json={"model": "krea-2-turbo", "prompt": "still pending", "quality": "1K"})
+    api(
+        api_server,
+        key,
+        "POST",
+        "/v1/images/generations",
+        json={"model": "krea-2-turbo", "prompt": "still pending", "quality": "1K"},
+    )
     revoked = api(api_server, key, "POST", "/v1/keys", json={"name": "old"})
     api(api_server, key, "POST", f"/v1/keys/{revoked['id']}/revoke")
 
@@ -211,8 +240,9 @@ def test_the_page_shows_balance_usage_and_keys_as_the_api_does(ui: Ui,
 
     assert usage["total_tasks"] == 2 and len(usage["data"]) == 2
     expect(page.locator("#usage-tasks")).to_have_text(str(usage["total_tasks"]))
-    assert float(page.locator("#usage-credits").get_attribute("data-value")) == \
-        usage["total_credits"]
+    assert (
+        float(page.locator("#usage-credits").get_attribute("data-value")) == usage["total_credits"]
+    )
     rows = page.locator("#usage-body tr")
     expect(rows).to_have_count(len(usage["data"]))
     for index, item in enumerate(usage["data"]):
@@ -228,10 +258,8 @@ def test_the_page_shows_balance_usage_and_keys_as_the_api_does(ui: Ui,
         expect(row.locator(".key-prefix")).to_have_text(item["prefix"] + "…")
         expect(row.locator(".status")).to_have_text("revoked" if item["revoked"] else "active")
         expect(row.locator(".badge")).to_have_count(1 if item["current"] else 0)
-        expect(row.get_by_role("button", name="Rotate")).to_have_count(
-            0 if item["revoked"] else 1)
-        expect(row.get_by_role("button", name="Revoke")).to_have_count(
-            0 if item["revoked"] else 1)
+        expect(row.get_by_role("button", name="Rotate")).to_have_count(0 if item["revoked"] else 1)
+        expect(row.get_by_role("button", name="Revoke")).to_have_count(0 if item["revoked"] else 1)
     current = [item for item in keys if item["current"]]
     assert len(current) == 1 and current[0]["prefix"] == key[:11]
     expect(page.locator("#keys-body .badge")).to_have_text("this key")
@@ -281,8 +309,7 @@ def test_a_created_key_is_shown_once_and_works(ui: Ui, api_server: Server) -> No
     assert page.locator("#secret-value").input_value() == ""
 
 
-def test_rotate_replaces_the_key_and_follows_the_signed_in_one(ui: Ui,
-                                                              api_server: Server) -> None:
+def test_rotate_replaces_the_key_and_follows_the_signed_in_one(ui: Ui, api_server: Server) -> None:
     from playwright.sync_api import expect
 
     key = api_server.key()
@@ -382,20 +409,28 @@ def test_a_key_named_with_html_is_shown_as_text(ui: Ui, api_server: Server) -> N
     assert ui.dialogs == []
 
 
-def test_the_page_is_served_under_a_strict_csp_and_works_under_it(ui: Ui,
-                                                                 api_server: Server) -> None:
+def test_the_page_is_served_under_a_strict_csp_and_works_under_it(
+    ui: Ui, api_server: Server
+) -> None:
     from playwright.sync_api import expect
 
     response = ui.open()
     assert response.status == 200
     csp = response.headers["content-security-policy"]
-    for directive in ("default-src 'none'", "script-src 'self'", "style-src 'self'",
-                      "connect-src 'self'", "frame-ancestors 'none'"):
+    for directive in (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ):
         assert directive in csp
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
     assert response.headers["x-content-type-options"] == "nosniff"
-    for path, media_type in (("/account/app.js", "text/javascript"),
-                             ("/account/app.css", "text/css")):
+    for path, media_type in (
+        ("/account/app.js", "text/javascript"),
+        ("/account/app.css", "text/css"),
+    ):
         asset = httpx.get(api_server.url + path, timeout=30)
         assert asset.status_code == 200
         assert asset.headers["content-type"].startswith(media_type)
@@ -408,10 +443,8 @@ def test_the_page_is_served_under_a_strict_csp_and_works_under_it(ui: Ui,
 
     # the stylesheet applied and the script ran, under the policy
     page = ui.page
-    assert page.evaluate("getComputedStyle(document.querySelector('#signed-in')).display") \
-        == "none"
-    assert page.evaluate("getComputedStyle(document.querySelector('.card')).borderRadius") \
-        == "10px"
+    assert page.evaluate("getComputedStyle(document.querySelector('#signed-in')).display") == "none"
+    assert page.evaluate("getComputedStyle(document.querySelector('.card')).borderRadius") == "10px"
     ui.sign_in(api_server.key())
     expect(page.locator("#keys-body tr")).to_have_count(1)
     assert [m for m in ui.console if m.type == "error"] == []

@@ -11,15 +11,20 @@ from PIL import Image
 from tests.conftest import Server
 
 
-def kreaserve(*args: str, env: dict[str, str], timeout: float = 300
-              ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kreaserve.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def kreaserve(
+    *args: str, env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kreaserve.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_keys_create_then_generate_round_trip(full_server: Server, tmp_path: Path) -> None:
-    created = kreaserve("keys", "create", "--name", "demo", "--credits", "100",
-                        env=full_server.env)
+    created = kreaserve("keys", "create", "--name", "demo", "--credits", "100", env=full_server.env)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert key.startswith("ks_") and "\n" not in key  # the key alone on stdout
@@ -29,10 +34,25 @@ def test_keys_create_then_generate_round_trip(full_server: Server, tmp_path: Pat
     assert key[:11] in listed.stdout and key not in listed.stdout
 
     out = tmp_path / "fox.png"
-    env = {**full_server.env, "KREASERVE_URL": full_server.url, "KREASERVE_API_KEY": key,
-           "COLUMNS": "100"}
-    result = kreaserve("generate", "a red fox in snow", "--size", "16:9", "--quality", "1K",
-                       "--seed", "7", "-o", str(out), env=env)
+    env = {
+        **full_server.env,
+        "KREASERVE_URL": full_server.url,
+        "KREASERVE_API_KEY": key,
+        "COLUMNS": "100",
+    }
+    result = kreaserve(
+        "generate",
+        "a red fox in snow",
+        "--size",
+        "16:9",
+        "--quality",
+        "1K",
+        "--seed",
+        "7",
+        "-o",
+        str(out),
+        env=env,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "completed" in result.stdout and "100%" in result.stdout  # the progress bar
     assert f"saved {out}" in result.stdout and "seed 7" in result.stdout
@@ -41,15 +61,30 @@ def test_keys_create_then_generate_round_trip(full_server: Server, tmp_path: Pat
         pixels = image.tobytes()
 
     again = tmp_path / "again.png"
-    assert kreaserve("generate", "a red fox in snow", "--size", "16:9", "--seed", "7", "-o",
-                     str(again), env=env).returncode == 0
+    assert (
+        kreaserve(
+            "generate",
+            "a red fox in snow",
+            "--size",
+            "16:9",
+            "--seed",
+            "7",
+            "-o",
+            str(again),
+            env=env,
+        ).returncode
+        == 0
+    )
     with Image.open(again) as image:
         assert image.tobytes() == pixels
 
 
 def test_generate_reports_contract_errors_clearly(full_server: Server, tmp_path: Path) -> None:
-    env = {**full_server.env, "KREASERVE_URL": full_server.url,
-           "KREASERVE_API_KEY": full_server.key()}
+    env = {
+        **full_server.env,
+        "KREASERVE_URL": full_server.url,
+        "KREASERVE_API_KEY": full_server.key(),
+    }
     bad = kreaserve("generate", "a fox", "--size", "7:5", "-o", str(tmp_path / "x.png"), env=env)
     assert bad.returncode == 1
     assert "size must be one of" in bad.stderr and "invalid_size" in bad.stderr

@@ -22,8 +22,11 @@ from kreaserve.engine.pipeline import (
 )
 
 # Prompts of different token lengths, so a trimmed batch needs a key mask.
-PROMPTS = ["a red fox in the snow", "a lighthouse at dusk, long exposure, waves crashing on "
-           "black rocks below a stormy sky", "cat"]
+PROMPTS = [
+    "a red fox in the snow",
+    "a lighthouse at dusk, long exposure, waves crashing on black rocks below a stormy sky",
+    "cat",
+]
 SEEDS = [11, 22, 33]
 SIZE = 256
 
@@ -44,28 +47,47 @@ def requests() -> list[GenerateRequest]:
 def plain(engine: Engine, output_type: str = "pil") -> Any:
     """What a user gets from the plain pipeline for the same batch."""
     device = engine.info["device"]
-    return engine.pipe(prompt=PROMPTS, width=SIZE, height=SIZE, num_inference_steps=8,
-                       guidance_scale=0.0, max_sequence_length=MAX_SEQUENCE_LENGTH,
-                       generator=[torch.Generator(device).manual_seed(s) for s in SEEDS],
-                       output_type=output_type).images
+    return engine.pipe(
+        prompt=PROMPTS,
+        width=SIZE,
+        height=SIZE,
+        num_inference_steps=8,
+        guidance_scale=0.0,
+        max_sequence_length=MAX_SEQUENCE_LENGTH,
+        generator=[torch.Generator(device).manual_seed(s) for s in SEEDS],
+        output_type=output_type,
+    ).images
 
 
 @pytest.fixture(scope="module")
 def untrimmed(weights_cache: Path) -> Engine:
-    return Engine.load("tiny-random", cache_dir=weights_cache, device="cpu",
-                       options=EngineOptions(trim_padding=False))
+    return Engine.load(
+        "tiny-random",
+        cache_dir=weights_cache,
+        device="cpu",
+        options=EngineOptions(trim_padding=False),
+    )
 
 
 @pytest.fixture(scope="module")
 def trimmed(weights_cache: Path) -> Engine:
-    return Engine.load("tiny-random", cache_dir=weights_cache, device="cpu",
-                       options=EngineOptions(trim_padding=True))
+    return Engine.load(
+        "tiny-random",
+        cache_dir=weights_cache,
+        device="cpu",
+        options=EngineOptions(trim_padding=True),
+    )
 
 
 @pytest.fixture(scope="module")
 def trimmed_fp32(weights_cache: Path) -> Engine:
-    return Engine.load("tiny-random", cache_dir=weights_cache, device="cpu", dtype="fp32",
-                       options=EngineOptions(trim_padding=True))
+    return Engine.load(
+        "tiny-random",
+        cache_dir=weights_cache,
+        device="cpu",
+        dtype="fp32",
+        options=EngineOptions(trim_padding=True),
+    )
 
 
 def test_untrimmed_batch_is_the_plain_pipeline_bit_for_bit(untrimmed: Engine) -> None:
@@ -85,12 +107,12 @@ def test_trimmed_text_equals_padded_text_up_to_float32_rounding(trimmed_fp32: En
     batch = trimmed_fp32.denoise(requests())
     assert batch is not None and batch.live == [0, 1, 2]
     assert torch.allclose(batch.latents, reference, rtol=0, atol=1e-4), (
-        (batch.latents - reference).abs().max())
+        (batch.latents - reference).abs().max()
+    )
     reference_pixels = [pixels(i) for i in plain(trimmed_fp32)]
     for request, theirs in zip(requests(), reference_pixels, strict=True):
         assert np.abs(pixels(trimmed_fp32.generate(request)) - theirs).max() <= 1
-    for ours, theirs in zip(trimmed_fp32.generate_batch(requests()), reference_pixels,
-                            strict=True):
+    for ours, theirs in zip(trimmed_fp32.generate_batch(requests()), reference_pixels, strict=True):
         assert np.abs(pixels(ours) - theirs).max() <= 1
 
 
@@ -160,11 +182,16 @@ def test_a_batch_where_every_item_is_cancelled_decodes_nothing(untrimmed: Engine
 
 def test_a_batch_must_share_size_and_steps(untrimmed: Engine) -> None:
     with pytest.raises(ValueError, match="same size"):
-        untrimmed.generate_batch([GenerateRequest("a", 256, 256, seed=1),
-                                  GenerateRequest("b", 512, 256, seed=1)])
+        untrimmed.generate_batch(
+            [GenerateRequest("a", 256, 256, seed=1), GenerateRequest("b", 512, 256, seed=1)]
+        )
     with pytest.raises(ValueError, match="same size"):
-        untrimmed.generate_batch([GenerateRequest("a", 256, 256, seed=1),
-                                  GenerateRequest("b", 256, 256, seed=1, steps=4)])
+        untrimmed.generate_batch(
+            [
+                GenerateRequest("a", 256, 256, seed=1),
+                GenerateRequest("b", 256, 256, seed=1, steps=4),
+            ]
+        )
     with pytest.raises(ValueError, match="at least one"):
         untrimmed.generate_batch([])
 
@@ -189,8 +216,14 @@ def test_a_decode_out_of_memory_is_retried_tiled_when_tiling_is_auto(
     assert tiling_seen == [False, True] and vae.use_tiling is False  # tiled once, then off
     assert psnr(image, expected) > 30  # tiles blend at their seams; the image is the same
 
-    off = Engine(untrimmed.pipe, weights=untrimmed._weights, device="cpu",
-                 dtype=untrimmed._dtype, source="test", options=EngineOptions(vae_tiling="off"))
+    off = Engine(
+        untrimmed.pipe,
+        weights=untrimmed._weights,
+        device="cpu",
+        dtype=untrimmed._dtype,
+        source="test",
+        options=EngineOptions(vae_tiling="off"),
+    )
     with pytest.raises(torch.OutOfMemoryError):
         off.generate(request)
 
@@ -206,8 +239,10 @@ def test_a_tiled_retry_that_fails_too_is_reported_as_out_of_memory(
     def decode_that_never_fits(*args: Any, **kwargs: Any) -> Any:
         tiling_seen.append(vae.use_tiling)
         if not vae.use_tiling:
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
-                               "can't allocate memory: you tried to allocate 9663676416 bytes")
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+                "can't allocate memory: you tried to allocate 9663676416 bytes"
+            )
         raise RuntimeError("could not create a primitive")
 
     monkeypatch.setattr(vae, "decode", decode_that_never_fits)
@@ -220,17 +255,23 @@ def test_a_tiled_retry_that_fails_too_is_reported_as_out_of_memory(
 def test_out_of_memory_is_recognised_for_cuda_and_host_allocations() -> None:
     assert speedups.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
     assert speedups.is_out_of_memory(MemoryError())
-    assert speedups.is_out_of_memory(RuntimeError(
-        "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
+    assert speedups.is_out_of_memory(
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+        )
+    )
     assert not speedups.is_out_of_memory(RuntimeError("shape mismatch"))
     assert not speedups.is_out_of_memory(ValueError("out of memory"))
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    (EngineOptions(fp8=True), "needs an NVIDIA GPU with compute capability 8.9"),
-    (EngineOptions(compile=True, cuda_graphs=True), "needs a CUDA device"),
-    (EngineOptions(attention_backend="no-such-kernel"), "cannot be used here"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (EngineOptions(fp8=True), "needs an NVIDIA GPU with compute capability 8.9"),
+        (EngineOptions(compile=True, cuda_graphs=True), "needs a CUDA device"),
+        (EngineOptions(attention_backend="no-such-kernel"), "cannot be used here"),
+    ],
+)
 def test_options_the_device_cannot_honour_fail_the_load_clearly(
     weights_cache: Path, options: EngineOptions, message: str
 ) -> None:
@@ -254,8 +295,12 @@ def test_option_values_are_checked() -> None:
 @pytest.fixture(scope="module")
 def compiled(weights_cache: Path) -> Engine:
     """Its own load: compilation changes the pipeline in place."""
-    return Engine.load("tiny-random", cache_dir=weights_cache, device="cpu",
-                       options=EngineOptions(trim_padding=True, compile=True))
+    return Engine.load(
+        "tiny-random",
+        cache_dir=weights_cache,
+        device="cpu",
+        options=EngineOptions(trim_padding=True, compile=True),
+    )
 
 
 # Inductor itself still calls `torch.jit.script_method` while compiling (torch 2.13).
@@ -270,8 +315,7 @@ def test_compile_compiles_the_repeated_blocks_and_keeps_the_images(
     from torch._dynamo.utils import counters
 
     transformer = compiled.pipe.transformer
-    blocks = [m for m in transformer.modules()
-              if type(m).__name__ in transformer._repeated_blocks]
+    blocks = [m for m in transformer.modules() if type(m).__name__ in transformer._repeated_blocks]
     assert blocks and all(block._compiled_call_impl is not None for block in blocks)
     assert trimmed.pipe.transformer is not transformer
 
@@ -287,11 +331,14 @@ def test_compile_compiles_the_repeated_blocks_and_keeps_the_images(
     masked = compiled.generate_batch(requests())  # three lengths: a key mask
     for ours, theirs in zip(masked, trimmed.generate_batch(requests()), strict=True):
         assert psnr(pixels(ours), pixels(theirs)) > 40
-    equal = [GenerateRequest("a red fox", SIZE, SIZE, seed=1),
-             GenerateRequest("a red cat", SIZE, SIZE, seed=2)]
+    equal = [
+        GenerateRequest("a red fox", SIZE, SIZE, seed=1),
+        GenerateRequest("a red cat", SIZE, SIZE, seed=2),
+    ]
     with torch.no_grad():
         assert compiled._sampler.encode([r.prompt for r in equal]).mask is None
-    for ours, theirs in zip(compiled.generate_batch(equal), trimmed.generate_batch(equal),
-                            strict=True):
+    for ours, theirs in zip(
+        compiled.generate_batch(equal), trimmed.generate_batch(equal), strict=True
+    ):
         assert psnr(pixels(ours), pixels(theirs)) > 40
     assert counters["stats"]["unique_graphs"] == graphs, "a shape the warm-up covers recompiled"

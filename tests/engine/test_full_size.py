@@ -13,8 +13,11 @@ from bench.full_size import build_full_size_pipeline, count_parameters
 
 def test_the_full_size_components_have_the_published_sizes() -> None:
     counts = count_parameters()
-    assert counts == {"transformer": 12_820_073_036, "text_encoder": 4_022_468_096,
-                      "vae": 126_892_531}
+    assert counts == {
+        "transformer": 12_820_073_036,
+        "text_encoder": 4_022_468_096,
+        "vae": 126_892_531,
+    }
 
 
 def test_the_full_size_pipeline_assembles_on_the_meta_device() -> None:

@@ -19,8 +19,9 @@ from tests.integration.test_api_contract import GOOD, assert_error
 
 
 def admin(server: Server) -> httpx.Client:
-    return httpx.Client(base_url=server.url, timeout=30,
-                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    return httpx.Client(
+        base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
 
 
 def set_limits(server: Server, account_id: int, **fields: object) -> None:
@@ -31,12 +32,18 @@ def set_limits(server: Server, account_id: int, **fields: object) -> None:
 
 def second_api(server: Server, tmp: Path) -> Server:
     """Another API process on the same database (as behind a load balancer)."""
-    return start_server(tmp, server.database_url, Path(server.env["KREASERVE_CACHE_DIR"]),
-                        embedded_worker=False, extra_env=API_SERVER_ENV,
-                        data_dir=server.data_dir)
+    return start_server(
+        tmp,
+        server.database_url,
+        Path(server.env["KREASERVE_CACHE_DIR"]),
+        embedded_worker=False,
+        extra_env=API_SERVER_ENV,
+        data_dir=server.data_dir,
+    )
 
 
 # --- keys ----------------------------------------------------------------------------------
+
 
 def test_account_holders_manage_their_own_keys(api_server: Server) -> None:
     _, key = api_server.account()
@@ -74,23 +81,38 @@ def test_key_endpoints_refuse_bad_input_and_other_accounts_keys(api_server: Serv
     with api_server.client(theirs) as client:
         their_id = client.get("/v1/keys").json()["data"][0]["id"]
     with api_server.client(mine) as client:
-        for body, code in [({}, "invalid_name"), ({"name": ""}, "invalid_name"),
-                           ({"name": 5}, "invalid_name"), ({"name": "x" * 101}, "invalid_name")]:
-            assert_error(client.post("/v1/keys", json=body), 400, "invalid_request_error", code,
-                         "name")
-        assert_error(client.post("/v1/keys", content=b"[1]"), 400, "invalid_request_error",
-                     "invalid_json")
-        for path in (f"/v1/keys/{their_id}/revoke", f"/v1/keys/{their_id}/rotate",
-                     "/v1/keys/999999999/revoke"):
+        for body, code in [
+            ({}, "invalid_name"),
+            ({"name": ""}, "invalid_name"),
+            ({"name": 5}, "invalid_name"),
+            ({"name": "x" * 101}, "invalid_name"),
+        ]:
+            assert_error(
+                client.post("/v1/keys", json=body), 400, "invalid_request_error", code, "name"
+            )
+        assert_error(
+            client.post("/v1/keys", content=b"[1]"), 400, "invalid_request_error", "invalid_json"
+        )
+        for path in (
+            f"/v1/keys/{their_id}/revoke",
+            f"/v1/keys/{their_id}/rotate",
+            "/v1/keys/999999999/revoke",
+        ):
             assert_error(client.post(path), 404, "not_found_error", "key_not_found")
-        assert_error(client.post("/v1/keys/abc/revoke"), 400, "invalid_request_error",
-                     "invalid_key_id", "key_id")
+        assert_error(
+            client.post("/v1/keys/abc/revoke"),
+            400,
+            "invalid_request_error",
+            "invalid_key_id",
+            "key_id",
+        )
     with api_server.client(theirs) as client:  # untouched
         assert client.get("/v1/credits").status_code == 200
 
 
 def test_a_revoked_key_stops_at_once_here_and_within_the_cache_bound_everywhere(
-        api_server: Server, tmp_path: Path) -> None:
+    api_server: Server, tmp_path: Path
+) -> None:
     """Revoked through one process: refused by it at once, by another within
     KREASERVE_AUTH_CACHE_SECONDS (2 s), though that one had the key in its cache."""
     other = second_api(api_server, tmp_path)
@@ -123,23 +145,38 @@ def test_logs_never_hold_a_whole_key(api_server: Server) -> None:
 
 # --- operators -----------------------------------------------------------------------------
 
+
 def test_the_admin_api_manages_accounts_keys_and_credits(api_server: Server) -> None:
     with admin(api_server) as client:
-        account = client.post("/admin/v1/accounts", json={
-            "name": "acme", "credits": 10, "user_group": "pro", "requests_per_minute": 100,
-            "daily_spend_cap": 50}).json()
-        assert (account["balance"], account["user_group"], account["daily_spend_cap"],
-                account["requests_per_minute"]) == (10.0, "pro", 50.0, 100)
+        account = client.post(
+            "/admin/v1/accounts",
+            json={
+                "name": "acme",
+                "credits": 10,
+                "user_group": "pro",
+                "requests_per_minute": 100,
+                "daily_spend_cap": 50,
+            },
+        ).json()
+        assert (
+            account["balance"],
+            account["user_group"],
+            account["daily_spend_cap"],
+            account["requests_per_minute"],
+        ) == (10.0, "pro", 50.0, 100)
         account_id = account["id"]
         key = client.post(f"/admin/v1/accounts/{account_id}/keys", json={"name": "prod"}).json()
-        granted = client.post(f"/admin/v1/accounts/{account_id}/credits",
-                              json={"amount": 5, "note": "top-up"}).json()
+        granted = client.post(
+            f"/admin/v1/accounts/{account_id}/credits", json={"amount": 5, "note": "top-up"}
+        ).json()
         assert granted["balance"] == 15.0
-        adjusted = client.post(f"/admin/v1/accounts/{account_id}/credits",
-                               json={"amount": -2.5, "kind": "adjust"}).json()
+        adjusted = client.post(
+            f"/admin/v1/accounts/{account_id}/credits", json={"amount": -2.5, "kind": "adjust"}
+        ).json()
         assert adjusted["balance"] == 12.5
-        cleared = client.patch(f"/admin/v1/accounts/{account_id}",
-                               json={"daily_spend_cap": None}).json()
+        cleared = client.patch(
+            f"/admin/v1/accounts/{account_id}", json={"daily_spend_cap": None}
+        ).json()
         assert cleared["daily_spend_cap"] is None and cleared["requests_per_minute"] == 100
         assert any(a["id"] == account_id for a in client.get("/admin/v1/accounts").json()["data"])
         [listed] = client.get(f"/admin/v1/accounts/{account_id}/keys").json()["data"]
@@ -150,29 +187,41 @@ def test_the_admin_api_manages_accounts_keys_and_credits(api_server: Server) -> 
             client.post(f"/admin/v1/keys/{key['id']}/revoke")
         assert user.get("/v1/credits").status_code == 401
     with api_server.database().transaction() as session:
-        kinds = Counter(e.kind for e in session.query(
-            __import__("kreaserve.db.models", fromlist=["LedgerEntry"]).LedgerEntry)
-            .filter_by(account_id=account_id))
+        kinds = Counter(
+            e.kind
+            for e in session.query(
+                __import__("kreaserve.db.models", fromlist=["LedgerEntry"]).LedgerEntry
+            ).filter_by(account_id=account_id)
+        )
         assert kinds == {"grant": 2, "adjust": 1}
-        assert ledger.balance_from_entries(session, account_id) == ledger.balance(session,
-                                                                                  account_id)
+        assert ledger.balance_from_entries(session, account_id) == ledger.balance(
+            session, account_id
+        )
 
 
-@pytest.mark.parametrize(("path", "body", "code", "param"), [
-    ("/admin/v1/accounts", {}, "missing_required_parameter", "name"),
-    ("/admin/v1/accounts", {"name": "x", "credits": -1}, "invalid_credits", "credits"),
-    ("/admin/v1/accounts", {"name": "x", "credits": "5"}, "invalid_credits", "credits"),
-    ("/admin/v1/accounts", {"name": "x", "requests_per_minute": 0},
-     "invalid_requests_per_minute", "requests_per_minute"),
-    ("/admin/v1/accounts", {"name": "x", "colour": "red"}, "invalid_colour", "colour"),
-    ("/admin/v1/accounts/1/credits", {"amount": 0}, "invalid_amount", "amount"),
-    ("/admin/v1/accounts/1/credits", {"amount": -1}, "invalid_amount", "amount"),
-    ("/admin/v1/accounts/1/credits", {"amount": 1, "kind": "gift"}, "invalid_kind", "kind"),
-    ("/admin/v1/accounts/1/keys", {"name": ""}, "invalid_name", "name"),
-    ("/admin/v1/accounts/x/keys", {"name": "a"}, "invalid_account_id", "account_id"),
-])
-def test_admin_bad_input_is_400_naming_the_field(api_server: Server, path: str, body: dict,
-                                                  code: str, param: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "code", "param"),
+    [
+        ("/admin/v1/accounts", {}, "missing_required_parameter", "name"),
+        ("/admin/v1/accounts", {"name": "x", "credits": -1}, "invalid_credits", "credits"),
+        ("/admin/v1/accounts", {"name": "x", "credits": "5"}, "invalid_credits", "credits"),
+        (
+            "/admin/v1/accounts",
+            {"name": "x", "requests_per_minute": 0},
+            "invalid_requests_per_minute",
+            "requests_per_minute",
+        ),
+        ("/admin/v1/accounts", {"name": "x", "colour": "red"}, "invalid_colour", "colour"),
+        ("/admin/v1/accounts/1/credits", {"amount": 0}, "invalid_amount", "amount"),
+        ("/admin/v1/accounts/1/credits", {"amount": -1}, "invalid_amount", "amount"),
+        ("/admin/v1/accounts/1/credits", {"amount": 1, "kind": "gift"}, "invalid_kind", "kind"),
+        ("/admin/v1/accounts/1/keys", {"name": ""}, "invalid_name", "name"),
+        ("/admin/v1/accounts/x/keys", {"name": "a"}, "invalid_account_id", "account_id"),
+    ],
+)
+def test_admin_bad_input_is_400_naming_the_field(
+    api_server: Server, path: str, body: dict, code: str, param: str
+) -> None:
     with admin(api_server) as client:
         client.post("/admin/v1/accounts", json={"name": "first", "credits": 1})
         assert_error(client.post(path, json=body), 400, "invalid_request_error", code, param)
@@ -182,26 +231,36 @@ def test_an_adjustment_below_the_reserved_credits_is_a_conflict(api_server: Serv
     """The same body succeeds on a richer account: 409, not 400."""
     with admin(api_server) as client:
         account = client.post("/admin/v1/accounts", json={"name": "poor", "credits": 1}).json()
-        refused = client.post(f"/admin/v1/accounts/{account['id']}/credits",
-                              json={"amount": -1e6, "kind": "adjust"})
+        refused = client.post(
+            f"/admin/v1/accounts/{account['id']}/credits", json={"amount": -1e6, "kind": "adjust"}
+        )
         assert_error(refused, 409, "invalid_request_error", "invalid_amount", "amount")
 
 
-def test_admin_api_needs_the_token_and_is_absent_without_one(api_server: Server,
-                                                             full_server: Server) -> None:
+def test_admin_api_needs_the_token_and_is_absent_without_one(
+    api_server: Server, full_server: Server
+) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN_TOKEN}):
-        assert_error(httpx.get(f"{api_server.url}/admin/v1/accounts", headers=headers),
-                     401, "authentication_error")
+        assert_error(
+            httpx.get(f"{api_server.url}/admin/v1/accounts", headers=headers),
+            401,
+            "authentication_error",
+        )
     with api_server.client(api_server.key()) as user:  # an API key is not the admin token
         assert_error(user.get("/admin/v1/accounts"), 401, "authentication_error")
-    assert_error(httpx.get(f"{full_server.url}/admin/v1/accounts",
-                           headers={"Authorization": "Bearer anything"}),
-                 404, "not_found_error")
+    assert_error(
+        httpx.get(
+            f"{full_server.url}/admin/v1/accounts", headers={"Authorization": "Bearer anything"}
+        ),
+        404,
+        "not_found_error",
+    )
     with admin(api_server) as client:
         assert_error(client.get("/admin/v1/accounts/999999"), 404, "not_found_error")
 
 
 # --- prices and usage ----------------------------------------------------------------------
+
 
 def test_prices_follow_the_keys_user_group(api_server: Server) -> None:
     account_id, key = api_server.account(credits=10)
@@ -210,8 +269,11 @@ def test_prices_follow_the_keys_user_group(api_server: Server) -> None:
         one = client.post("/v1/images/generations", json=GOOD).json()
         two = client.post("/v1/images/generations", json={**GOOD, "quality": "2K"}).json()
         credits = client.get("/v1/credits").json()
-    assert one["usage"] == {"billing_rule": "per_call", "credits_reserved": 0.3,
-                            "user_group": "pro"}
+    assert one["usage"] == {
+        "billing_rule": "per_call",
+        "credits_reserved": 0.3,
+        "user_group": "pro",
+    }
     assert two["usage"]["credits_reserved"] == 1.2
     assert credits["reserved"] == 1.5 and credits["user_group"] == "pro"
 
@@ -219,12 +281,17 @@ def test_prices_follow_the_keys_user_group(api_server: Server) -> None:
 def test_usage_reports_charged_spend_by_day_model_and_tier(api_server: Server) -> None:
     account_id, key = api_server.account(credits=20)
     with api_server.client(key) as client:
-        ids = [client.post("/v1/images/generations", json={**GOOD, "quality": q}).json()["id"]
-               for q in ("1K", "1K", "2K", "1K")]
+        ids = [
+            client.post("/v1/images/generations", json={**GOOD, "quality": q}).json()["id"]
+            for q in ("1K", "1K", "2K", "1K")
+        ]
     db = api_server.database()
     with db.transaction() as session:  # held by a pretend worker (the queue is shared)
-        session.execute(update(Task).where(Task.id.in_(ids)).values(
-            status="processing", worker_id="test-worker", started_at=time.time()))
+        session.execute(
+            update(Task)
+            .where(Task.id.in_(ids))
+            .values(status="processing", worker_id="test-worker", started_at=time.time())
+        )
     for task_id in ids[:3]:
         assert queue.complete(db, task_id, "test-worker", [f"{task_id}/0.png"], 60, 1.0)
     assert queue.fail(db, ids[3], "test-worker", "service_error", "boom")
@@ -233,27 +300,32 @@ def test_usage_reports_charged_spend_by_day_model_and_tier(api_server: Server) -
         usage = client.get("/v1/usage").json()
         ranged = client.get("/v1/usage", params={"start": today, "end": today}).json()
         empty = client.get("/v1/usage", params={"start": "2020-01-01", "end": "2020-01-31"})
-        for params, code in [({"start": "yesterday"}, "invalid_start"),
-                             ({"end": "2026-13-01"}, "invalid_end"),
-                             ({"start": "2026-02-01", "end": "2026-01-01"}, "invalid_start"),
-                             ({"start": "2020-01-01", "end": "2026-01-01"}, "invalid_start")]:
-            assert_error(client.get("/v1/usage", params=params), 400, "invalid_request_error",
-                         code)
+        for params, code in [
+            ({"start": "yesterday"}, "invalid_start"),
+            ({"end": "2026-13-01"}, "invalid_end"),
+            ({"start": "2026-02-01", "end": "2026-01-01"}, "invalid_start"),
+            ({"start": "2020-01-01", "end": "2026-01-01"}, "invalid_start"),
+        ]:
+            assert_error(client.get("/v1/usage", params=params), 400, "invalid_request_error", code)
     assert ranged["start"] == ranged["end"] == today and usage["end"] == today
     assert {k: usage[k] for k in ("data", "total_tasks", "total_credits")} == {
-        k: ranged[k] for k in ("data", "total_tasks", "total_credits")}
+        k: ranged[k] for k in ("data", "total_tasks", "total_credits")
+    }
     assert usage["total_tasks"] == 3 and usage["total_credits"] == 2.7
     assert usage["data"] == [
         {"date": today, "model": "krea-2-turbo", "quality": "1K", "tasks": 2, "credits": 0.9},
-        {"date": today, "model": "krea-2-turbo", "quality": "2K", "tasks": 1, "credits": 1.8}]
+        {"date": today, "model": "krea-2-turbo", "quality": "2K", "tasks": 1, "credits": 1.8},
+    ]
     assert empty.json()["data"] == [] and empty.json()["total_credits"] == 0
     _ = account_id
 
 
 # --- concurrency across processes ----------------------------------------------------------
 
+
 def test_n_times_4_simultaneous_creates_from_several_processes_accept_exactly_n(
-        api_server: Server, tmp_path: Path) -> None:
+    api_server: Server, tmp_path: Path
+) -> None:
     others = [second_api(api_server, tmp_path / f"p{i}") for i in range(2)]
     try:
         n = 6
@@ -264,8 +336,7 @@ def test_n_times_4_simultaneous_creates_from_several_processes_accept_exactly_n(
             client.get("/healthz")
 
         def create(i: int) -> int:
-            return clients[i % len(clients)].post("/v1/images/generations",
-                                                  json=GOOD).status_code
+            return clients[i % len(clients)].post("/v1/images/generations", json=GOOD).status_code
 
         with ThreadPoolExecutor(n * 4) as pool:
             codes = Counter(pool.map(create, range(n * 4)))
@@ -283,14 +354,14 @@ def test_n_times_4_simultaneous_creates_from_several_processes_accept_exactly_n(
 
 # --- limits --------------------------------------------------------------------------------
 
+
 def wait_for_fresh_minute(margin: float = 8.0) -> None:
     """Start a rate test early in a minute, so its window cannot roll over mid-test."""
     if 60 - time.time() % 60 < margin:
         time.sleep(60 - time.time() % 60 + 0.1)
 
 
-def test_requests_per_minute_hold_across_api_processes(api_server: Server,
-                                                       tmp_path: Path) -> None:
+def test_requests_per_minute_hold_across_api_processes(api_server: Server, tmp_path: Path) -> None:
     other = second_api(api_server, tmp_path)
     try:
         account_id, key = api_server.account()
@@ -329,8 +400,12 @@ def test_daily_spend_cap_refuses_with_402(api_server: Server) -> None:
     with api_server.client(key) as client:
         first = client.post("/v1/images/generations", json=GOOD).json()
         assert client.post("/v1/images/generations", json=GOOD).status_code == 200
-        error = assert_error(client.post("/v1/images/generations", json=GOOD), 402,
-                             "insufficient_quota_error", "daily_spend_cap_reached")
+        error = assert_error(
+            client.post("/v1/images/generations", json=GOOD),
+            402,
+            "insufficient_quota_error",
+            "daily_spend_cap_reached",
+        )
         assert "1.0 credits" in error["message"]
         client.post(f"/v1/tasks/{first['id']}/cancel")  # released: no longer spent
         assert client.post("/v1/images/generations", json=GOOD).status_code == 200
@@ -339,15 +414,19 @@ def test_daily_spend_cap_refuses_with_402(api_server: Server) -> None:
 def test_account_limits_are_validated_by_update(api_server: Server) -> None:
     account_id, _ = api_server.account()
     with admin(api_server) as client:
-        assert_error(client.patch(f"/admin/v1/accounts/{account_id}",
-                                  json={"max_tasks_in_flight": -3}), 400,
-                     "invalid_request_error", "invalid_max_tasks_in_flight")
+        assert_error(
+            client.patch(f"/admin/v1/accounts/{account_id}", json={"max_tasks_in_flight": -3}),
+            400,
+            "invalid_request_error",
+            "invalid_max_tasks_in_flight",
+        )
     with api_server.database().transaction() as session:
         assert accounts.account_summary(session, account_id)["max_tasks_in_flight"] is None
 
 
 def test_tasks_in_flight_hold_under_concurrent_creates_across_processes(
-        api_server: Server, tmp_path: Path) -> None:
+    api_server: Server, tmp_path: Path
+) -> None:
     other = second_api(api_server, tmp_path)
     try:
         account_id, key = api_server.account(credits=100)
@@ -370,6 +449,7 @@ def test_tasks_in_flight_hold_under_concurrent_creates_across_processes(
 
 # --- self-minted keys cannot multiply an account's limits (issue 17) -------------------------
 
+
 def mint_keys(client: httpx.Client, count: int) -> list[str]:
     keys = []
     for i in range(count):
@@ -379,8 +459,7 @@ def mint_keys(client: httpx.Client, count: int) -> list[str]:
     return keys
 
 
-def test_minted_keys_share_the_accounts_tasks_in_flight(api_server: Server,
-                                                         tmp_path: Path) -> None:
+def test_minted_keys_share_the_accounts_tasks_in_flight(api_server: Server, tmp_path: Path) -> None:
     """5 in flight, 10 keys, two API processes, 30 concurrent creates: exactly 5."""
     other = second_api(api_server, tmp_path)
     try:
@@ -391,8 +470,7 @@ def test_minted_keys_share_the_accounts_tasks_in_flight(api_server: Server,
         clients = [server.client(k) for k in keys for server in (api_server, other)]
 
         def create(i: int) -> int:
-            return clients[i % len(clients)].post("/v1/images/generations",
-                                                  json=GOOD).status_code
+            return clients[i % len(clients)].post("/v1/images/generations", json=GOOD).status_code
 
         with ThreadPoolExecutor(10) as pool:
             codes = Counter(pool.map(create, range(30)))
@@ -400,8 +478,12 @@ def test_minted_keys_share_the_accounts_tasks_in_flight(api_server: Server,
             client.close()
         assert codes == {200: 5, 429: 25}, codes
         with api_server.client(keys[-1]) as client:
-            error = assert_error(client.post("/v1/images/generations", json=GOOD), 429,
-                                 "rate_limit_error", "too_many_tasks_in_flight")
+            error = assert_error(
+                client.post("/v1/images/generations", json=GOOD),
+                429,
+                "rate_limit_error",
+                "too_many_tasks_in_flight",
+            )
             assert "This account already has 5 unfinished tasks" in error["message"]
     finally:
         other.stop()
@@ -424,8 +506,12 @@ def test_the_eleventh_live_key_is_refused(api_server: Server) -> None:
     _, key = api_server.account()
     with api_server.client(key) as client:
         minted = mint_keys(client, 9)  # 10 live keys
-        error = assert_error(client.post("/v1/keys", json={"name": "one too many"}), 403,
-                             "permission_error", "too_many_keys")
+        error = assert_error(
+            client.post("/v1/keys", json={"name": "one too many"}),
+            403,
+            "permission_error",
+            "too_many_keys",
+        )
         assert "10 live keys" in error["message"]
         listed = client.get("/v1/keys").json()["data"]
         assert len(listed) == 10
@@ -448,13 +534,13 @@ def test_key_creation_is_rate_limited_per_account(api_server: Server) -> None:
         error = assert_error(refused, 429, "rate_limit_error", "key_creation_rate_exceeded")
         assert "10 new keys per minute" in error["message"]
         assert 1 <= int(refused.headers["retry-after"]) <= 60
-        rotate = client.post(f"/v1/keys/{client.get('/v1/keys').json()['data'][0]['id']}"
-                             "/rotate")
+        rotate = client.post(f"/v1/keys/{client.get('/v1/keys').json()['data'][0]['id']}/rotate")
         assert_error(rotate, 429, "rate_limit_error", "key_creation_rate_exceeded")
 
 
 def test_requests_per_minute_hold_within_ten_percent_across_two_processes(
-        api_server: Server, tmp_path: Path) -> None:
+    api_server: Server, tmp_path: Path
+) -> None:
     """Limit 200 per minute, 400 requests at once through two processes: never more than
     200 admitted, and no fewer than 180."""
     other = second_api(api_server, tmp_path)
@@ -481,11 +567,27 @@ def test_ids_past_the_id_column_are_not_found_not_500(api_server: Server) -> Non
     """PostgreSQL refuses a 32-bit column compared with 931504268567 (found by
     schemathesis): such an id is simply not ours."""
     with admin(api_server) as client:
-        assert_error(client.post("/admin/v1/keys/931504268567/revoke"), 404,
-                     "not_found_error", "key_not_found", "key_id")
-        assert_error(client.post("/admin/v1/accounts/05035282070/credits",
-                                 json={"kind": "adjust", "amount": 5}),
-                     404, "not_found_error", "account_not_found", "account_id")
+        assert_error(
+            client.post("/admin/v1/keys/931504268567/revoke"),
+            404,
+            "not_found_error",
+            "key_not_found",
+            "key_id",
+        )
+        assert_error(
+            client.post(
+                "/admin/v1/accounts/05035282070/credits", json={"kind": "adjust", "amount": 5}
+            ),
+            404,
+            "not_found_error",
+            "account_not_found",
+            "account_id",
+        )
     with api_server.client(api_server.key()) as user:
-        assert_error(user.post("/v1/keys/931504268567/rotate"), 404, "not_found_error",
-                     "key_not_found", "key_id")
+        assert_error(
+            user.post("/v1/keys/931504268567/rotate"),
+            404,
+            "not_found_error",
+            "key_not_found",
+            "key_id",
+        )

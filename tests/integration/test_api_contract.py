@@ -18,8 +18,13 @@ from tests.conftest import Server
 GOOD = {"model": "krea-2-turbo", "prompt": "a red fox in snow"}
 
 
-def assert_error(response: httpx.Response, status: int, type_: str, code: str | None = None,
-                 param: str | None = None) -> dict:
+def assert_error(
+    response: httpx.Response,
+    status: int,
+    type_: str,
+    code: str | None = None,
+    param: str | None = None,
+) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"}, body
@@ -50,25 +55,31 @@ def task_count(server: Server) -> int:
 
 # --- authentication ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("headers", [
-    {},
-    {"Authorization": ""},
-    {"Authorization": "Bearer"},
-    {"Authorization": "Basic dXNlcjpwYXNz"},
-    {"Authorization": "Bearer ks_not-a-real-key"},
-    {"Authorization": "Bearer two words"},
-    {"Authorization": "ks_missing-scheme"},
-])
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": ""},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer ks_not-a-real-key"},
+        {"Authorization": "Bearer two words"},
+        {"Authorization": "ks_missing-scheme"},
+    ],
+)
 def test_missing_or_wrong_key_is_401(api_server: Server, headers: dict) -> None:
-    for method, path in [("POST", "/v1/images/generations"), ("GET", "/v1/credits"),
-                         ("GET", "/v1/tasks/task-unified-1-abcdefgh"),
-                         ("POST", "/v1/tasks/task-unified-1-abcdefgh/cancel")]:
+    for method, path in [
+        ("POST", "/v1/images/generations"),
+        ("GET", "/v1/credits"),
+        ("GET", "/v1/tasks/task-unified-1-abcdefgh"),
+        ("POST", "/v1/tasks/task-unified-1-abcdefgh/cancel"),
+    ]:
         response = httpx.request(method, api_server.url + path, headers=headers, json=GOOD)
         assert_error(response, 401, "authentication_error")
 
 
-def test_a_key_revoked_in_the_database_stops_within_the_cache_bound(api_server: Server
-                                                                     ) -> None:
+def test_a_key_revoked_in_the_database_stops_within_the_cache_bound(api_server: Server) -> None:
     """Revoked by `kreaserve keys revoke` (straight in the database): refused within
     KREASERVE_AUTH_CACHE_SECONDS (2 s), though the server had the key cached."""
     from kreaserve import accounts
@@ -93,23 +104,37 @@ def test_only_a_hash_of_the_key_is_stored(api_server: Server) -> None:
 
     _, key = api_server.account()
     with api_server.database().transaction() as session:
-        stored = [tuple(row) for row in session.execute(select(ApiKey)).scalars().all()
-                  for row in [(row.key_hash, row.prefix, row.name)]]
+        stored = [
+            tuple(row)
+            for row in session.execute(select(ApiKey)).scalars().all()
+            for row in [(row.key_hash, row.prefix, row.name)]
+        ]
     assert all(key not in value for row in stored for value in row)
 
 
 # --- create: the happy path ----------------------------------------------------------------
 
+
 def test_create_answers_exactly_the_contract_shape(api_server: Server) -> None:
     key = api_server.key()
     before = int(time.time())
     with api_server.client(key) as client:
-        response = client.post("/v1/images/generations", json={**GOOD, "size": "16:9",
-                                                                "quality": "2K", "seed": 7})
+        response = client.post(
+            "/v1/images/generations", json={**GOOD, "size": "16:9", "quality": "2K", "seed": 7}
+        )
     assert response.status_code == 200, response.text
     body = response.json()
-    for name in ("created", "id", "model", "object", "progress", "status", "task_info",
-                 "type", "usage"):
+    for name in (
+        "created",
+        "id",
+        "model",
+        "object",
+        "progress",
+        "status",
+        "task_info",
+        "type",
+        "usage",
+    ):
         assert name in body, name
     assert before <= body["created"] <= time.time() + 1
     assert re.fullmatch(rf"task-unified-{body['created']}-[a-z0-9]{{8}}", body["id"])
@@ -121,8 +146,11 @@ def test_create_answers_exactly_the_contract_shape(api_server: Server) -> None:
     assert body["task_info"]["can_cancel"] is True
     assert isinstance(body["task_info"]["estimated_time"], int)
     assert body["task_info"]["estimated_time"] >= 1
-    assert body["usage"] == {"billing_rule": "per_call", "credits_reserved": 1.8,
-                             "user_group": "default"}
+    assert body["usage"] == {
+        "billing_rule": "per_call",
+        "credits_reserved": 1.8,
+        "user_group": "default",
+    }
     assert body["seed"] == 7
 
 
@@ -146,8 +174,10 @@ def test_defaults_are_1_1_1k_and_a_server_chosen_seed(api_server: Server) -> Non
 
 def test_unknown_fields_are_ignored(api_server: Server) -> None:
     with api_server.client(api_server.key()) as client:
-        response = client.post("/v1/images/generations",
-                               json={**GOOD, "n": 4, "style": {"x": 1}, "negative_prompt": "x"})
+        response = client.post(
+            "/v1/images/generations",
+            json={**GOOD, "n": 4, "style": {"x": 1}, "negative_prompt": "x"},
+        )
     assert response.status_code == 200, response.text
 
 
@@ -161,12 +191,14 @@ def test_ids_are_unique_and_not_sequential(api_server: Server) -> None:
 @pytest.mark.parametrize("size", contract.SIZES)
 @pytest.mark.parametrize("quality", contract.QUALITIES)
 def test_every_size_and_quality_is_accepted_and_stored_with_its_pixels(
-        api_server: Server, size: str, quality: str) -> None:
+    api_server: Server, size: str, quality: str
+) -> None:
     from kreaserve.db.models import Task
 
     with api_server.client(api_server.key()) as client:
-        body = client.post("/v1/images/generations",
-                           json={**GOOD, "size": size, "quality": quality}).json()
+        body = client.post(
+            "/v1/images/generations", json={**GOOD, "size": size, "quality": quality}
+        ).json()
     assert body["usage"]["credits_reserved"] == (0.45 if quality == "1K" else 1.8)
     with api_server.database().transaction() as session:
         task = session.get(Task, body["id"])
@@ -226,43 +258,45 @@ BAD_FIELDS = [
     ("callback_url", "https://[::1]/hook", "invalid_callback_url"),
     ("callback_url", "https://[::ffff:127.0.0.1]/hook", "invalid_callback_url"),
     ("callback_url", "https://localhost/hook", "invalid_callback_url"),
-    ("callback_url", 'https://2130706433/', "invalid_callback_url"),
-    ("callback_url", 'https://0x7f000001/', "invalid_callback_url"),
-    ("callback_url", 'https://0177.0.0.1/', "invalid_callback_url"),
-    ("callback_url", 'https://127.1/', "invalid_callback_url"),
-    ("callback_url", 'https://0x7f.1/', "invalid_callback_url"),
-    ("callback_url", 'https://127.0.0.1./', "invalid_callback_url"),
-    ("callback_url", 'https://LOCALHOST/', "invalid_callback_url"),
-    ("callback_url", 'https://localhost./', "invalid_callback_url"),
-    ("callback_url", 'https://api.localhost/', "invalid_callback_url"),
-    ("callback_url", 'https://１２７.０.０.１/', "invalid_callback_url"),
-    ("callback_url", 'https://127。0。0。1/', "invalid_callback_url"),
-    ("callback_url", 'https://%31%32%37.0.0.1/', "invalid_callback_url"),
-    ("callback_url", 'https://[::ffff:7f00:1]/', "invalid_callback_url"),
-    ("callback_url", 'https://[0:0:0:0:0:ffff:127.0.0.1]/', "invalid_callback_url"),
-    ("callback_url", 'https://[::]/', "invalid_callback_url"),
-    ("callback_url", 'https://[64:ff9b::7f00:1]/', "invalid_callback_url"),
-    ("callback_url", 'https://[2002:7f00:1::]/', "invalid_callback_url"),
-    ("callback_url", 'https://[fe80::1%25eth0]/', "invalid_callback_url"),
-    ("callback_url", 'https://[fc00::1]/', "invalid_callback_url"),
-    ("callback_url", 'https://0.0.0.0/', "invalid_callback_url"),
-    ("callback_url", 'https://0/', "invalid_callback_url"),
-    ("callback_url", 'https://100.64.0.1/', "invalid_callback_url"),
-    ("callback_url", 'https://198.18.0.1/', "invalid_callback_url"),
-    ("callback_url", 'https://192.0.0.8/', "invalid_callback_url"),
-    ("callback_url", 'https://224.0.0.1/', "invalid_callback_url"),
-    ("callback_url", 'https://255.255.255.255/', "invalid_callback_url"),
-    ("callback_url", 'https://[ff02::1]/', "invalid_callback_url"),
-    ("callback_url", 'https://@example.com/', "invalid_callback_url"),
-    ("callback_url", 'https://user:@example.com/', "invalid_callback_url"),
+    ("callback_url", "https://2130706433/", "invalid_callback_url"),
+    ("callback_url", "https://0x7f000001/", "invalid_callback_url"),
+    ("callback_url", "https://0177.0.0.1/", "invalid_callback_url"),
+    ("callback_url", "https://127.1/", "invalid_callback_url"),
+    ("callback_url", "https://0x7f.1/", "invalid_callback_url"),
+    ("callback_url", "https://127.0.0.1./", "invalid_callback_url"),
+    ("callback_url", "https://LOCALHOST/", "invalid_callback_url"),
+    ("callback_url", "https://localhost./", "invalid_callback_url"),
+    ("callback_url", "https://api.localhost/", "invalid_callback_url"),
+    ("callback_url", "https://１２７.０.０.１/", "invalid_callback_url"),
+    ("callback_url", "https://127。0。0。1/", "invalid_callback_url"),
+    ("callback_url", "https://%31%32%37.0.0.1/", "invalid_callback_url"),
+    ("callback_url", "https://[::ffff:7f00:1]/", "invalid_callback_url"),
+    ("callback_url", "https://[0:0:0:0:0:ffff:127.0.0.1]/", "invalid_callback_url"),
+    ("callback_url", "https://[::]/", "invalid_callback_url"),
+    ("callback_url", "https://[64:ff9b::7f00:1]/", "invalid_callback_url"),
+    ("callback_url", "https://[2002:7f00:1::]/", "invalid_callback_url"),
+    ("callback_url", "https://[fe80::1%25eth0]/", "invalid_callback_url"),
+    ("callback_url", "https://[fc00::1]/", "invalid_callback_url"),
+    ("callback_url", "https://0.0.0.0/", "invalid_callback_url"),
+    ("callback_url", "https://0/", "invalid_callback_url"),
+    ("callback_url", "https://100.64.0.1/", "invalid_callback_url"),
+    ("callback_url", "https://198.18.0.1/", "invalid_callback_url"),
+    ("callback_url", "https://192.0.0.8/", "invalid_callback_url"),
+    ("callback_url", "https://224.0.0.1/", "invalid_callback_url"),
+    ("callback_url", "https://255.255.255.255/", "invalid_callback_url"),
+    ("callback_url", "https://[ff02::1]/", "invalid_callback_url"),
+    ("callback_url", "https://@example.com/", "invalid_callback_url"),
+    ("callback_url", "https://user:@example.com/", "invalid_callback_url"),
     ("callback_url", 5, "invalid_callback_url"),
 ]
 
 
-@pytest.mark.parametrize(("field", "value", "code"), BAD_FIELDS,
-                         ids=[f"{f}-{str(v)[:20]!r}" for f, v, _ in BAD_FIELDS])
-def test_bad_field_is_400_naming_it_and_stores_nothing(api_server: Server, field: str,
-                                                       value: object, code: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "value", "code"), BAD_FIELDS, ids=[f"{f}-{str(v)[:20]!r}" for f, v, _ in BAD_FIELDS]
+)
+def test_bad_field_is_400_naming_it_and_stores_nothing(
+    api_server: Server, field: str, value: object, code: str
+) -> None:
     key = api_server.key(credits=10)
     body = dict(GOOD)
     if value is None:
@@ -299,16 +333,28 @@ def test_prompt_of_exactly_640_tokens_is_accepted(api_server: Server) -> None:
     assert_error(over, 400, "invalid_request_error", "prompt_too_long", "prompt")
 
 
-@pytest.mark.parametrize("raw", [
-    b"{", b"not json", b"", b"   ", b"[1, 2]", b'"a string"', b"null", b"42",
-    b'{"model": "krea-2-turbo", "prompt": "x",}', b"\xff\xfe\x00",
-    b"[" * 100_000 + b"]" * 100_000,
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{",
+        b"not json",
+        b"",
+        b"   ",
+        b"[1, 2]",
+        b'"a string"',
+        b"null",
+        b"42",
+        b'{"model": "krea-2-turbo", "prompt": "x",}',
+        b"\xff\xfe\x00",
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+)
 def test_malformed_json_is_400(api_server: Server, raw: bytes) -> None:
     before = task_count(api_server)
     with api_server.client(api_server.key()) as client:
-        response = client.post("/v1/images/generations", content=raw,
-                               headers={"Content-Type": "application/json"})
+        response = client.post(
+            "/v1/images/generations", content=raw, headers={"Content-Type": "application/json"}
+        )
     assert_error(response, 400, "invalid_request_error", "invalid_json")
     assert task_count(api_server) == before
 
@@ -317,42 +363,65 @@ def test_body_over_1_mib_is_413(api_server: Server) -> None:
     key = api_server.key()
     big = json.dumps({**GOOD, "padding": "x" * (1024 * 1024)}).encode()
     with api_server.client(key) as client:
-        assert_error(client.post("/v1/images/generations", content=big,
-                                 headers={"Content-Type": "application/json"}),
-                     413, "request_too_large_error")
+        assert_error(
+            client.post(
+                "/v1/images/generations", content=big, headers={"Content-Type": "application/json"}
+            ),
+            413,
+            "request_too_large_error",
+        )
 
         def chunks():  # no Content-Length: the limit must hold for a streamed body too
             for _ in range(20):
                 yield b"x" * 65536
 
-        assert_error(client.post("/v1/images/generations", content=chunks(),
-                                 headers={"Content-Type": "application/json"}),
-                     413, "request_too_large_error")
+        assert_error(
+            client.post(
+                "/v1/images/generations",
+                content=chunks(),
+                headers={"Content-Type": "application/json"},
+            ),
+            413,
+            "request_too_large_error",
+        )
         assert client.get("/v1/credits").json()["reserved"] == 0
 
 
 def test_insufficient_credits_is_402_and_reserves_nothing(api_server: Server) -> None:
     key = api_server.key(credits=1.0)
     with api_server.client(key) as client:
-        assert client.post("/v1/images/generations",
-                           json={**GOOD, "quality": "1K"}).status_code == 200  # 0.45
-        assert_error(client.post("/v1/images/generations", json={**GOOD, "quality": "2K"}),
-                     402, "insufficient_quota_error")
+        assert (
+            client.post("/v1/images/generations", json={**GOOD, "quality": "1K"}).status_code == 200
+        )  # 0.45
+        assert_error(
+            client.post("/v1/images/generations", json={**GOOD, "quality": "2K"}),
+            402,
+            "insufficient_quota_error",
+        )
         assert client.post("/v1/images/generations", json=GOOD).status_code == 200  # 0.90
-        assert_error(client.post("/v1/images/generations", json=GOOD),
-                     402, "insufficient_quota_error")
+        assert_error(
+            client.post("/v1/images/generations", json=GOOD), 402, "insufficient_quota_error"
+        )
         credits = client.get("/v1/credits").json()
-    assert credits == {"object": "credit_balance", "balance": 1.0, "reserved": 0.9,
-                       "available": 0.1, "user_group": "default"}
+    assert credits == {
+        "object": "credit_balance",
+        "balance": 1.0,
+        "reserved": 0.9,
+        "available": 0.1,
+        "user_group": "default",
+    }
 
 
 # --- query and cancel ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("task_id", ["abc", "task-123", "TASK-UNIFIED-1-abcdefgh", "1"])
 def test_malformed_task_id_is_400_invalid_task_id(api_server: Server, task_id: str) -> None:
     with api_server.client(api_server.key()) as client:
-        for response in (client.get(f"/v1/tasks/{task_id}"),
-                         client.post(f"/v1/tasks/{task_id}/cancel")):
+        for response in (
+            client.get(f"/v1/tasks/{task_id}"),
+            client.post(f"/v1/tasks/{task_id}/cancel"),
+        ):
             assert_error(response, 400, "invalid_request_error", "invalid_task_id", "task_id")
 
 
@@ -374,7 +443,8 @@ def test_query_of_a_pending_task(api_server: Server) -> None:
         created = client.post("/v1/images/generations", json=GOOD).json()
         body = client.get(f"/v1/tasks/{created['id']}").json()
     assert {k: body[k] for k in ("created", "id", "model", "object", "type")} == {
-        k: created[k] for k in ("created", "id", "model", "object", "type")}
+        k: created[k] for k in ("created", "id", "model", "object", "type")
+    }
     assert body["status"] == "pending" and body["progress"] == 0
     assert body["task_info"]["can_cancel"] is True
     assert "results" not in body and "error" not in body
@@ -382,8 +452,10 @@ def test_query_of_a_pending_task(api_server: Server) -> None:
 
 def test_estimated_time_grows_with_the_queue_ahead(api_server: Server) -> None:
     with api_server.client(api_server.key(credits=100)) as client:
-        estimates = [client.post("/v1/images/generations", json=GOOD).json()
-                     ["task_info"]["estimated_time"] for _ in range(4)]
+        estimates = [
+            client.post("/v1/images/generations", json=GOOD).json()["task_info"]["estimated_time"]
+            for _ in range(4)
+        ]
     assert estimates == sorted(estimates) and estimates[-1] > estimates[0]
 
 
@@ -408,10 +480,12 @@ def test_cancel_pending_task_releases_credits_at_once(api_server: Server) -> Non
 
         account_id = session.get(Task, task["id"]).account_id
         assert ledger.balance_from_entries(session, account_id) == ledger.balance(
-            session, account_id)
+            session, account_id
+        )
 
 
 # --- everything else -----------------------------------------------------------------------
+
 
 def test_unknown_route_and_wrong_method_use_the_error_shape(api_server: Server) -> None:
     with api_server.client(api_server.key()) as client:

@@ -15,20 +15,30 @@ import pytest
 from tests.conftest import Server, start_server
 from tests.integration.test_generation import fetch_image, wait_until_done
 
-PROMPTS = ["a red fox in snow", "a lighthouse at dusk over black rocks, long exposure",
-           "cat", "an isometric cutaway of a tiny bakery at dawn"]
+PROMPTS = [
+    "a red fox in snow",
+    "a lighthouse at dusk over black rocks, long exposure",
+    "cat",
+    "an isometric cutaway of a tiny bakery at dawn",
+]
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest, tmp_path: Path,
-           weights_cache: Path) -> Iterator[tuple[str, Server]]:
+def server(
+    request: pytest.FixtureRequest, tmp_path: Path, weights_cache: Path
+) -> Iterator[tuple[str, Server]]:
     mode = getattr(request, "param", "untrimmed")
-    running = start_server(tmp_path, f"sqlite:///{tmp_path / 'batch.db'}", weights_cache,
-                           embedded_worker=True, extra_env={
-                               "KREASERVE_BATCH_SIZE": "4",
-                               "KREASERVE_BATCH_WAIT_MS": "1000",
-                               "KREASERVE_TRIM_PADDING": str(mode == "trimmed"),
-                           })
+    running = start_server(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'batch.db'}",
+        weights_cache,
+        embedded_worker=True,
+        extra_env={
+            "KREASERVE_BATCH_SIZE": "4",
+            "KREASERVE_BATCH_WAIT_MS": "1000",
+            "KREASERVE_TRIM_PADDING": str(mode == "trimmed"),
+        },
+    )
     yield mode, running
     running.stop()
 
@@ -48,11 +58,13 @@ def test_same_size_tasks_run_as_one_batch_and_match_their_solo_images(
 ) -> None:
     mode, running = server
     with running.client(running.key(credits=20)) as client:
-        bodies = [{"model": "krea-2-turbo", "prompt": p, "seed": 100 + i}
-                  for i, p in enumerate(PROMPTS)]
-        other = client.post("/v1/images/generations",
-                            json={"model": "krea-2-turbo", "prompt": "wide", "size": "16:9",
-                                  "seed": 5}).json()
+        bodies = [
+            {"model": "krea-2-turbo", "prompt": p, "seed": 100 + i} for i, p in enumerate(PROMPTS)
+        ]
+        other = client.post(
+            "/v1/images/generations",
+            json={"model": "krea-2-turbo", "prompt": "wide", "size": "16:9", "seed": 5},
+        ).json()
         tasks = [client.post("/v1/images/generations", json=b).json() for b in bodies]
         batched = [wait_until_done(client, t["id"])[-1] for t in tasks]
         assert wait_until_done(client, other["id"])[-1]["status"] == "completed"
@@ -80,9 +92,13 @@ def test_cancelling_one_task_of_a_batch_leaves_the_others_to_finish(
 ) -> None:
     _, running = server
     with running.client(running.key(credits=20)) as client:
-        tasks = [client.post("/v1/images/generations",
-                             json={"model": "krea-2-turbo", "prompt": p, "quality": "2K"}).json()
-                 for p in PROMPTS[:3]]
+        tasks = [
+            client.post(
+                "/v1/images/generations",
+                json={"model": "krea-2-turbo", "prompt": p, "quality": "2K"},
+            ).json()
+            for p in PROMPTS[:3]
+        ]
         victim = tasks[1]["id"]
         deadline = time.monotonic() + 120
         while client.get(f"/v1/tasks/{victim}").json()["progress"] == 0:
@@ -101,15 +117,24 @@ def test_cancelling_one_task_of_a_batch_leaves_the_others_to_finish(
     assert credits["reserved"] == 0 and credits["balance"] == round(20 - 2 * 1.80, 2)  # 2 x 2K
 
 
-def test_one_engine_per_gpu_slot_each_with_its_own_device(tmp_path: Path,
-                                                          weights_cache: Path) -> None:
-    running = start_server(tmp_path, f"sqlite:///{tmp_path / 'gpus.db'}", weights_cache,
-                           embedded_worker=True, extra_env={"KREASERVE_ENGINE_GPUS": "0,1"})
+def test_one_engine_per_gpu_slot_each_with_its_own_device(
+    tmp_path: Path, weights_cache: Path
+) -> None:
+    running = start_server(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'gpus.db'}",
+        weights_cache,
+        embedded_worker=True,
+        extra_env={"KREASERVE_ENGINE_GPUS": "0,1"},
+    )
     try:
         with running.client(running.key(credits=5)) as client:
-            tasks = [client.post("/v1/images/generations",
-                                 json={"model": "krea-2-turbo", "prompt": p}).json()
-                     for p in PROMPTS[:2]]
+            tasks = [
+                client.post(
+                    "/v1/images/generations", json={"model": "krea-2-turbo", "prompt": p}
+                ).json()
+                for p in PROMPTS[:2]
+            ]
             done = [wait_until_done(client, t["id"])[-1] for t in tasks]
         ready = httpx.get(f"{running.url}/readyz").json()
     finally:

@@ -69,9 +69,14 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 with receiver.lock:
-                    receiver.hits.append(Hit(time.monotonic(), self.path,
-                                             {k.lower(): v for k, v in self.headers.items()},
-                                             body))
+                    receiver.hits.append(
+                        Hit(
+                            time.monotonic(),
+                            self.path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                            body,
+                        )
+                    )
                     script = receiver.scripts.get(self.path, [200])
                     answer = script.pop(0) if len(script) > 1 else script[0]
                 if answer == "hang":
@@ -108,19 +113,42 @@ def callback_env(tls: tuple[Path, Path, Path]) -> dict[str, str]:
     return {"SSL_CERT_FILE": str(tls[0]), "KREASERVE_CALLBACK_ALLOW_HOSTS": "localhost"}
 
 
-def start(backend_url: str, tmp: Path, cache: Path, env: dict[str, str],
-          data_dir: Path | None = None, database: str | None = None) -> Server:
+def start(
+    backend_url: str,
+    tmp: Path,
+    cache: Path,
+    env: dict[str, str],
+    data_dir: Path | None = None,
+    database: str | None = None,
+) -> Server:
     """A generating server: embedded worker on SQLite, API + worker on PostgreSQL."""
     if backend_url.startswith("sqlite"):
-        return start_server(tmp, database or f"sqlite:///{tmp / 'callbacks.db'}", cache,
-                            embedded_worker=True, extra_env=env, data_dir=data_dir)
-    return start_server(tmp, database or backend_url, cache, embedded_worker=False,
-                        separate_workers=1, extra_env=env, data_dir=data_dir)
+        return start_server(
+            tmp,
+            database or f"sqlite:///{tmp / 'callbacks.db'}",
+            cache,
+            embedded_worker=True,
+            extra_env=env,
+            data_dir=data_dir,
+        )
+    return start_server(
+        tmp,
+        database or backend_url,
+        cache,
+        embedded_worker=False,
+        separate_workers=1,
+        extra_env=env,
+        data_dir=data_dir,
+    )
 
 
 @pytest.fixture(scope="module")
-def server(backend: tuple[str, Path], tls: tuple[Path, Path, Path], weights_cache: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    backend: tuple[str, Path],
+    tls: tuple[Path, Path, Path],
+    weights_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
     url, _ = backend
     tmp = tmp_path_factory.mktemp("callbacks")
     drop = None
@@ -135,8 +163,9 @@ def server(backend: tuple[str, Path], tls: tuple[Path, Path, Path], weights_cach
 
 def run_task(server: Server, key: str, callback_url: str, **extra: object) -> dict:
     with server.client(key) as client:
-        created = client.post("/v1/images/generations",
-                              json={**GOOD, "callback_url": callback_url, **extra})
+        created = client.post(
+            "/v1/images/generations", json={**GOOD, "callback_url": callback_url, **extra}
+        )
         assert created.status_code == 200, created.text
         return wait_until_done(client, created.json()["id"])[-1]
 
@@ -153,7 +182,8 @@ def attempts(server: Server, key: str, task_id: str, settled: bool = True) -> li
 
 
 def test_body_is_the_query_body_byte_for_byte_and_the_signature_verifies(
-        server: Server, receiver: Receiver) -> None:
+    server: Server, receiver: Receiver
+) -> None:
     key = server.key()
     url = receiver.url([200])
     done = run_task(server, key, url, seed=5)
@@ -182,7 +212,8 @@ def test_body_is_the_query_body_byte_for_byte_and_the_signature_verifies(
 
 
 def test_a_receiver_failing_twice_gets_three_attempts_1s_and_2s_apart(
-        server: Server, receiver: Receiver) -> None:
+    server: Server, receiver: Receiver
+) -> None:
     key = server.key()
     url = receiver.url([500, 502, 200])
     done = run_task(server, key, url)
@@ -201,7 +232,8 @@ def test_a_receiver_failing_twice_gets_three_attempts_1s_and_2s_apart(
 
 
 def test_a_receiver_that_always_fails_gets_four_attempts_then_none(
-        server: Server, receiver: Receiver) -> None:
+    server: Server, receiver: Receiver
+) -> None:
     key = server.key()
     url = receiver.url([503])
     done = run_task(server, key, url)
@@ -224,8 +256,7 @@ def test_nobody_listening_gets_four_recorded_connection_errors(server: Server) -
     [delivery] = attempts(server, key, done["id"])
     assert delivery["status"] == "failed"
     assert len(delivery["attempts"]) == 4
-    assert all(a["status_code"] is None and "Connect" in a["error"]
-               for a in delivery["attempts"])
+    assert all(a["status_code"] is None and "Connect" in a["error"] for a in delivery["attempts"])
 
 
 def test_a_receiver_that_hangs_is_cut_at_10_seconds(server: Server, receiver: Receiver) -> None:
@@ -255,8 +286,9 @@ def test_cancelled_task_calls_back_with_its_error(server: Server, receiver: Rece
     key = server.key()
     url = receiver.url([200])
     with server.client(key) as client:
-        task = client.post("/v1/images/generations",
-                           json={**GOOD, "quality": "2K", "callback_url": url}).json()
+        task = client.post(
+            "/v1/images/generations", json={**GOOD, "quality": "2K", "callback_url": url}
+        ).json()
         while client.get(f"/v1/tasks/{task['id']}").json()["status"] == "pending":
             time.sleep(0.02)
         client.post(f"/v1/tasks/{task['id']}/cancel")
@@ -304,7 +336,8 @@ def test_rotated_secret_signs_from_then_on(server: Server, receiver: Receiver) -
 
 
 def test_a_host_name_resolving_to_an_internal_address_is_refused_at_send_time(
-        server: Server, receiver: Receiver) -> None:
+    server: Server, receiver: Receiver
+) -> None:
     """This machine's own name is not a literal address, so creation accepts it; at send
     time it resolves to an internal address and every attempt is refused, unsent."""
     name = socket.gethostname()
@@ -315,16 +348,18 @@ def test_a_host_name_resolving_to_an_internal_address_is_refused_at_send_time(
     done = run_task(server, key, url)
     [delivery] = attempts(server, key, done["id"])
     assert delivery["status"] == "failed"
-    assert all(a["status_code"] is None and a["error"].startswith("refused")
-               for a in delivery["attempts"])
+    assert all(
+        a["status_code"] is None and a["error"].startswith("refused") for a in delivery["attempts"]
+    )
     assert not [hit for hit in receiver.hits if hit.path == "/hook/rebind"]
 
 
 def test_redeliver_and_callbacks_answer_errors_in_the_contract_shape(api_server: Server) -> None:
     key = api_server.key()
     with api_server.client(key) as client:
-        pending = client.post("/v1/images/generations",
-                              json={**GOOD, "callback_url": "https://example.com/hook"}).json()
+        pending = client.post(
+            "/v1/images/generations", json={**GOOD, "callback_url": "https://example.com/hook"}
+        ).json()
         plain = client.post("/v1/images/generations", json=GOOD).json()
         not_done = client.post(f"/v1/tasks/{pending['id']}/callbacks/redeliver")
         assert not_done.status_code == 409
@@ -333,7 +368,9 @@ def test_redeliver_and_callbacks_answer_errors_in_the_contract_shape(api_server:
         none = client.post(f"/v1/tasks/{plain['id']}/callbacks/redeliver")
         assert none.status_code == 409 and none.json()["error"]["code"] == "no_callback_url"
         assert client.get(f"/v1/tasks/{pending['id']}/callbacks").json() == {
-            "object": "list", "data": []}
+            "object": "list",
+            "data": [],
+        }
         assert client.get("/v1/tasks/bad/callbacks").json()["error"]["code"] == "invalid_task_id"
     with api_server.client(api_server.key()) as stranger:
         assert stranger.get(f"/v1/tasks/{pending['id']}/callbacks").status_code == 404
@@ -342,8 +379,12 @@ def test_redeliver_and_callbacks_answer_errors_in_the_contract_shape(api_server:
 
 
 def test_a_crash_between_the_end_and_the_callback_still_delivers_exactly_once(
-        backend: tuple[str, Path], tls: tuple[Path, Path, Path], receiver: Receiver,
-        weights_cache: Path, tmp_path: Path) -> None:
+    backend: tuple[str, Path],
+    tls: tuple[Path, Path, Path],
+    receiver: Receiver,
+    weights_cache: Path,
+    tmp_path: Path,
+) -> None:
     """The task ends while no sender runs (dispatch off), the process is killed, and the
     restarted one finds the delivery in the outbox."""
     backend_url, _ = backend
@@ -351,8 +392,13 @@ def test_a_crash_between_the_end_and_the_callback_still_delivers_exactly_once(
     if not backend_url.startswith("sqlite"):
         database, drop = make_postgres_database(POSTGRES_URL)
     env = callback_env(tls)
-    first = start(backend_url, tmp_path / "a", weights_cache,
-                  {**env, "KREASERVE_CALLBACK_DISPATCH": "false"}, database=database)
+    first = start(
+        backend_url,
+        tmp_path / "a",
+        weights_cache,
+        {**env, "KREASERVE_CALLBACK_DISPATCH": "false"},
+        database=database,
+    )
     try:
         key = first.key()
         url = receiver.url([200])
@@ -363,8 +409,9 @@ def test_a_crash_between_the_end_and_the_callback_still_delivers_exactly_once(
             proc.stop(signal.SIGKILL)
     finally:
         first.stop()
-    second = start(backend_url, tmp_path / "b", weights_cache, env, data_dir=first.data_dir,
-                   database=database)
+    second = start(
+        backend_url, tmp_path / "b", weights_cache, env, data_dir=first.data_dir, database=database
+    )
     try:
         [hit] = receiver.wait_hits(url, 1)
         time.sleep(2)
@@ -379,20 +426,40 @@ def test_a_crash_between_the_end_and_the_callback_still_delivers_exactly_once(
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_two_api_processes_on_one_database_send_each_callback_once(
-        backend: tuple[str, Path], tls: tuple[Path, Path, Path], receiver: Receiver,
-        weights_cache: Path, tmp_path: Path) -> None:
+    backend: tuple[str, Path],
+    tls: tuple[Path, Path, Path],
+    receiver: Receiver,
+    weights_cache: Path,
+    tmp_path: Path,
+) -> None:
     database, drop = make_postgres_database(POSTGRES_URL)
     env = callback_env(tls)
-    first = start_server(tmp_path / "a", database, weights_cache, embedded_worker=False,
-                         separate_workers=1, extra_env=env)
-    second = start_server(tmp_path / "b", database, weights_cache, embedded_worker=False,
-                          extra_env=env, data_dir=first.data_dir)
+    first = start_server(
+        tmp_path / "a",
+        database,
+        weights_cache,
+        embedded_worker=False,
+        separate_workers=1,
+        extra_env=env,
+    )
+    second = start_server(
+        tmp_path / "b",
+        database,
+        weights_cache,
+        embedded_worker=False,
+        extra_env=env,
+        data_dir=first.data_dir,
+    )
     try:
         key = first.key()
         urls = [receiver.url([200]) for _ in range(12)]
         with first.client(key) as client:
-            ids = [client.post("/v1/images/generations",
-                               json={**GOOD, "callback_url": url}).json()["id"] for url in urls]
+            ids = [
+                client.post("/v1/images/generations", json={**GOOD, "callback_url": url}).json()[
+                    "id"
+                ]
+                for url in urls
+            ]
             for task_id in ids:
                 assert wait_until_done(client, task_id)[-1]["status"] == "completed"
         for url in urls:
@@ -405,15 +472,21 @@ def test_two_api_processes_on_one_database_send_each_callback_once(
         drop()
 
 
-def test_the_create_requests_traceparent_reaches_the_callback(server: Server,
-                                                              receiver: Receiver) -> None:
+def test_the_create_requests_traceparent_reaches_the_callback(
+    server: Server, receiver: Receiver
+) -> None:
     trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
     traced, plain = receiver.url([200]), receiver.url([200])
     with server.client(server.key()) as client:
-        created = [client.post("/v1/images/generations",
-                               json={**GOOD, "callback_url": url}, headers=headers).json()
-                   for url, headers in ((traced, {"traceparent": f"00-{trace_id}-{parent}-01"}),
-                                        (plain, {}))]
+        created = [
+            client.post(
+                "/v1/images/generations", json={**GOOD, "callback_url": url}, headers=headers
+            ).json()
+            for url, headers in (
+                (traced, {"traceparent": f"00-{trace_id}-{parent}-01"}),
+                (plain, {}),
+            )
+        ]
         for task in created:
             wait_until_done(client, task["id"])
     [hit] = receiver.wait_hits(traced, 1)
@@ -423,7 +496,11 @@ def test_the_create_requests_traceparent_reaches_the_callback(server: Server,
     [untraced] = receiver.wait_hits(plain, 1)
     assert "traceparent" not in untraced.headers
     scraped = httpx.get(f"{server.url}/metrics").text
-    delivered = [line for line in scraped.splitlines()
-                 if line.startswith("kreaserve_callback_attempts_total{")
-                 and 'outcome="delivered"' in line and 'attempt="1"' in line]
+    delivered = [
+        line
+        for line in scraped.splitlines()
+        if line.startswith("kreaserve_callback_attempts_total{")
+        and 'outcome="delivered"' in line
+        and 'attempt="1"' in line
+    ]
     assert delivered and float(delivered[0].split()[-1]) >= 2

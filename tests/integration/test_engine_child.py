@@ -21,8 +21,7 @@ START_TIMEOUT = 300
 
 
 def start(cache: Path, **load: object) -> EngineProcess:
-    engine = EngineProcess(m.Load(weights="tiny-random", cache_dir=cache, device="cpu",
-                                  **load))  # type: ignore[arg-type]
+    engine = EngineProcess(m.Load(weights="tiny-random", cache_dir=cache, device="cpu", **load))  # type: ignore[arg-type]
     engine.start(START_TIMEOUT)
     return engine
 
@@ -34,14 +33,16 @@ def engine(weights_cache: Path) -> Iterator[EngineProcess]:
     running.stop()
 
 
-def batch(engine: EngineProcess, specs: list[tuple[str, int]], size: tuple[int, int] = (256, 256)
-          ) -> m.GenerateBatch:
+def batch(
+    engine: EngineProcess, specs: list[tuple[str, int]], size: tuple[int, int] = (256, 256)
+) -> m.GenerateBatch:
     items = tuple(m.Item(job=engine.new_job_id(), prompt=p, seed=s) for p, s in specs)
     return m.GenerateBatch(items=items, width=size[0], height=size[1])
 
 
-def collect(engine: EngineProcess, sent: m.GenerateBatch, timeout: float = 120,
-            on_progress=None) -> tuple[dict[int, object], list[object]]:  # type: ignore[no-untyped-def]
+def collect(
+    engine: EngineProcess, sent: m.GenerateBatch, timeout: float = 120, on_progress=None
+) -> tuple[dict[int, object], list[object]]:  # type: ignore[no-untyped-def]
     """Every message until each job has its answer; (answers by job, all messages)."""
     answers: dict[int, object] = {}
     seen: list[object] = []

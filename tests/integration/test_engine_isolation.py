@@ -20,17 +20,24 @@ from tests.integration.test_generation import GOOD, wait_until_done
 @pytest.fixture
 def server(tmp_path: Path, weights_cache: Path) -> Iterator[Server]:
     # A 1K image takes under 2 s here; 6 s is long enough for it and short for the test.
-    running = start_server(tmp_path, f"sqlite:///{tmp_path / 'iso.db'}", weights_cache,
-                           embedded_worker=True,
-                           extra_env={"KREASERVE_TASK_TIMEOUT_SECONDS": "6"})
+    running = start_server(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'iso.db'}",
+        weights_cache,
+        embedded_worker=True,
+        extra_env={"KREASERVE_TASK_TIMEOUT_SECONDS": "6"},
+    )
     yield running
     running.stop()
 
 
 def engine_child(server: Server) -> psutil.Process:
     """The spawned engine process (not multiprocessing's resource tracker)."""
-    [child] = [c for c in psutil.Process(server.api.popen.pid).children(recursive=True)
-               if "spawn_main" in " ".join(c.cmdline()) and c.status() != psutil.STATUS_ZOMBIE]
+    [child] = [
+        c
+        for c in psutil.Process(server.api.popen.pid).children(recursive=True)
+        if "spawn_main" in " ".join(c.cmdline()) and c.status() != psutil.STATUS_ZOMBIE
+    ]
     return child
 
 
@@ -75,4 +82,3 @@ def test_a_hung_engine_child_times_out_and_the_next_task_runs(server: Server) ->
     assert not psutil.pid_exists(frozen.pid) or frozen.status() == psutil.STATUS_ZOMBIE
     assert done["status"] == "completed", done
     assert credits["balance"] == 4.55 and credits["reserved"] == 0
-

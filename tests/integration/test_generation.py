@@ -24,8 +24,10 @@ def wait_until_done(client: httpx.Client, task_id: str, timeout: float = 240) ->
         response = client.get(f"/v1/tasks/{task_id}")
         assert response.status_code == 200, response.text
         body = response.json()
-        if not seen or (body["status"], body["progress"]) != (seen[-1]["status"],
-                                                              seen[-1]["progress"]):
+        if not seen or (body["status"], body["progress"]) != (
+            seen[-1]["status"],
+            seen[-1]["progress"],
+        ):
             seen.append(body)
         if body["status"] in contract.TERMINAL:
             return seen
@@ -40,12 +42,12 @@ def fetch_image(url: str) -> Image.Image:
     return Image.open(io.BytesIO(response.content))
 
 
-def test_task_moves_pending_processing_completed_with_rising_progress(
-        full_server: Server) -> None:
+def test_task_moves_pending_processing_completed_with_rising_progress(full_server: Server) -> None:
     account_id, key = full_server.account(credits=10)
     with full_server.client(key) as client:
-        created = client.post("/v1/images/generations",
-                              json={**GOOD, "size": "16:9", "seed": 7}).json()
+        created = client.post(
+            "/v1/images/generations", json={**GOOD, "size": "16:9", "seed": 7}
+        ).json()
         assert created["status"] == "pending"
         history = wait_until_done(client, created["id"])
         credits = client.get("/v1/credits").json()
@@ -66,19 +68,27 @@ def test_task_moves_pending_processing_completed_with_rising_progress(
     assert url.startswith(full_server.url + "/files/")
     assert fetch_image(url).size == (1344, 768)
     # Billing confirmation: the reservation became a charge, exactly the price.
-    assert credits == {"object": "credit_balance", "balance": 9.55, "reserved": 0.0,
-                       "available": 9.55, "user_group": "default"}
+    assert credits == {
+        "object": "credit_balance",
+        "balance": 9.55,
+        "reserved": 0.0,
+        "available": 9.55,
+        "user_group": "default",
+    }
     with full_server.database().transaction() as session:
         assert ledger.balance_from_entries(session, account_id) == ledger.balance(
-            session, account_id)
+            session, account_id
+        )
 
 
-def test_same_seed_gives_identical_pixels_and_another_seed_does_not(
-        full_server: Server) -> None:
+def test_same_seed_gives_identical_pixels_and_another_seed_does_not(full_server: Server) -> None:
     with full_server.client(full_server.key()) as client:
-        ids = [client.post("/v1/images/generations",
-                           json={**GOOD, "size": "1:2", "seed": seed}).json()["id"]
-               for seed in (1234, 1234, 1235)]
+        ids = [
+            client.post(
+                "/v1/images/generations", json={**GOOD, "size": "1:2", "seed": seed}
+            ).json()["id"]
+            for seed in (1234, 1234, 1235)
+        ]
         images = []
         for task_id in ids:
             done = wait_until_done(client, task_id)[-1]
@@ -94,8 +104,7 @@ def test_server_picked_seed_is_recorded_and_reproduces(full_server: Server) -> N
         first = client.post("/v1/images/generations", json={**GOOD, "seed": 0}).json()
         assert 1 <= first["seed"] <= contract.SEED_MAX
         done = wait_until_done(client, first["id"])[-1]
-        again = client.post("/v1/images/generations",
-                            json={**GOOD, "seed": first["seed"]}).json()
+        again = client.post("/v1/images/generations", json={**GOOD, "seed": first["seed"]}).json()
         redo = wait_until_done(client, again["id"])[-1]
     assert done["seed"] == first["seed"] == redo["seed"]
     assert fetch_image(done["results"][0]).tobytes() == fetch_image(redo["results"][0]).tobytes()
@@ -104,8 +113,9 @@ def test_server_picked_seed_is_recorded_and_reproduces(full_server: Server) -> N
 def test_cancel_while_processing_stops_before_the_next_step(full_server: Server) -> None:
     key = full_server.key(credits=10)
     with full_server.client(key) as client:
-        task = client.post("/v1/images/generations",
-                           json={**GOOD, "size": "1:1", "quality": "2K"}).json()
+        task = client.post(
+            "/v1/images/generations", json={**GOOD, "size": "1:1", "quality": "2K"}
+        ).json()
         deadline = time.monotonic() + 120
         while True:  # wait until at least one denoising step is done
             body = client.get(f"/v1/tasks/{task['id']}").json()
@@ -178,7 +188,11 @@ def test_the_api_process_never_loads_torch(full_server: Server) -> None:
     api = psutil.Process(full_server.api.popen.pid)
     mapped = {m.path for m in api.memory_maps()}
     assert not [p for p in mapped if "libtorch" in p], "the API process loaded torch"
-    engines = [c for w in [full_server.api, *full_server.workers]
-               for c in psutil.Process(w.popen.pid).children(recursive=True)]
-    assert any("libtorch" in m.path for c in engines for m in c.memory_maps()), \
+    engines = [
+        c
+        for w in [full_server.api, *full_server.workers]
+        for c in psutil.Process(w.popen.pid).children(recursive=True)
+    ]
+    assert any("libtorch" in m.path for c in engines for m in c.memory_maps()), (
         "expected an engine child with torch loaded"
+    )

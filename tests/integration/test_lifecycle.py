@@ -34,15 +34,18 @@ def fresh_database(backend: tuple[str, Path], tmp_path: Path) -> Iterator[str]:
 
 
 def test_task_of_a_killed_server_is_finished_after_restart_and_charged_once(
-        fresh_database: str, tmp_path: Path, weights_cache: Path) -> None:
+    fresh_database: str, tmp_path: Path, weights_cache: Path
+) -> None:
     env = {"KREASERVE_LEASE_SECONDS": "3"}
-    server = start_server(tmp_path / "a", fresh_database, weights_cache, embedded_worker=True,
-                          extra_env=env)
+    server = start_server(
+        tmp_path / "a", fresh_database, weights_cache, embedded_worker=True, extra_env=env
+    )
     account_id, key = server.account(credits=10)
     try:
         with server.client(key) as client:
-            task = client.post("/v1/images/generations",
-                               json={**GOOD, "quality": "2K", "seed": 3}).json()
+            task = client.post(
+                "/v1/images/generations", json={**GOOD, "quality": "2K", "seed": 3}
+            ).json()
             deadline = time.monotonic() + 120
             while client.get(f"/v1/tasks/{task['id']}").json()["progress"] == 0:
                 assert time.monotonic() < deadline
@@ -55,8 +58,14 @@ def test_task_of_a_killed_server_is_finished_after_restart_and_charged_once(
     finally:
         server.stop()
 
-    restarted = start_server(tmp_path / "b", fresh_database, weights_cache, embedded_worker=True,
-                             extra_env=env, data_dir=server.data_dir)
+    restarted = start_server(
+        tmp_path / "b",
+        fresh_database,
+        weights_cache,
+        embedded_worker=True,
+        extra_env=env,
+        data_dir=server.data_dir,
+    )
     try:
         with restarted.client(key) as client:
             final = wait_until_done(client, task["id"], timeout=300)[-1]
@@ -68,24 +77,34 @@ def test_task_of_a_killed_server_is_finished_after_restart_and_charged_once(
             row = session.get(Task, task["id"])
             assert row.attempts == 2
             charges = session.execute(
-                select(func.count()).select_from(LedgerEntry)
+                select(func.count())
+                .select_from(LedgerEntry)
                 .where(LedgerEntry.task_id == task["id"], LedgerEntry.kind == "charge")
             ).scalar_one()
             assert charges == 1
             assert ledger.balance_from_entries(session, account_id) == ledger.balance(
-                session, account_id)
+                session, account_id
+            )
     finally:
         restarted.stop()
 
 
 def test_results_expire_with_410_and_the_sweep_deletes_the_file(
-        fresh_database: str, tmp_path: Path, weights_cache: Path) -> None:
+    fresh_database: str, tmp_path: Path, weights_cache: Path
+) -> None:
     port = free_port()
-    server = start_server(tmp_path, fresh_database, weights_cache, embedded_worker=True,
-                          port=port,
-                          extra_env={"KREASERVE_RESULT_TTL_SECONDS": "3",
-                                     "KREASERVE_SWEEP_INTERVAL_SECONDS": "1",
-                                     "KREASERVE_PUBLIC_URL": f"http://localhost:{port}/"})
+    server = start_server(
+        tmp_path,
+        fresh_database,
+        weights_cache,
+        embedded_worker=True,
+        port=port,
+        extra_env={
+            "KREASERVE_RESULT_TTL_SECONDS": "3",
+            "KREASERVE_SWEEP_INTERVAL_SECONDS": "1",
+            "KREASERVE_PUBLIC_URL": f"http://localhost:{port}/",
+        },
+    )
     try:
         with server.client(server.key()) as client:
             task = client.post("/v1/images/generations", json=GOOD).json()
@@ -110,14 +129,30 @@ def test_results_expire_with_410_and_the_sweep_deletes_the_file(
 
 @pytest.mark.parametrize("weights", ["/nonexistent/krea-weights", "some-org/not-a-model"])
 def test_weights_that_cannot_load_fail_the_start_with_a_clear_message(
-        tmp_path: Path, weights: str, weights_cache: Path) -> None:
+    tmp_path: Path, weights: str, weights_cache: Path
+) -> None:
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "kreaserve.cli", "serve", "--port", "0", "--data-dir",
-         str(tmp_path), "--weights", weights],
-        capture_output=True, text=True, timeout=120,
-        env={**__import__("os").environ, "KREASERVE_CACHE_DIR": str(weights_cache),
-             "HF_HUB_OFFLINE": "0"},
+        [
+            sys.executable,
+            "-m",
+            "kreaserve.cli",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path),
+            "--weights",
+            weights,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **__import__("os").environ,
+            "KREASERVE_CACHE_DIR": str(weights_cache),
+            "HF_HUB_OFFLINE": "0",
+        },
     )
     elapsed = time.monotonic() - started
     assert result.returncode == 1, result.stderr[-3000:]
@@ -128,10 +163,10 @@ def test_weights_that_cannot_load_fail_the_start_with_a_clear_message(
     assert "Traceback" not in result.stderr
 
 
-
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_a_lost_database_is_503_with_retry_after_never_500(
-        fresh_database: str, tmp_path: Path, weights_cache: Path) -> None:
+    fresh_database: str, tmp_path: Path, weights_cache: Path
+) -> None:
     server = start_server(tmp_path, fresh_database, weights_cache, embedded_worker=False)
     try:
         key = server.key()
@@ -142,14 +177,18 @@ def test_a_lost_database_is_503_with_retry_after_never_500(
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         with server.client(key) as client:
-            for response in (client.get("/v1/credits"),
-                             client.post("/v1/images/generations", json=GOOD),
-                             client.get("/v1/tasks/task-unified-1-abcdefgh")):
+            for response in (
+                client.get("/v1/credits"),
+                client.post("/v1/images/generations", json=GOOD),
+                client.get("/v1/tasks/task-unified-1-abcdefgh"),
+            ):
                 assert response.status_code == 503, response.text
                 assert response.headers["retry-after"] == "5"
                 error = response.json()["error"]
-                assert (error["type"], error["code"]) == ("service_unavailable_error",
-                                                          "database_unavailable")
+                assert (error["type"], error["code"]) == (
+                    "service_unavailable_error",
+                    "database_unavailable",
+                )
         assert httpx.get(f"{server.url}/healthz").status_code == 200
     finally:
         server.stop()

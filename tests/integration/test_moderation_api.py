@@ -38,12 +38,19 @@ def test_basic_categories_are_refused_on_every_prompt(api_server: Server, catego
     with api_server.client(api_server.key(credits=5)) as client:
         for nsfw_check in (False, True):
             error = assert_error(
-                client.post("/v1/images/generations",
-                            json={**GOOD, "prompt": prompt, "nsfw_check": nsfw_check}),
-                400, "invalid_request_error", "content_policy_violation", "prompt")
+                client.post(
+                    "/v1/images/generations",
+                    json={**GOOD, "prompt": prompt, "nsfw_check": nsfw_check},
+                ),
+                400,
+                "invalid_request_error",
+                "content_policy_violation",
+                "prompt",
+            )
             assert category_text(category) in error["message"]
             assert not {w for w in prompt.lower().split() if len(w) > 3} & set(
-                error["message"].lower().replace(".", "").replace(":", "").split())
+                error["message"].lower().replace(".", "").replace(":", "").split()
+            )
         assert client.get("/v1/credits").json()["reserved"] == 0
     assert count_tasks(api_server) == before
 
@@ -55,25 +62,38 @@ def test_nsfw_check_adds_the_strict_categories(api_server: Server, category: str
         allowed = client.post("/v1/images/generations", json={**GOOD, "prompt": prompt})
         assert allowed.status_code == 200, allowed.text
         error = assert_error(
-            client.post("/v1/images/generations",
-                        json={**GOOD, "prompt": prompt, "nsfw_check": True}),
-            400, "invalid_request_error", "content_policy_violation", "prompt")
+            client.post(
+                "/v1/images/generations", json={**GOOD, "prompt": prompt, "nsfw_check": True}
+            ),
+            400,
+            "invalid_request_error",
+            "content_policy_violation",
+            "prompt",
+        )
     assert category_text(category) in error["message"]
 
 
-@pytest.mark.parametrize("prompt", [
-    "breast cancer awareness poster", "chicken breast recipe", "nude colour palette",
-    "a shot of espresso", "killer whale", "Shoot the moon album cover"])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "breast cancer awareness poster",
+        "chicken breast recipe",
+        "nude colour palette",
+        "a shot of espresso",
+        "killer whale",
+        "Shoot the moon album cover",
+    ],
+)
 def test_hard_negatives_pass_in_both_modes(api_server: Server, prompt: str) -> None:
     with api_server.client(api_server.key()) as client:
         for nsfw_check in (False, True):
-            response = client.post("/v1/images/generations",
-                                   json={**GOOD, "prompt": prompt, "nsfw_check": nsfw_check})
+            response = client.post(
+                "/v1/images/generations", json={**GOOD, "prompt": prompt, "nsfw_check": nsfw_check}
+            )
             assert response.status_code == 200, (prompt, nsfw_check, response.text)
 
 
-def test_decisions_are_logged_with_category_and_score_never_the_prompt(
-        api_server: Server) -> None:
+def test_decisions_are_logged_with_category_and_score_never_the_prompt(api_server: Server) -> None:
     prompt = first("sexual_violence")
     with api_server.client(api_server.key()) as client:
         client.post("/v1/images/generations", json={**GOOD, "prompt": prompt})
@@ -87,20 +107,31 @@ def test_decisions_are_logged_with_category_and_score_never_the_prompt(
 
 
 @pytest.fixture
-def strict_image_server(backend: tuple[str, Path], weights_cache: Path,
-                        tmp_path: Path) -> Iterator[Server]:
+def strict_image_server(
+    backend: tuple[str, Path], weights_cache: Path, tmp_path: Path
+) -> Iterator[Server]:
     """A generating server whose image threshold is below what noise images score."""
     url, _ = backend
     drop = None
     if url.startswith("sqlite"):
         url = f"sqlite:///{tmp_path / 'strict.db'}"
-        server = start_server(tmp_path, url, weights_cache, embedded_worker=True,
-                              extra_env={"KREASERVE_MODERATION_IMAGE_THRESHOLD": "0.00001"})
+        server = start_server(
+            tmp_path,
+            url,
+            weights_cache,
+            embedded_worker=True,
+            extra_env={"KREASERVE_MODERATION_IMAGE_THRESHOLD": "0.00001"},
+        )
     else:
         url, drop = make_postgres_database(POSTGRES_URL)
-        server = start_server(tmp_path, url, weights_cache, embedded_worker=False,
-                              separate_workers=1,
-                              extra_env={"KREASERVE_MODERATION_IMAGE_THRESHOLD": "0.00001"})
+        server = start_server(
+            tmp_path,
+            url,
+            weights_cache,
+            embedded_worker=False,
+            separate_workers=1,
+            extra_env={"KREASERVE_MODERATION_IMAGE_THRESHOLD": "0.00001"},
+        )
     yield server
     server.stop()
     if drop:
@@ -108,11 +139,11 @@ def strict_image_server(backend: tuple[str, Path], weights_cache: Path,
 
 
 def test_an_image_over_the_threshold_is_withheld_and_the_task_fails(
-        strict_image_server: Server) -> None:
+    strict_image_server: Server,
+) -> None:
     server = strict_image_server
     with server.client(server.key(credits=2)) as client:
-        checked = client.post("/v1/images/generations",
-                              json={**GOOD, "nsfw_check": True}).json()
+        checked = client.post("/v1/images/generations", json={**GOOD, "nsfw_check": True}).json()
         unchecked = client.post("/v1/images/generations", json=GOOD).json()
         failed = wait_until_done(client, checked["id"])[-1]
         done = wait_until_done(client, unchecked["id"])[-1]

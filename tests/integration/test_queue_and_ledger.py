@@ -14,8 +14,9 @@ from kreaserve.db import Database
 from kreaserve.db.models import Account, LedgerEntry, Task
 from tests.conftest import new_account
 
-PARAMS = queue.NewTask(prompt="a fox", size="1:1", quality="1K", seed=5, nsfw_check=False,
-                       callback_url=None)
+PARAMS = queue.NewTask(
+    prompt="a fox", size="1:1", quality="1K", seed=5, nsfw_check=False, callback_url=None
+)
 PRICE = ledger.to_units(0.45)
 
 
@@ -29,9 +30,13 @@ def check_balanced(db: Database, account_id: int) -> ledger.Balance:
         assert ledger.balance_from_entries(session, account_id) == stored
         assert 0 <= stored.reserved_units <= stored.balance_units
         in_flight = session.execute(
-            select(func.count()).select_from(Task)
-            .where(Task.account_id == account_id,
-                   Task.status.in_((contract.PENDING, contract.PROCESSING)))).scalar_one()
+            select(func.count())
+            .select_from(Task)
+            .where(
+                Task.account_id == account_id,
+                Task.status.in_((contract.PENDING, contract.PROCESSING)),
+            )
+        ).scalar_one()
         assert session.get(Account, account_id).tasks_in_flight == in_flight
     return stored
 
@@ -104,14 +109,18 @@ def test_fail_releases_the_reservation(db: Database) -> None:
     with db.transaction() as session:
         row = session.get(Task, task.id)
         assert (row.status, row.error_code, row.billing_state) == (
-            "failed", "generation_timeout", "released")
+            "failed",
+            "generation_timeout",
+            "released",
+        )
     assert check_balanced(db, account_id).balance_units == ledger.to_units(1)
 
 
 def expire_lease(db: Database, task_id: str) -> None:
     with db.transaction() as session:
-        session.execute(update(Task).where(Task.id == task_id)
-                        .values(lease_expires_at=time.time() - 1))
+        session.execute(
+            update(Task).where(Task.id == task_id).values(lease_expires_at=time.time() - 1)
+        )
 
 
 def test_expired_lease_returns_the_task_then_fails_it_after_max_attempts(db: Database) -> None:
@@ -162,12 +171,21 @@ def test_ledger_entries_are_append_only_records_of_every_move(db: Database) -> N
     queue.complete(db, done.id, "w", ["k"], 60, 1.0)
     queue.fail(db, failed.id, "w", "service_error", "x")
     with db.transaction() as session:
-        kinds = [(e.kind, e.task_id, e.amount_units) for e in session.execute(
-            select(LedgerEntry).where(LedgerEntry.account_id == account_id)
-            .order_by(LedgerEntry.id)).scalars()]
-    assert kinds == [("grant", None, 20000), ("reserve", done.id, PRICE),
-                     ("reserve", failed.id, PRICE), ("charge", done.id, PRICE),
-                     ("release", failed.id, PRICE)]
+        kinds = [
+            (e.kind, e.task_id, e.amount_units)
+            for e in session.execute(
+                select(LedgerEntry)
+                .where(LedgerEntry.account_id == account_id)
+                .order_by(LedgerEntry.id)
+            ).scalars()
+        ]
+    assert kinds == [
+        ("grant", None, 20000),
+        ("reserve", done.id, PRICE),
+        ("reserve", failed.id, PRICE),
+        ("charge", done.id, PRICE),
+        ("release", failed.id, PRICE),
+    ]
 
 
 def test_negative_grant_cannot_take_reserved_credits(db: Database) -> None:
@@ -185,8 +203,7 @@ def test_rate_windows_lease_per_minute_and_old_ones_are_forgotten(db: Database) 
     account_id, _ = new_account(db)
     start = 1_800_000_000.0  # the start of a minute
     with db.transaction() as session:
-        lease = [limits.lease(session, account_id, limits.REQUESTS, 2, start + i)
-                 for i in range(3)]
+        lease = [limits.lease(session, account_id, limits.REQUESTS, 2, start + i) for i in range(3)]
         assert lease == [1, 1, 0]  # slices of 1 (at least 1), never past the limit
         assert limits.lease(session, account_id, limits.REQUESTS, 2, start + 61) == 1
         assert limits.lease(session, account_id, limits.KEY_CREATES, 2, start + 61) == 1
@@ -196,7 +213,9 @@ def test_rate_windows_lease_per_minute_and_old_ones_are_forgotten(db: Database) 
         assert slices[-2:] == [1, 0] and sum(slices) == 119
         assert limits.forget_old_windows(session, start + 125) == 2
         assert sorted(session.execute(select(RateWindow.bucket)).scalars()) == [
-            limits.KEY_CREATES, limits.REQUESTS]
+            limits.KEY_CREATES,
+            limits.REQUESTS,
+        ]
 
 
 def test_quota_leases_of_several_processes_never_pass_the_limit(db: Database) -> None:
@@ -225,8 +244,9 @@ def test_quota_leases_of_several_processes_never_pass_the_limit(db: Database) ->
 
 
 def _create_sized(db: Database, account_id: int, size: str, quality: str) -> Task:
-    params = queue.NewTask(prompt="a fox", size=size, quality=quality, seed=5,
-                           nsfw_check=False, callback_url=None)
+    params = queue.NewTask(
+        prompt="a fox", size=size, quality=quality, seed=5, nsfw_check=False, callback_url=None
+    )
     return queue.create(db, account_id, None, "default", params, PRICE)
 
 
@@ -249,8 +269,9 @@ def test_a_batch_claim_takes_the_oldest_task_and_more_of_its_pixel_size_only(
     assert [c.task_id for c in queue.claim_batch(db, "w2", 30, 4)] == [big]
     assert queue.claim_batch(db, "w2", 30, 4) == []
     with db.transaction() as session:
-        rows = session.execute(select(Task.status, Task.worker_id, Task.attempts)
-                               .where(Task.id.in_(square[:4]))).all()
+        rows = session.execute(
+            select(Task.status, Task.worker_id, Task.attempts).where(Task.id.in_(square[:4]))
+        ).all()
     assert {tuple(r) for r in rows} == {(contract.PROCESSING, "w1", 1)}
 
 

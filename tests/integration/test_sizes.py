@@ -18,7 +18,8 @@ def test_every_size_and_quality_has_the_tables_pixels(full_server: Server) -> No
         tasks = {
             (size, quality): client.post(
                 "/v1/images/generations",
-                json={**GOOD, "size": size, "quality": quality, "seed": 11}).json()["id"]
+                json={**GOOD, "size": size, "quality": quality, "seed": 11},
+            ).json()["id"]
             for (size, quality) in contract.PIXELS
         }
         sizes = {}

@@ -105,8 +105,13 @@ def app_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Set
     from kreaserve.db import upgrade
 
     upgrade(url)
-    settings = Settings(data_dir=tmp_path, database_url=url, secret_key="cost",
-                        requests_per_minute=100_000, max_tasks_in_flight=100_000)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=url,
+        secret_key="cost",
+        requests_per_minute=100_000,
+        max_tasks_in_flight=100_000,
+    )
     db = Database(url)
     yield settings, db
     db.dispose()
@@ -128,8 +133,9 @@ def measure(settings: Settings, db: Database) -> dict[str, Cost]:
 
     async def run() -> dict[str, Cost]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test",
-                                     headers={"Authorization": f"Bearer {key}"}) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers={"Authorization": f"Bearer {key}"}
+        ) as client:
             task = (await client.post("/v1/images/generations", json=BODY)).json()
             requests = {
                 "poll": lambda: client.get(f"/v1/tasks/{task['id']}"),
@@ -156,8 +162,12 @@ def measure(settings: Settings, db: Database) -> dict[str, Cost]:
 def test_hot_paths_cost_what_they_should(app_db: tuple[Settings, Database]) -> None:
     costs = measure(*app_db)
     for name, cost in costs.items():
-        print(name, "transactions/statements/row writes per request:",
-              cost.per_request(RUNS), cost.sql[:12])
+        print(
+            name,
+            "transactions/statements/row writes per request:",
+            cost.per_request(RUNS),
+            cost.sql[:12],
+        )
     poll, create, credits = costs["poll"], costs["create"], costs["credits"]
     # A poll writes nothing: one read transaction of one statement.
     assert (poll.transactions, poll.statements, poll.row_writes) == (RUNS, RUNS, 0), poll.sql
@@ -170,7 +180,11 @@ def test_hot_paths_cost_what_they_should(app_db: tuple[Settings, Database]) -> N
     # A create: one transaction, three statements (reserve + limits, ledger, task), three
     # row writes.
     assert (create.transactions, create.statements, create.row_writes) == (
-        RUNS, 3 * RUNS, 3 * RUNS), create.sql
+        RUNS,
+        3 * RUNS,
+        3 * RUNS,
+    ), create.sql
     # Credits: one read.
-    assert (credits.transactions, credits.statements, credits.row_writes) == (
-        RUNS, RUNS, 0), credits.sql
+    assert (credits.transactions, credits.statements, credits.row_writes) == (RUNS, RUNS, 0), (
+        credits.sql
+    )

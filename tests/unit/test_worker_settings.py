@@ -29,12 +29,12 @@ def test_auto_follows_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> N
     assert gpu_slots("auto") == [None]  # one GPU: the child inherits it as it is
 
 
-def test_auto_counts_what_nvidia_smi_lists(monkeypatch: pytest.MonkeyPatch,
-                                           tmp_path: Path) -> None:
+def test_auto_counts_what_nvidia_smi_lists(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\nfor i in 0 1 2; do echo \"GPU $i: NVIDIA H100 80GB HBM3 "
-                    "(UUID: GPU-$i)\"; done\n")
+    fake.write_text(
+        '#!/bin/sh\nfor i in 0 1 2; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done\n'
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     assert gpu_slots("auto") == ["0", "1", "2"]
@@ -70,13 +70,16 @@ def test_a_compiling_engine_warms_every_size_and_the_batched_shapes(
     assert compiling.warmup_batch_size == 4 and compiling.options.compile
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"KREASERVE_CUDA_GRAPHS": "true"}, "CUDA_GRAPHS needs KREASERVE_COMPILE"),
-    ({"KREASERVE_VAE_TILING": "sometimes"}, "vae_tiling"),
-    ({"KREASERVE_BATCH_SIZE": "0"}, "batch_size"),
-    ({"KREASERVE_OVERLAP_DECODE": "always"}, "overlap_decode"),
-    ({"KREASERVE_ENGINE_MEMORY_LIMIT_MB": "-5"}, "engine_memory_limit_mb"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"KREASERVE_CUDA_GRAPHS": "true"}, "CUDA_GRAPHS needs KREASERVE_COMPILE"),
+        ({"KREASERVE_VAE_TILING": "sometimes"}, "vae_tiling"),
+        ({"KREASERVE_BATCH_SIZE": "0"}, "batch_size"),
+        ({"KREASERVE_OVERLAP_DECODE": "always"}, "overlap_decode"),
+        ({"KREASERVE_ENGINE_MEMORY_LIMIT_MB": "-5"}, "engine_memory_limit_mb"),
+    ],
+)
 def test_bad_engine_settings_are_refused_with_their_name(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
 ) -> None:

@@ -25,8 +25,9 @@ async def require_admin(request: Request, services: ServicesDep) -> None:
     if not token:
         raise APIError(404, "not_found", f"No such endpoint: {request.method} {request.url.path}")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                              token.encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
         raise APIError(401, "invalid_admin_token", "The admin token is missing or wrong.")
 
 
@@ -43,8 +44,9 @@ async def body_of(request: Request, services: ServicesDep, model: type[schemas.M
 
 def parse_account_id(account_id: str) -> int:
     if not (account_id.isascii() and account_id.isdigit()) or len(account_id) > 18:
-        raise APIError(400, "invalid_account_id", "Account ids are positive integers.",
-                       "account_id")
+        raise APIError(
+            400, "invalid_account_id", "Account ids are positive integers.", "account_id"
+        )
     if int(account_id) > ID_MAX:  # past the id column (PostgreSQL would refuse the query)
         raise APIError(404, "account_not_found", f"No account {account_id}.", "account_id")
     return int(account_id)
@@ -52,8 +54,11 @@ def parse_account_id(account_id: str) -> int:
 
 def limit_fields(body: schemas.AccountLimits) -> dict[str, Any]:
     """The fields the request set (null included), in the units the table stores."""
-    fields = {name: getattr(body, name) for name in body.model_fields_set if name in (
-        "user_group", "requests_per_minute", "max_tasks_in_flight")}
+    fields = {
+        name: getattr(body, name)
+        for name in body.model_fields_set
+        if name in ("user_group", "requests_per_minute", "max_tasks_in_flight")
+    }
     if "daily_spend_cap" in body.model_fields_set:
         cap = body.daily_spend_cap
         fields["daily_spend_cap_units"] = None if cap is None else ledger.to_units(cap)
@@ -77,8 +82,10 @@ AccountId = Annotated[int, Depends(parse_account_id)]
 async def list_accounts(services: ServicesDep) -> dict[str, Any]:
     def read() -> list[dict[str, Any]]:
         with services.db.transaction() as session:
-            summaries = (accounts.account_summary(session, account_id)
-                         for account_id in accounts.all_account_ids(session))
+            summaries = (
+                accounts.account_summary(session, account_id)
+                for account_id in accounts.all_account_ids(session)
+            )
             return [summary for summary in summaries if summary is not None]
 
     return {"object": "list", "data": await run_in_threadpool(read)}
@@ -104,15 +111,15 @@ async def get_account(account_id: AccountId, services: ServicesDep) -> dict[str,
 
 
 @router.patch("/accounts/{account_id}")
-async def update_account(account_id: AccountId, request: Request,
-                         services: ServicesDep) -> dict[str, Any]:
+async def update_account(
+    account_id: AccountId, request: Request, services: ServicesDep
+) -> dict[str, Any]:
     body = await body_of(request, services, schemas.AccountLimits)
 
     def change() -> None:
         with services.db.transaction() as session:
             if not accounts.update_account(session, account_id, **limit_fields(body)):
-                raise APIError(404, "account_not_found", f"No account {account_id}.",
-                               "account_id")
+                raise APIError(404, "account_not_found", f"No account {account_id}.", "account_id")
 
     await run_in_threadpool(change)
     services.keys.forget_account(account_id)  # new limits or group apply here at once
@@ -120,22 +127,26 @@ async def update_account(account_id: AccountId, request: Request,
 
 
 @router.post("/accounts/{account_id}/credits")
-async def change_credits(account_id: AccountId, request: Request,
-                         services: ServicesDep) -> dict[str, Any]:
+async def change_credits(
+    account_id: AccountId, request: Request, services: ServicesDep
+) -> dict[str, Any]:
     """`grant` adds credits; `adjust` corrects either way (never below what is reserved)."""
     body = await body_of(request, services, schemas.CreditsChange)
     if body.kind == "grant" and body.amount < 0:
-        raise APIError(400, "invalid_amount", "a grant must be positive; use kind adjust",
-                       "amount")
+        raise APIError(400, "invalid_amount", "a grant must be positive; use kind adjust", "amount")
 
     def change() -> None:
         with services.db.transaction() as session:
             if session.get(Account, account_id) is None:
-                raise APIError(404, "account_not_found", f"No account {account_id}.",
-                               "account_id")
+                raise APIError(404, "account_not_found", f"No account {account_id}.", "account_id")
             try:
-                ledger.grant(session, account_id, ledger.to_units(body.amount),
-                             note=(body.note or body.kind)[:200], kind=body.kind)
+                ledger.grant(
+                    session,
+                    account_id,
+                    ledger.to_units(body.amount),
+                    note=(body.note or body.kind)[:200],
+                    kind=body.kind,
+                )
             except ValueError as exc:  # the account's state, not the request, is at fault
                 raise APIError(409, "invalid_amount", str(exc), "amount") from None
 
@@ -154,8 +165,9 @@ async def list_account_keys(account_id: AccountId, services: ServicesDep) -> dic
 
 
 @router.post("/accounts/{account_id}/keys")
-async def create_account_key(account_id: AccountId, request: Request,
-                             services: ServicesDep) -> dict[str, Any]:
+async def create_account_key(
+    account_id: AccountId, request: Request, services: ServicesDep
+) -> dict[str, Any]:
     body = await body_of(request, services, schemas.KeyCreate)
 
     def create() -> dict[str, Any]:

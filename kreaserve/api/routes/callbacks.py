@@ -26,28 +26,36 @@ def delivery_object(delivery: CallbackDelivery, attempts: list[CallbackAttempt])
         "webhook_id": delivery.webhook_id,
         "status": delivery.status,
         "created": int(delivery.created_at),
-        "next_attempt_at": (round(delivery.next_attempt_at, 3)
-                            if delivery.status == outbox.PENDING else None),
+        "next_attempt_at": (
+            round(delivery.next_attempt_at, 3) if delivery.status == outbox.PENDING else None
+        ),
         "attempts": [
-            {"number": a.number, "started_at": round(a.started_at, 3),
-             "duration_ms": round(a.duration_seconds * 1000, 1), "status_code": a.status_code,
-             "error": a.error}
+            {
+                "number": a.number,
+                "started_at": round(a.started_at, 3),
+                "duration_ms": round(a.duration_seconds * 1000, 1),
+                "status_code": a.status_code,
+                "error": a.error,
+            }
             for a in attempts
         ],
     }
 
 
 @router.get("/v1/tasks/{task_id}/callbacks")
-async def list_callbacks(task_id: str, services: ServicesDep,
-                         principal: PrincipalDep) -> dict[str, Any]:
+async def list_callbacks(
+    task_id: str, services: ServicesDep, principal: PrincipalDep
+) -> dict[str, Any]:
     """Every delivery of the task's callback and every attempt of each."""
     check_task_id(task_id)
 
     def read() -> dict[str, Any]:
         if queue.get(services.db, principal.account_id, task_id) is None:
             raise not_found(task_id)
-        return {"object": "list", "data": [delivery_object(d, a) for d, a in
-                                           outbox.deliveries(services.db, task_id)]}
+        return {
+            "object": "list",
+            "data": [delivery_object(d, a) for d, a in outbox.deliveries(services.db, task_id)],
+        }
 
     return await run_in_threadpool(read)
 
@@ -64,22 +72,31 @@ async def redeliver(task_id: str, services: ServicesDep, principal: PrincipalDep
         if not task.callback_url:
             raise APIError(409, "no_callback_url", "This task has no callback_url.", "task_id")
         if task.status not in contract.TERMINAL:
-            raise APIError(409, "task_not_finished",
-                           "A callback is sent when the task ends; it has not ended yet.",
-                           "task_id")
+            raise APIError(
+                409,
+                "task_not_finished",
+                "A callback is sent when the task ends; it has not ended yet.",
+                "task_id",
+            )
         try:
-            outbox.redeliver(services.db, task,
-                             services.settings.callback_redeliveries_per_minute)
+            outbox.redeliver(services.db, task, services.settings.callback_redeliveries_per_minute)
         except outbox.DeliveryPending:
-            raise APIError(409, "callback_pending",
-                           "This task's callback is still being delivered; redeliver it "
-                           "once that delivery has succeeded or failed.", "task_id") from None
+            raise APIError(
+                409,
+                "callback_pending",
+                "This task's callback is still being delivered; redeliver it "
+                "once that delivery has succeeded or failed.",
+                "task_id",
+            ) from None
         except outbox.RedeliveryLimited as exc:
-            raise APIError(429, "redelivery_rate_limited",
-                           f"This account may redeliver "
-                           f"{services.settings.callback_redeliveries_per_minute} callbacks "
-                           f"per minute; retry in {exc.retry_after} s.",
-                           headers={"Retry-After": str(exc.retry_after)}) from None
+            raise APIError(
+                429,
+                "redelivery_rate_limited",
+                f"This account may redeliver "
+                f"{services.settings.callback_redeliveries_per_minute} callbacks "
+                f"per minute; retry in {exc.retry_after} s.",
+                headers={"Retry-After": str(exc.retry_after)},
+            ) from None
         delivery, attempts = outbox.deliveries(services.db, task_id)[-1]
         return delivery_object(delivery, attempts)
 

@@ -52,14 +52,19 @@ def parse_day(value: str | None, param: str, default: date) -> date:
     except ValueError:
         day = None
     if day is None or not FIRST_DAY <= day <= LAST_DAY:
-        raise APIError(400, f"invalid_{param}", f"{param} must be a date like 2026-11-24, "
-                       f"from {FIRST_DAY} to {LAST_DAY}", param)
+        raise APIError(
+            400,
+            f"invalid_{param}",
+            f"{param} must be a date like 2026-11-24, from {FIRST_DAY} to {LAST_DAY}",
+            param,
+        )
     return day
 
 
 @router.get("/v1/usage")
-async def get_usage(services: ServicesDep, principal: PrincipalDep,
-                    start: str | None = None, end: str | None = None) -> dict[str, Any]:
+async def get_usage(
+    services: ServicesDep, principal: PrincipalDep, start: str | None = None, end: str | None = None
+) -> dict[str, Any]:
     """Credits charged to the account by UTC day, model and tier, `start` to `end`
     inclusive (default: the last 30 days)."""
     today = datetime.now(UTC).date()
@@ -74,13 +79,20 @@ async def get_usage(services: ServicesDep, principal: PrincipalDep,
 
     def read() -> list[tuple[float, str, str, int]]:
         with services.db.read() as session:
-            return list(session.execute(
-                select(LedgerEntry.created_at, Task.model, Task.quality, LedgerEntry.amount_units)
-                .join(Task, Task.id == LedgerEntry.task_id)
-                .where(LedgerEntry.account_id == principal.account_id,
-                       LedgerEntry.kind == ledger.CHARGE,
-                       LedgerEntry.created_at >= since, LedgerEntry.created_at < until)
-            ))
+            return list(
+                session.execute(
+                    select(
+                        LedgerEntry.created_at, Task.model, Task.quality, LedgerEntry.amount_units
+                    )
+                    .join(Task, Task.id == LedgerEntry.task_id)
+                    .where(
+                        LedgerEntry.account_id == principal.account_id,
+                        LedgerEntry.kind == ledger.CHARGE,
+                        LedgerEntry.created_at >= since,
+                        LedgerEntry.created_at < until,
+                    )
+                )
+            )
 
     buckets: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for at, model, quality, units in await run_in_threadpool(read):
@@ -88,9 +100,21 @@ async def get_usage(services: ServicesDep, principal: PrincipalDep,
         bucket = buckets[(day, model, quality)]
         bucket[0] += 1
         bucket[1] += units
-    data = [{"date": day, "model": model, "quality": quality, "tasks": count,
-             "credits": ledger.to_credits(units)}
-            for (day, model, quality), (count, units) in sorted(buckets.items())]
-    return {"object": "usage", "start": first.isoformat(), "end": last.isoformat(),
-            "total_credits": ledger.to_credits(sum(units for _, units in buckets.values())),
-            "total_tasks": sum(count for count, _ in buckets.values()), "data": data}
+    data = [
+        {
+            "date": day,
+            "model": model,
+            "quality": quality,
+            "tasks": count,
+            "credits": ledger.to_credits(units),
+        }
+        for (day, model, quality), (count, units) in sorted(buckets.items())
+    ]
+    return {
+        "object": "usage",
+        "start": first.isoformat(),
+        "end": last.isoformat(),
+        "total_credits": ledger.to_credits(sum(units for _, units in buckets.values())),
+        "total_tasks": sum(count for count, _ in buckets.values()),
+        "data": data,
+    }

@@ -26,14 +26,22 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     engines share them, either way."""
     workers = await run_in_threadpool(queue.live_workers, services.db)
     engines: list[dict[str, Any]] = [
-        {"worker": w.id, "state": w.state, "weights": w.weights, "device": w.device,
-         "message": w.message}
+        {
+            "worker": w.id,
+            "state": w.state,
+            "weights": w.weights,
+            "device": w.device,
+            "message": w.message,
+        }
         for w in workers
     ]
     warnings = sorted({w.warning for w in workers if w.warning})
     ready = any(w.state == "ready" for w in workers)
-    body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "engines": engines,
-                            "warnings": warnings}
+    body: dict[str, Any] = {
+        "status": "ready" if ready else "not_ready",
+        "engines": engines,
+        "warnings": warnings,
+    }
     if not ready:
         body["error"] = {
             "code": "engine_not_ready",

@@ -21,8 +21,9 @@ INLINE_PROMPT_CHARS = 2000
 
 
 @router.post("/v1/images/generations")
-async def create_generation(request: Request, services: ServicesDep,
-                            principal: PrincipalDep) -> dict[str, Any]:
+async def create_generation(
+    request: Request, services: ServicesDep, principal: PrincipalDep
+) -> dict[str, Any]:
     payload = await read_json_body(request, services.settings.max_body_bytes)
     allow = services.settings.callback_allow_host_set
     try:
@@ -36,12 +37,18 @@ async def create_generation(request: Request, services: ServicesDep,
     except schemas.RequestError as exc:
         raise APIError(400, exc.code, exc.message, exc.param) from None
     params = queue.NewTask(
-        prompt=body.prompt, size=body.size or "1:1", quality=body.quality or "1K",
-        seed=body.seed or None, nsfw_check=bool(body.nsfw_check), callback_url=body.callback_url,
-        model=body.model, traceparent=tracing.incoming(request.headers.get("traceparent")),
+        prompt=body.prompt,
+        size=body.size or "1:1",
+        quality=body.quality or "1K",
+        seed=body.seed or None,
+        nsfw_check=bool(body.nsfw_check),
+        callback_url=body.callback_url,
+        model=body.model,
+        traceparent=tracing.incoming(request.headers.get("traceparent")),
     )
-    price = ledger.to_units(services.settings.price(params.model, principal.user_group,
-                                                    params.quality))
+    price = ledger.to_units(
+        services.settings.price(params.model, principal.user_group, params.quality)
+    )
 
     def moderate_and_create() -> dict[str, Any]:
         """One thread for the classifier and the transaction (each hop costs)."""
@@ -49,26 +56,37 @@ async def create_generation(request: Request, services: ServicesDep,
             decision = services.moderator.check(params.prompt, strict=params.nsfw_check)
         except ModerationUnavailable:
             log.exception("prompt moderation is unavailable; refusing the task")
-            raise APIError(503, "moderation_unavailable",
-                           "Content moderation is unavailable, so no task can be accepted; "
-                           "retry shortly.", headers={"Retry-After": "30"}) from None
+            raise APIError(
+                503,
+                "moderation_unavailable",
+                "Content moderation is unavailable, so no task can be accepted; retry shortly.",
+                headers={"Retry-After": "30"},
+            ) from None
         if not decision.allowed:
             raise APIError(400, "content_policy_violation", decision.message, "prompt")
         try:
-            task = queue.create(services.db, principal.account_id, principal.key_id,
-                                principal.user_group, params, price,
-                                services.settings.max_tasks_in_flight)
+            task = queue.create(
+                services.db,
+                principal.account_id,
+                principal.key_id,
+                principal.user_group,
+                params,
+                price,
+                services.settings.max_tasks_in_flight,
+            )
         except queue.LimitReached as exc:
             raise rate_limited(exc.refusal) from None
         except queue.DailyCapReached as exc:
             raise APIError(
-                402, "daily_spend_cap_reached",
+                402,
+                "daily_spend_cap_reached",
                 f"This task would pass the account's daily spend cap of "
                 f"{ledger.to_credits(exc.cap_units)} credits (UTC day).",
             ) from None
         except queue.InsufficientCredits:
             raise APIError(
-                402, "insufficient_credits",
+                402,
+                "insufficient_credits",
                 f"This task costs {ledger.to_credits(price)} credits, more than the account's "
                 "available balance (see GET /v1/credits).",
             ) from None

@@ -43,8 +43,9 @@ def key_name(payload: Any) -> str:
     if not isinstance(name, str) or not name.strip():
         raise APIError(400, "invalid_name", "name must be a non-blank string", "name")
     if len(name) > MAX_KEY_NAME or "\x00" in name:
-        raise APIError(400, "invalid_name",
-                       f"name must be at most {MAX_KEY_NAME} characters of text", "name")
+        raise APIError(
+            400, "invalid_name", f"name must be at most {MAX_KEY_NAME} characters of text", "name"
+        )
     return name.strip()
 
 
@@ -52,15 +53,18 @@ def key_name(payload: Any) -> str:
 async def list_keys(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     def read() -> list[dict[str, Any]]:
         with services.db.read() as session:
-            return [key_object(k, principal.key_id)
-                    for k in accounts.list_keys(session, principal.account_id)]
+            return [
+                key_object(k, principal.key_id)
+                for k in accounts.list_keys(session, principal.account_id)
+            ]
 
     return {"object": "list", "data": await run_in_threadpool(read)}
 
 
 @router.post("/v1/keys")
-async def create_key(request: Request, services: ServicesDep,
-                     principal: PrincipalDep) -> dict[str, Any]:
+async def create_key(
+    request: Request, services: ServicesDep, principal: PrincipalDep
+) -> dict[str, Any]:
     """A new key of the caller's account; `key` is shown in this answer only. At most
     `max_keys_per_account` live keys, and `key_creates_per_minute` creations."""
     name = key_name(await read_json_body(request, services.settings.max_body_bytes))
@@ -69,9 +73,12 @@ async def create_key(request: Request, services: ServicesDep,
     def create() -> dict[str, Any]:
         with services.db.transaction() as session:
             if accounts.live_key_count(session, principal.account_id) >= most:
-                raise APIError(403, "too_many_keys",
-                               f"This account already has {most} live keys, the most it may "
-                               "hold; revoke one (POST /v1/keys/{id}/revoke) first.")
+                raise APIError(
+                    403,
+                    "too_many_keys",
+                    f"This account already has {most} live keys, the most it may "
+                    "hold; revoke one (POST /v1/keys/{id}/revoke) first.",
+                )
             limit_key_creation(session, services, principal)
             new = accounts.create_key(session, principal.account_id, name)
             return new_key_object(new, session.get_one(ApiKey, new.key_id))
@@ -79,12 +86,12 @@ async def create_key(request: Request, services: ServicesDep,
     return await run_in_threadpool(create)
 
 
-def limit_key_creation(session: Session, services: ServicesDep,
-                       principal: PrincipalDep) -> None:
+def limit_key_creation(session: Session, services: ServicesDep, principal: PrincipalDep) -> None:
     """429 once the account created (or rotated) `key_creates_per_minute` keys this minute;
     counted in the transaction that makes the key, so a refused one is not counted."""
-    refusal = limits.count_one(session, principal.account_id, limits.KEY_CREATES,
-                               services.settings.key_creates_per_minute)
+    refusal = limits.count_one(
+        session, principal.account_id, limits.KEY_CREATES, services.settings.key_creates_per_minute
+    )
     if refusal is not None:
         raise rate_limited(refusal)
 
@@ -102,8 +109,7 @@ def parse_key_id(key_id: str) -> int:
 
 
 @router.post("/v1/keys/{key_id}/rotate")
-async def rotate_key(key_id: str, services: ServicesDep, principal: PrincipalDep
-                     ) -> dict[str, Any]:
+async def rotate_key(key_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Revoke the key and issue a new one with the same name, in one step."""
     number = parse_key_id(key_id)
 
@@ -112,8 +118,9 @@ async def rotate_key(key_id: str, services: ServicesDep, principal: PrincipalDep
             limit_key_creation(session, services, principal)
             new = accounts.rotate_key(session, principal.account_id, number)
             if new is None:
-                raise APIError(404, "key_not_found", f"No live key {key_id} for this account.",
-                               "key_id")
+                raise APIError(
+                    404, "key_not_found", f"No live key {key_id} for this account.", "key_id"
+                )
             return new_key_object(new, session.get_one(ApiKey, new.key_id))
 
     answer = await run_in_threadpool(rotate)
@@ -122,8 +129,7 @@ async def rotate_key(key_id: str, services: ServicesDep, principal: PrincipalDep
 
 
 @router.post("/v1/keys/{key_id}/revoke")
-async def revoke_key(key_id: str, services: ServicesDep, principal: PrincipalDep
-                     ) -> dict[str, Any]:
+async def revoke_key(key_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Revoke a key; it stops working at once on this API process, and on the others
     within `auth_cache_seconds`."""
     number = parse_key_id(key_id)
@@ -132,8 +138,7 @@ async def revoke_key(key_id: str, services: ServicesDep, principal: PrincipalDep
         with services.db.transaction() as session:
             key = accounts.revoke_account_key(session, principal.account_id, number)
             if key is None:
-                raise APIError(404, "key_not_found", f"No key {key_id} for this account.",
-                               "key_id")
+                raise APIError(404, "key_not_found", f"No key {key_id} for this account.", "key_id")
             return key_object(key, principal.key_id)
 
     answer = await run_in_threadpool(revoke)

@@ -31,12 +31,18 @@ def account_page() -> HTMLResponse:
 @router.get("/account/app.js")
 def account_script() -> Response:
     """The page's only script (the CSP forbids inline code)."""
-    return Response((STATIC / "app.js").read_bytes(), headers=SECURITY_HEADERS,
-                    media_type="text/javascript; charset=utf-8")
+    return Response(
+        (STATIC / "app.js").read_bytes(),
+        headers=SECURITY_HEADERS,
+        media_type="text/javascript; charset=utf-8",
+    )
 
 
 @router.get("/account/app.css")
 def account_stylesheet() -> Response:
     """The page's only stylesheet (the CSP forbids inline styles)."""
-    return Response((STATIC / "app.css").read_bytes(), headers=SECURITY_HEADERS,
-                    media_type="text/css; charset=utf-8")
+    return Response(
+        (STATIC / "app.css").read_bytes(),
+        headers=SECURITY_HEADERS,
+        media_type="text/css; charset=utf-8",
+    )

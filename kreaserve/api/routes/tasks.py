@@ -18,8 +18,9 @@ router = APIRouter()
 def check_task_id(task_id: str) -> None:
     """400 for ids that cannot be ours; well-formed unknown ids get 404 later."""
     if not task_id.startswith(contract.TASK_ID_PREFIX):
-        raise APIError(400, "invalid_task_id",
-                       f"Task ids start with '{contract.TASK_ID_PREFIX}'.", "task_id")
+        raise APIError(
+            400, "invalid_task_id", f"Task ids start with '{contract.TASK_ID_PREFIX}'.", "task_id"
+        )
     if len(task_id) > 64 or not (task_id.isascii() and task_id.isprintable()):
         # No id of ours is longer or holds such characters (PostgreSQL refuses NUL).
         raise APIError(400, "invalid_task_id", "This is not a task id.", "task_id")
@@ -43,8 +44,9 @@ async def get_task(task_id: str, services: ServicesDep, principal: PrincipalDep)
 
 
 @router.post("/v1/tasks/{task_id}/cancel")
-async def cancel_task(task_id: str, services: ServicesDep,
-                      principal: PrincipalDep) -> dict[str, Any]:
+async def cancel_task(
+    task_id: str, services: ServicesDep, principal: PrincipalDep
+) -> dict[str, Any]:
     """Pending: cancelled at once. Processing: stopped before its next denoising step
     (the answer then still says processing, with can_cancel false). Ended: 400."""
     check_task_id(task_id)
@@ -54,8 +56,12 @@ async def cancel_task(task_id: str, services: ServicesDep,
         if task is None:
             raise not_found(task_id)
         if task.status in (contract.COMPLETED, contract.FAILED):
-            raise APIError(400, "task_not_cancellable",
-                           f"Task {task_id} has already ended ({task.status}).", "task_id")
+            raise APIError(
+                400,
+                "task_not_cancellable",
+                f"Task {task_id} has already ended ({task.status}).",
+                "task_id",
+            )
         return task_answer(services, task)
 
     return await run_in_threadpool(cancel)

@@ -131,7 +131,6 @@ def upgrade() -> None:
         batch_op.create_index("ix_tasks_status_created", ["status", "created_at"], unique=False)
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.drop_index("ix_tasks_status_created")

@@ -72,7 +72,6 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("webhook_secret", sa.String(length=100), nullable=True))
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.drop_column("webhook_secret")

@@ -35,16 +35,27 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("account_id", "bucket", "window_start"),
     )
     with op.batch_alter_table("accounts", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("tasks_in_flight", sa.Integer(), nullable=False,
-                                      server_default="0"))
+        batch_op.add_column(
+            sa.Column("tasks_in_flight", sa.Integer(), nullable=False, server_default="0")
+        )
     op.execute(
         "UPDATE accounts SET tasks_in_flight = (SELECT count(*) FROM tasks WHERE "
         "tasks.account_id = accounts.id AND tasks.status IN ('pending', 'processing'))"
     )
-    op.create_index("ix_tasks_pending_quality", "tasks", ["quality", "created_at"],
-                    sqlite_where=PENDING, postgresql_where=PENDING)
-    op.create_index("ix_tasks_completed_quality", "tasks", ["quality", "finished_at"],
-                    sqlite_where=COMPLETED, postgresql_where=COMPLETED)
+    op.create_index(
+        "ix_tasks_pending_quality",
+        "tasks",
+        ["quality", "created_at"],
+        sqlite_where=PENDING,
+        postgresql_where=PENDING,
+    )
+    op.create_index(
+        "ix_tasks_completed_quality",
+        "tasks",
+        ["quality", "finished_at"],
+        sqlite_where=COMPLETED,
+        postgresql_where=COMPLETED,
+    )
 
 
 def downgrade() -> None:
