@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image
 
+from kreaserve.config import Settings
 from tests.conftest import Server
 
 
@@ -104,6 +106,12 @@ def test_credits_grant_and_revoke(full_server: Server) -> None:
         assert client.get("/v1/credits").json()["balance"] == 3.5
         revoked = kreaserve("keys", "revoke", key[:11], env=full_server.env)
         assert revoked.returncode == 0, revoked.stderr
+        # The CLI revokes in the database; the server stops the key within its auth cache
+        # bound (KREASERVE_AUTH_CACHE_SECONDS), as test_api_contract checks precisely.
+        since = time.monotonic()
+        while client.get("/v1/credits").status_code == 200:
+            assert time.monotonic() - since < Settings().auth_cache_seconds + 0.5
+            time.sleep(0.05)
         assert client.get("/v1/credits").status_code == 401
     missing = kreaserve("credits", "grant", "999999", "1", env=full_server.env)
     assert missing.returncode == 1 and "no account" in missing.stderr
