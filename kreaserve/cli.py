@@ -175,16 +175,17 @@ def serve(
     setup_logging(settings)
     listener = bind_listener(settings.host, settings.port)
     settings.port = listener.getsockname()[1]  # --port 0: the port the system chose
-    # uvicorn does not say where it listens when handed a socket.
-    logging.getLogger("kreaserve").info(
-        "listening on http://%s:%d (the API answers once started)", settings.host, settings.port
-    )
     storage = open_checked_storage(settings)
     db = open_database(settings)
     try:
         url_secret = url_signing_key(settings, db)
     except SharedSecretError as exc:
         raise fail(str(exc)) from None
+    # Only once the store, the database and the key are good (a refusal stays one line);
+    # uvicorn does not say where it listens when handed a socket.
+    logging.getLogger("kreaserve").info(
+        "listening on http://%s:%d (the API answers once started)", settings.host, settings.port
+    )
     server: uvicorn.Server | None = None
 
     def on_fatal(_message: str) -> None:
