@@ -140,29 +140,37 @@ def claim(db: Database, worker_id: str, lease_seconds: float) -> Claim | None:
     )
     with db.transaction() as session:
         row = session.execute(
-            update(Task)
-            .where(Task.id == oldest, Task.status == contract.PENDING)
-            .values(
-                status=contract.PROCESSING,
-                worker_id=worker_id,
-                lease_expires_at=now + lease_seconds,
-                attempts=Task.attempts + 1,
-                started_at=func.coalesce(Task.started_at, now),
-                progress=0,
-            )
-            .returning(
-                Task.id,
-                Task.prompt,
-                Task.width,
-                Task.height,
-                Task.seed,
-                Task.quality,
-                Task.attempts,
-                Task.nsfw_check,
-                Task.created_at,
-            )
+            _claiming_update(Task.id == oldest, worker_id, lease_seconds, now)
         ).one_or_none()
     return None if row is None else _claim_from(row)
+
+
+def _claiming_update(which: Any, worker_id: str, lease_seconds: float, now: float) -> Any:
+    """The one claiming statement: move the pending tasks `which` selects to processing
+    under `worker_id`'s lease, returning what the worker needs (see `_claim_from`)."""
+    return (
+        update(Task)
+        .where(which, Task.status == contract.PENDING)
+        .values(
+            status=contract.PROCESSING,
+            worker_id=worker_id,
+            lease_expires_at=now + lease_seconds,
+            attempts=Task.attempts + 1,
+            started_at=func.coalesce(Task.started_at, now),
+            progress=0,
+        )
+        .returning(
+            Task.id,
+            Task.prompt,
+            Task.width,
+            Task.height,
+            Task.seed,
+            Task.quality,
+            Task.attempts,
+            Task.nsfw_check,
+            Task.created_at,
+        )
+    )
 
 
 def _claim_from(row: Any) -> Claim:
@@ -208,27 +216,7 @@ def claim_same_size(
         if not ids:
             return []
         rows = session.execute(
-            update(Task)
-            .where(Task.id.in_(ids), Task.status == contract.PENDING)
-            .values(
-                status=contract.PROCESSING,
-                worker_id=worker_id,
-                lease_expires_at=now + lease_seconds,
-                attempts=Task.attempts + 1,
-                started_at=func.coalesce(Task.started_at, now),
-                progress=0,
-            )
-            .returning(
-                Task.id,
-                Task.prompt,
-                Task.width,
-                Task.height,
-                Task.seed,
-                Task.quality,
-                Task.attempts,
-                Task.nsfw_check,
-                Task.created_at,
-            )
+            _claiming_update(Task.id.in_(ids), worker_id, lease_seconds, now)
         ).all()
     rows = sorted(rows, key=lambda row: (row.created_at, row.id))
     return [_claim_from(row) for row in rows]
