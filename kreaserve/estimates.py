@@ -23,7 +23,7 @@ from sqlalchemy import func, select, text
 from kreaserve import contract
 from kreaserve.db import Database
 from kreaserve.db.models import Task, WorkerRecord
-from kreaserve.queue import WORKER_STALE_SECONDS
+from kreaserve.worker_registry import WORKER_STALE_SECONDS
 
 #: Seconds per image assumed before any task of that tier has completed.
 DEFAULT_SECONDS_PER_IMAGE = {"1K": 5.0, "2K": 20.0}

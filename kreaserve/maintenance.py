@@ -8,22 +8,43 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from kreaserve import limits, queue
+from sqlalchemy import select, update
+
+from kreaserve import limits, task_queue
 from kreaserve.config import Settings
 from kreaserve.db import Database
+from kreaserve.db.models import Task
 from kreaserve.storage import Storage
 
 log = logging.getLogger("kreaserve.maintenance")
 
 
+def expired_results(db: Database, limit: int = 500) -> list[tuple[str, list[str]]]:
+    """Completed tasks whose result URLs have expired but whose files still exist."""
+    with db.transaction() as session:
+        rows = session.execute(
+            select(Task.id, Task.result_keys)
+            .where(Task.results_expire_at < time.time(), Task.results_purged.is_(False))
+            .limit(limit)
+        ).all()
+    return [(row.id, list(row.result_keys or [])) for row in rows]
+
+
+def mark_purged(db: Database, task_id: str) -> None:
+    """Record that a task's result files are gone."""
+    with db.transaction() as session:
+        session.execute(update(Task).where(Task.id == task_id).values(results_purged=True))
+
+
 def sweep_expired_results(db: Database, storage: Storage) -> int:
     """Delete the files of results whose URLs have expired; returns how many tasks."""
     swept = 0
-    for task_id, keys in queue.expired_results(db):
+    for task_id, keys in expired_results(db):
         for key in keys:
             storage.delete(key)
-        queue.mark_purged(db, task_id)
+        mark_purged(db, task_id)
         swept += 1
     if swept:
         log.info("deleted the expired results of %d tasks", swept)
@@ -54,7 +75,7 @@ class Maintenance:
         since_sweep = float("inf")
         while True:
             try:
-                recovered = queue.reap(self.db, self.settings.max_attempts)
+                recovered = task_queue.reap(self.db, self.settings.max_attempts)
                 if recovered:
                     log.warning("recovered %d tasks whose worker stopped renewing", recovered)
                 if since_sweep >= self.settings.sweep_interval_seconds:

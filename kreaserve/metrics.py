@@ -137,7 +137,7 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from sqlalchemy import func, select
 
-        from kreaserve import contract, queue
+        from kreaserve import contract, worker_registry
         from kreaserve.db.models import Task
 
         now = time.time()
@@ -166,7 +166,7 @@ class DatabaseCollector(Collector):
             "kreaserve_engines", "Engines of live workers, by state.", labels=["state"]
         )
         counts: dict[str, int] = dict.fromkeys(("starting", "ready", "failed"), 0)
-        for worker in queue.live_workers(self.db):
+        for worker in worker_registry.live_workers(self.db):
             counts[worker.state] = counts.get(worker.state, 0) + 1
         for state, count in sorted(counts.items()):
             engines.add_metric([state], count)

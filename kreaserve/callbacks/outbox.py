@@ -69,7 +69,7 @@ def claim_due(
     deliveries, whichever sender holds them: one account's receivers that hang cannot take
     every slot. Three statements, not `UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE
     SKIP LOCKED)`: PostgreSQL may evaluate such a subquery more than once and so lock more
-    than n rows (see queue.claim_same_size)."""
+    than n rows (see task_queue.claim_same_size)."""
     if limit <= 0:
         return []
     now = time.time()

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import assert_never
 
-from kreaserve import queue
+from kreaserve import task_queue
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.engine import messages as m
@@ -30,7 +30,7 @@ ENGINE_FAILURE_RETRIES = 1
 class Running:
     """A claimed task whose job is with the engine."""
 
-    claim: queue.Claim
+    claim: task_queue.Claim
     job: int
     deadline: float
     progress: int = 0
@@ -74,9 +74,9 @@ class TaskFinisher:
             case _:
                 assert_never(message)
 
-    def give_back(self, claim: queue.Claim) -> None:
+    def give_back(self, claim: task_queue.Claim) -> None:
         try:
-            queue.requeue(self.db, claim.task_id, self.id)
+            task_queue.requeue(self.db, claim.task_id, self.id)
         except Exception:  # noqa: BLE001 - the lease will hand it back anyway
             log.exception("could not requeue task %s", claim.task_id)
 
@@ -85,9 +85,9 @@ class TaskFinisher:
             self._image_moderator = ImageModerator(self.settings.moderation_config())
         return self._image_moderator
 
-    def _complete(self, claim: queue.Claim, result: m.Result) -> None:
+    def _complete(self, claim: task_queue.Claim, result: m.Result) -> None:
         key = result_key(claim.task_id, claim.attempts)
-        lease = queue.renew(self.db, claim.task_id, self.id, self.settings.lease_seconds)
+        lease = task_queue.renew(self.db, claim.task_id, self.id, self.settings.lease_seconds)
         if not lease.held:
             self._delete_own(claim, key)  # if an earlier try of this outcome stored it
             log.warning(
@@ -97,7 +97,7 @@ class TaskFinisher:
             )
             return
         if lease.cancel_requested:
-            queue.end_cancelled(self.db, claim.task_id, self.id)
+            task_queue.end_cancelled(self.db, claim.task_id, self.id)
             return
         if claim.nsfw_check:  # strict mode: the image is classified before it is stored
             decision = self.image_moderator().check(result.png)
@@ -108,7 +108,7 @@ class TaskFinisher:
                     decision.category,
                     decision.score,
                 )
-                queue.fail(
+                task_queue.fail(
                     self.db, claim.task_id, self.id, "content_policy_violation", decision.message
                 )
                 return
@@ -128,7 +128,7 @@ class TaskFinisher:
                 ),
             )
             return
-        if queue.complete(
+        if task_queue.complete(
             self.db,
             claim.task_id,
             self.id,
@@ -144,34 +144,34 @@ class TaskFinisher:
                 "task %s: lease lost while its image was stored; dropped its image", claim.task_id
             )
 
-    def _delete_own(self, claim: queue.Claim, key: str) -> None:
+    def _delete_own(self, claim: task_queue.Claim, key: str) -> None:
         """Delete this attempt's own file (never another attempt's: the key is per attempt)."""
         try:
             self.storage.delete(key)
         except StorageError as exc:
             log.warning("task %s: could not delete the orphan result: %s", claim.task_id, exc)
 
-    def _cancelled(self, claim: queue.Claim, stopping: bool) -> None:
+    def _cancelled(self, claim: task_queue.Claim, stopping: bool) -> None:
         if (
             stopping
-            and not queue.renew(
+            and not task_queue.renew(
                 self.db, claim.task_id, self.id, self.settings.lease_seconds
             ).cancel_requested
         ):
             # Shutting down, not a client cancel: hand the task to another worker.
-            queue.requeue(self.db, claim.task_id, self.id)
+            task_queue.requeue(self.db, claim.task_id, self.id)
             return
-        queue.end_cancelled(self.db, claim.task_id, self.id)
+        task_queue.end_cancelled(self.db, claim.task_id, self.id)
         log.info("task %s cancelled", claim.task_id)
 
-    def _failed(self, claim: queue.Claim, failure: m.Failed) -> None:
+    def _failed(self, claim: task_queue.Claim, failure: m.Failed) -> None:
         if (
             failure.retryable
             and claim.attempts <= ENGINE_FAILURE_RETRIES
             and claim.attempts < self.settings.max_attempts
         ):
             log.warning("task %s: %s; putting it back in the queue", claim.task_id, failure.message)
-            queue.requeue(self.db, claim.task_id, self.id)
+            task_queue.requeue(self.db, claim.task_id, self.id)
             return
         log.error("task %s failed: %s", claim.task_id, failure.message)
-        queue.fail(self.db, claim.task_id, self.id, failure.code, failure.message)
+        task_queue.fail(self.db, claim.task_id, self.id, failure.code, failure.message)

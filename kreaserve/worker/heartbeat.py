@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 
-from kreaserve import queue
+from kreaserve import worker_registry
 from kreaserve.db import Database
 from kreaserve.worker.outage import Backoff, brief, is_outage
 
@@ -30,7 +30,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Record the state now; raises what the database raises."""
-        queue.worker_heartbeat(
+        worker_registry.worker_heartbeat(
             self.db,
             self.worker_id,
             socket.gethostname(),

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import assert_never
 
-from kreaserve import contract, queue
+from kreaserve import contract, task_queue
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.engine import messages as m
@@ -210,7 +210,7 @@ class Worker:
         if self._database.waiting:
             return False
         try:
-            claims = queue.claim_batch(
+            claims = task_queue.claim_batch(
                 self.db, self.id, settings.lease_seconds, settings.batch_size
             )
             if (
@@ -221,7 +221,7 @@ class Worker:
             ):
                 time.sleep(settings.batch_wait_ms / 1000)
                 first = claims[0]
-                claims += queue.claim_same_size(
+                claims += task_queue.claim_same_size(
                     self.db,
                     self.id,
                     settings.lease_seconds,
@@ -301,7 +301,7 @@ class Worker:
             if self._database.waiting:
                 return
             try:
-                lease = queue.renew(
+                lease = task_queue.renew(
                     self.db,
                     run.claim.task_id,
                     self.id,

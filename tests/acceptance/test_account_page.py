@@ -163,7 +163,7 @@ def charge_one_task(server: Server, key: str, quality: str) -> None:
     """A task completed and charged (as a worker would), so that usage has a row."""
     from sqlalchemy import update
 
-    from kreaserve import contract, queue
+    from kreaserve import contract, task_queue
     from kreaserve.db.models import Task
 
     task = api(
@@ -179,7 +179,7 @@ def charge_one_task(server: Server, key: str, quality: str) -> None:
             .where(Task.id == task["id"])
             .values(status=contract.PROCESSING, worker_id="page-test")
         )
-    assert queue.complete(server.database(), task["id"], "page-test", [], 60, 1.0)
+    assert task_queue.complete(server.database(), task["id"], "page-test", [], 60, 1.0)
 
 
 # --- the tests -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from kreaserve import accounts, ledger, queue
+from kreaserve import accounts, ledger, task_queue
 from kreaserve.config import Settings
 from kreaserve.db.models import Task
 from tests.conftest import ADMIN_TOKEN, API_SERVER_ENV, Server, start_server
@@ -293,8 +293,8 @@ def test_usage_reports_charged_spend_by_day_model_and_tier(api_server: Server) -
             .values(status="processing", worker_id="test-worker", started_at=time.time())
         )
     for task_id in ids[:3]:
-        assert queue.complete(db, task_id, "test-worker", [f"{task_id}/0.png"], 60, 1.0)
-    assert queue.fail(db, ids[3], "test-worker", "service_error", "boom")
+        assert task_queue.complete(db, task_id, "test-worker", [f"{task_id}/0.png"], 60, 1.0)
+    assert task_queue.fail(db, ids[3], "test-worker", "service_error", "boom")
     today = time.strftime("%Y-%m-%d", time.gmtime())
     with api_server.client(key) as client:
         usage = client.get("/v1/usage").json()

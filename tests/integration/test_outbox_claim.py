@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from kreaserve import ledger, queue
+from kreaserve import ledger, task_queue
 from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from tests.conftest import new_account
@@ -17,7 +17,7 @@ PRICE = ledger.to_units(0.45)
 
 def ended_tasks(db: Database, account_id: int, count: int) -> list[str]:
     """`count` tasks of the account, cancelled while pending, so each has a due delivery."""
-    params = queue.NewTask(
+    params = task_queue.NewTask(
         prompt="a fox",
         size="1:1",
         quality="1K",
@@ -27,8 +27,8 @@ def ended_tasks(db: Database, account_id: int, count: int) -> list[str]:
     )
     ids = []
     for _ in range(count):
-        task = queue.create(db, account_id, None, "default", params, PRICE)
-        assert queue.cancel(db, account_id, task.id) is not None
+        task = task_queue.create(db, account_id, None, "default", params, PRICE)
+        assert task_queue.cancel(db, account_id, task.id) is not None
         ids.append(task.id)
     return ids
 

@@ -9,19 +9,19 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select, update
 
-from kreaserve import contract, ledger, queue
+from kreaserve import contract, ledger, task_queue
 from kreaserve.db import Database
 from kreaserve.db.models import Account, LedgerEntry, Task
 from tests.conftest import new_account
 
-PARAMS = queue.NewTask(
+PARAMS = task_queue.NewTask(
     prompt="a fox", size="1:1", quality="1K", seed=5, nsfw_check=False, callback_url=None
 )
 PRICE = ledger.to_units(0.45)
 
 
 def create(db: Database, account_id: int) -> Task:
-    return queue.create(db, account_id, None, "default", PARAMS, PRICE)
+    return task_queue.create(db, account_id, None, "default", PARAMS, PRICE)
 
 
 def check_balanced(db: Database, account_id: int) -> ledger.Balance:
@@ -51,7 +51,7 @@ def test_concurrent_creates_never_overspend(db: Database) -> None:
         try:
             create(db, account_id)
             return True
-        except queue.InsufficientCredits:
+        except task_queue.InsufficientCredits:
             return False
 
     with ThreadPoolExecutor(20) as pool:
@@ -68,7 +68,7 @@ def test_concurrent_claims_never_hand_out_a_task_twice(db: Database) -> None:
     lock = threading.Lock()
 
     def work(worker: int) -> None:
-        while (claim := queue.claim(db, f"w{worker}", 30)) is not None:
+        while (claim := task_queue.claim(db, f"w{worker}", 30)) is not None:
             with lock:
                 claimed.append(claim.task_id)
 
@@ -83,19 +83,19 @@ def test_concurrent_claims_never_hand_out_a_task_twice(db: Database) -> None:
 def test_claims_are_first_in_first_out(db: Database) -> None:
     account_id, _ = new_account(db)
     ids = [create(db, account_id).id for _ in range(5)]
-    assert [queue.claim(db, "w", 30).task_id for _ in range(5)] == ids
-    assert queue.claim(db, "w", 30) is None
+    assert [task_queue.claim(db, "w", 30).task_id for _ in range(5)] == ids
+    assert task_queue.claim(db, "w", 30) is None
 
 
 def test_complete_charges_once_and_a_stale_worker_cannot_finish(db: Database) -> None:
     account_id, _ = new_account(db, credits=1)
     task = create(db, account_id)
-    claim = queue.claim(db, "w1", 30)
+    claim = task_queue.claim(db, "w1", 30)
     assert claim and claim.task_id == task.id
-    assert not queue.complete(db, task.id, "someone-else", ["k"], 60, 1.0)
-    assert queue.complete(db, task.id, "w1", ["k"], 60, 1.0)
-    assert not queue.complete(db, task.id, "w1", ["k"], 60, 1.0)  # a retry changes nothing
-    assert not queue.fail(db, task.id, "w1", "service_error", "late failure")
+    assert not task_queue.complete(db, task.id, "someone-else", ["k"], 60, 1.0)
+    assert task_queue.complete(db, task.id, "w1", ["k"], 60, 1.0)
+    assert not task_queue.complete(db, task.id, "w1", ["k"], 60, 1.0)  # a retry changes nothing
+    assert not task_queue.fail(db, task.id, "w1", "service_error", "late failure")
     standing = check_balanced(db, account_id)
     assert standing.balance_units == ledger.to_units(1) - PRICE
     assert standing.reserved_units == 0
@@ -104,8 +104,8 @@ def test_complete_charges_once_and_a_stale_worker_cannot_finish(db: Database) ->
 def test_fail_releases_the_reservation(db: Database) -> None:
     account_id, _ = new_account(db, credits=1)
     task = create(db, account_id)
-    queue.claim(db, "w1", 30)
-    assert queue.fail(db, task.id, "w1", "generation_timeout", "too slow")
+    task_queue.claim(db, "w1", 30)
+    assert task_queue.fail(db, task.id, "w1", "generation_timeout", "too slow")
     with db.transaction() as session:
         row = session.get(Task, task.id)
         assert (row.status, row.error_code, row.billing_state) == (
@@ -127,11 +127,11 @@ def test_expired_lease_returns_the_task_then_fails_it_after_max_attempts(db: Dat
     account_id, _ = new_account(db, credits=1)
     task = create(db, account_id)
     for attempt in (1, 2):
-        claim = queue.claim(db, f"w{attempt}", 30)
+        claim = task_queue.claim(db, f"w{attempt}", 30)
         assert claim.attempts == attempt
-        assert queue.reap(db, max_attempts=2) == 0  # lease still valid
+        assert task_queue.reap(db, max_attempts=2) == 0  # lease still valid
         expire_lease(db, task.id)
-        assert queue.reap(db, max_attempts=2) == 1
+        assert task_queue.reap(db, max_attempts=2) == 1
     with db.transaction() as session:
         row = session.get(Task, task.id)
         assert (row.status, row.error_code) == ("failed", "service_error")
@@ -141,12 +141,14 @@ def test_expired_lease_returns_the_task_then_fails_it_after_max_attempts(db: Dat
 def test_renew_reports_cancel_and_a_lost_lease(db: Database) -> None:
     account_id, _ = new_account(db)
     task = create(db, account_id)
-    queue.claim(db, "w1", 30)
-    assert queue.renew(db, task.id, "w1", 30, progress=40) == queue.LeaseState(True, False)
-    after = queue.cancel(db, account_id, task.id)
+    task_queue.claim(db, "w1", 30)
+    assert task_queue.renew(db, task.id, "w1", 30, progress=40) == task_queue.LeaseState(
+        True, False
+    )
+    after = task_queue.cancel(db, account_id, task.id)
     assert after.status == "processing" and after.cancel_requested
-    assert queue.renew(db, task.id, "w1", 30) == queue.LeaseState(True, True)
-    assert queue.renew(db, task.id, "w2", 30) == queue.LeaseState(False, False)
+    assert task_queue.renew(db, task.id, "w1", 30) == task_queue.LeaseState(True, True)
+    assert task_queue.renew(db, task.id, "w2", 30) == task_queue.LeaseState(False, False)
     with db.transaction() as session:
         assert session.get(Task, task.id).progress == 40
 
@@ -154,10 +156,10 @@ def test_renew_reports_cancel_and_a_lost_lease(db: Database) -> None:
 def test_cancel_requested_task_whose_worker_died_ends_cancelled(db: Database) -> None:
     account_id, _ = new_account(db)
     task = create(db, account_id)
-    queue.claim(db, "w1", 30)
-    queue.cancel(db, account_id, task.id)
+    task_queue.claim(db, "w1", 30)
+    task_queue.cancel(db, account_id, task.id)
     expire_lease(db, task.id)
-    queue.reap(db, max_attempts=3)
+    task_queue.reap(db, max_attempts=3)
     with db.transaction() as session:
         assert session.get(Task, task.id).status == contract.CANCELLED
     assert check_balanced(db, account_id).reserved_units == 0
@@ -166,10 +168,10 @@ def test_cancel_requested_task_whose_worker_died_ends_cancelled(db: Database) ->
 def test_ledger_entries_are_append_only_records_of_every_move(db: Database) -> None:
     account_id, _ = new_account(db, credits=2)
     done, failed = create(db, account_id), create(db, account_id)
-    queue.claim(db, "w", 30)
-    queue.claim(db, "w", 30)
-    queue.complete(db, done.id, "w", ["k"], 60, 1.0)
-    queue.fail(db, failed.id, "w", "service_error", "x")
+    task_queue.claim(db, "w", 30)
+    task_queue.claim(db, "w", 30)
+    task_queue.complete(db, done.id, "w", ["k"], 60, 1.0)
+    task_queue.fail(db, failed.id, "w", "service_error", "x")
     with db.transaction() as session:
         kinds = [
             (e.kind, e.task_id, e.amount_units)
@@ -244,10 +246,10 @@ def test_quota_leases_of_several_processes_never_pass_the_limit(db: Database) ->
 
 
 def _create_sized(db: Database, account_id: int, size: str, quality: str) -> Task:
-    params = queue.NewTask(
+    params = task_queue.NewTask(
         prompt="a fox", size=size, quality=quality, seed=5, nsfw_check=False, callback_url=None
     )
-    return queue.create(db, account_id, None, "default", params, PRICE)
+    return task_queue.create(db, account_id, None, "default", params, PRICE)
 
 
 def test_a_batch_claim_takes_the_oldest_task_and_more_of_its_pixel_size_only(
@@ -259,15 +261,15 @@ def test_a_batch_claim_takes_the_oldest_task_and_more_of_its_pixel_size_only(
     square += [_create_sized(db, account_id, "1:1", "1K").id for _ in range(3)]
     big = _create_sized(db, account_id, "1:1", "2K").id
 
-    first = queue.claim_batch(db, "w1", 30, 4)
+    first = task_queue.claim_batch(db, "w1", 30, 4)
     assert [c.task_id for c in first] == square[:4]  # oldest first, the wide one skipped
     assert {(c.width, c.height) for c in first} == {(1024, 1024)}
-    second = queue.claim_batch(db, "w1", 30, 4)
+    second = task_queue.claim_batch(db, "w1", 30, 4)
     assert [c.task_id for c in second] == [wide]  # no other 16:9 task waits
-    third = queue.claim_batch(db, "w2", 30, 4)
+    third = task_queue.claim_batch(db, "w2", 30, 4)
     assert [c.task_id for c in third] == [square[4]]
-    assert [c.task_id for c in queue.claim_batch(db, "w2", 30, 4)] == [big]
-    assert queue.claim_batch(db, "w2", 30, 4) == []
+    assert [c.task_id for c in task_queue.claim_batch(db, "w2", 30, 4)] == [big]
+    assert task_queue.claim_batch(db, "w2", 30, 4) == []
     with db.transaction() as session:
         rows = session.execute(
             select(Task.status, Task.worker_id, Task.attempts).where(Task.id.in_(square[:4]))
@@ -278,14 +280,14 @@ def test_a_batch_claim_takes_the_oldest_task_and_more_of_its_pixel_size_only(
 def test_a_retried_task_runs_alone_and_is_never_added_to_a_batch(db: Database) -> None:
     account_id, _ = new_account(db, credits=100)
     retried = create(db, account_id).id
-    [claim] = queue.claim_batch(db, "w1", 30, 1)
-    assert claim.task_id == retried and queue.requeue(db, retried, "w1")
+    [claim] = task_queue.claim_batch(db, "w1", 30, 1)
+    assert claim.task_id == retried and task_queue.requeue(db, retried, "w1")
     fresh = [create(db, account_id).id for _ in range(3)]
     # The retried task is the oldest: it is claimed, and alone.
-    assert [c.task_id for c in queue.claim_batch(db, "w1", 30, 4)] == [retried]
+    assert [c.task_id for c in task_queue.claim_batch(db, "w1", 30, 4)] == [retried]
     # A fresh batch never picks up a retried task either.
-    assert queue.requeue(db, retried, "w1")
-    batch = queue.claim_same_size(db, "w2", 30, 1024, 1024, 10)
+    assert task_queue.requeue(db, retried, "w1")
+    batch = task_queue.claim_same_size(db, "w2", 30, 1024, 1024, 10)
     assert [c.task_id for c in batch] == fresh
 
 
@@ -298,7 +300,7 @@ def test_concurrent_batch_claims_never_hand_out_a_task_twice(db: Database) -> No
 
     def work(worker: int) -> None:
         barrier.wait()
-        while batch := queue.claim_batch(db, f"w{worker}", 30, 4):
+        while batch := task_queue.claim_batch(db, f"w{worker}", 30, 4):
             with lock:
                 claimed.extend(c.task_id for c in batch)
 

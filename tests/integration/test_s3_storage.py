@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import httpx
 import pytest
 
-from kreaserve import queue
+from kreaserve import task_queue
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.maintenance import sweep_expired_results
@@ -177,17 +177,17 @@ def test_the_sweep_deletes_expired_objects_and_keeps_the_others(
     upgrade(url)
     db = Database(url)
     account_id, _ = new_account(db)
-    params = queue.NewTask(
+    params = task_queue.NewTask(
         prompt="a fox", size="1:1", quality="1K", seed=1, nsfw_check=False, callback_url=None
     )
     keys = {}
     for ttl in (-1, 3600):  # one expired a second ago, one live for an hour
-        task = queue.create(db, account_id, None, "default", params, 4500)
-        claim = queue.claim(db, "w", 30)
+        task = task_queue.create(db, account_id, None, "default", params, 4500)
+        claim = task_queue.claim(db, "w", 30)
         assert claim is not None and claim.task_id == task.id
         keys[ttl] = result_key(task.id, claim.attempts)
         store.put(keys[ttl], PNG)
-        assert queue.complete(db, task.id, "w", [keys[ttl]], ttl, 1.0)
+        assert task_queue.complete(db, task.id, "w", [keys[ttl]], ttl, 1.0)
     assert sweep_expired_results(db, store) == 1
     assert not store.exists(keys[-1]) and store.exists(keys[3600])
     assert sweep_expired_results(db, store) == 0  # idempotent

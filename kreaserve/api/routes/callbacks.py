@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import accounts, contract, queue
+from kreaserve import accounts, contract, task_queue
 from kreaserve.api.deps import PrincipalDep, ServicesDep
 from kreaserve.api.errors import APIError
 from kreaserve.api.routes.tasks import check_task_id, not_found
@@ -50,7 +50,7 @@ async def list_callbacks(
     check_task_id(task_id)
 
     def read() -> dict[str, Any]:
-        if queue.get(services.db, principal.account_id, task_id) is None:
+        if task_queue.get(services.db, principal.account_id, task_id) is None:
             raise not_found(task_id)
         return {
             "object": "list",
@@ -66,7 +66,7 @@ async def redeliver(task_id: str, services: ServicesDep, principal: PrincipalDep
     check_task_id(task_id)
 
     def queue_again() -> dict[str, Any]:
-        task = queue.get(services.db, principal.account_id, task_id)
+        task = task_queue.get(services.db, principal.account_id, task_id)
         if task is None:
             raise not_found(task_id)
         if not task.callback_url:

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import queue
+from kreaserve import worker_registry
 from kreaserve.api.deps import ServicesDep
 
 router = APIRouter()
@@ -24,7 +24,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     """200 once any live worker reports a warm engine; 503 with the reasons otherwise.
     Warnings (such as noise-only tiny-random weights) are listed once, however many
     engines share them, either way."""
-    workers = await run_in_threadpool(queue.live_workers, services.db)
+    workers = await run_in_threadpool(worker_registry.live_workers, services.db)
     engines: list[dict[str, Any]] = [
         {
             "worker": w.id,

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import ledger, queue, schemas, tracing
+from kreaserve import ledger, schemas, task_queue, tracing
 from kreaserve.api.deps import PrincipalDep, ServicesDep, rate_limited, read_json_body
 from kreaserve.api.errors import APIError
 from kreaserve.api.presenters import task_answer
@@ -36,7 +36,7 @@ async def create_generation(
             body = schemas.parse_create_request(payload, allow)
     except schemas.RequestError as exc:
         raise APIError(400, exc.code, exc.message, exc.param) from None
-    params = queue.NewTask(
+    params = task_queue.NewTask(
         prompt=body.prompt,
         size=body.size or "1:1",
         quality=body.quality or "1K",
@@ -65,7 +65,7 @@ async def create_generation(
         if not decision.allowed:
             raise APIError(400, "content_policy_violation", decision.message, "prompt")
         try:
-            task = queue.create(
+            task = task_queue.create(
                 services.db,
                 principal.account_id,
                 principal.key_id,
@@ -74,16 +74,16 @@ async def create_generation(
                 price,
                 services.settings.max_tasks_in_flight,
             )
-        except queue.LimitReached as exc:
+        except task_queue.LimitReached as exc:
             raise rate_limited(exc.refusal) from None
-        except queue.DailyCapReached as exc:
+        except task_queue.DailyCapReached as exc:
             raise APIError(
                 402,
                 "daily_spend_cap_reached",
                 f"This task would pass the account's daily spend cap of "
                 f"{ledger.to_credits(exc.cap_units)} credits (UTC day).",
             ) from None
-        except queue.InsufficientCredits:
+        except task_queue.InsufficientCredits:
             raise APIError(
                 402,
                 "insufficient_credits",

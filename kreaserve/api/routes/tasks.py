@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import contract, queue
+from kreaserve import contract, task_queue
 from kreaserve.api.deps import PrincipalDep, ServicesDep
 from kreaserve.api.errors import APIError
 from kreaserve.api.presenters import task_answer
@@ -35,7 +35,7 @@ async def get_task(task_id: str, services: ServicesDep, principal: PrincipalDep)
     check_task_id(task_id)
 
     def load() -> dict[str, Any]:
-        task = queue.get(services.db, principal.account_id, task_id)
+        task = task_queue.get(services.db, principal.account_id, task_id)
         if task is None:
             raise not_found(task_id)
         return task_answer(services, task)
@@ -52,7 +52,7 @@ async def cancel_task(
     check_task_id(task_id)
 
     def cancel() -> dict[str, Any]:
-        task = queue.cancel(services.db, principal.account_id, task_id)
+        task = task_queue.cancel(services.db, principal.account_id, task_id)
         if task is None:
             raise not_found(task_id)
         if task.status in (contract.COMPLETED, contract.FAILED):

@@ -1,0 +1,135 @@
+"""The client's transitions of a task: create it (reserving its price), read it, cancel it."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from kreaserve import contract, ledger, limits, metrics
+from kreaserve.callbacks import outbox
+from kreaserve.db import Database
+from kreaserve.db.models import Task
+from kreaserve.task_queue.endings import CANCELLED_ERROR
+
+# The refusals of `create` (defined with the limits that raise them).
+InsufficientCredits = limits.InsufficientCredits
+LimitReached = limits.LimitReached
+DailyCapReached = limits.DailyCapReached
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """Validated parameters of a task to create."""
+
+    prompt: str
+    size: str
+    quality: str
+    seed: int | None
+    nsfw_check: bool
+    callback_url: str | None
+    model: str = contract.MODEL
+    traceparent: str | None = None
+
+
+def create(
+    db: Database,
+    account_id: int,
+    key_id: int | None,
+    user_group: str,
+    params: NewTask,
+    price_units: int,
+    max_in_flight: int | None = None,
+) -> Task:
+    """Check the account's limits, reserve the price and enqueue the task, in one
+    transaction of three statements (`limits.reserve_task`, the ledger entry, the task).
+
+    `max_in_flight` is the server's default limit of tasks in flight, for accounts that
+    have none of their own (None: no default limit)."""
+    now = time.time()
+    created = int(now)
+    task_id = contract.new_task_id(created)
+    seed = params.seed or secrets.randbelow(contract.SEED_MAX) + 1
+    width, height = contract.pixels(params.size, params.quality)
+    with db.transaction() as session:
+        limits.reserve_task(session, account_id, price_units, task_id, max_in_flight)
+        task = Task(
+            id=task_id,
+            account_id=account_id,
+            api_key_id=key_id,
+            model=params.model,
+            prompt=params.prompt,
+            size=params.size,
+            quality=params.quality,
+            width=width,
+            height=height,
+            seed=seed,
+            nsfw_check=params.nsfw_check,
+            callback_url=params.callback_url,
+            traceparent=params.traceparent,
+            status=contract.PENDING,
+            progress=0,
+            cancel_requested=False,
+            created=created,
+            created_at=now,
+            attempts=0,
+            price_units=price_units,
+            user_group=user_group,
+            billing_state="reserved",
+            results_purged=False,
+        )
+        session.add(task)
+    metrics.task_created(task)
+    return task
+
+
+def get(db: Database, account_id: int, task_id: str) -> Task | None:
+    """The account's task, or None (also for another account's task): one read."""
+    with db.read() as session:
+        return session.execute(
+            select(Task).where(Task.id == task_id, Task.account_id == account_id)
+        ).scalar_one_or_none()
+
+
+def cancel(db: Database, account_id: int, task_id: str) -> Task | None:
+    """Cancel a pending task at once; ask the worker to stop a processing one.
+
+    Returns the task as it stands afterwards, or None when the account has no such task.
+    """
+    with db.transaction() as session:
+        task = session.execute(
+            update(Task)
+            .where(
+                Task.id == task_id, Task.account_id == account_id, Task.status == contract.PENDING
+            )
+            .values(
+                status=contract.CANCELLED,
+                finished_at=time.time(),
+                **CANCELLED_ERROR,
+                billing_state="released",
+            )
+            .returning(Task)
+        ).scalar_one_or_none()
+        if task is not None:
+            ledger.release(session, task.account_id, task.price_units, task.id)
+            outbox.enqueue(session, task)
+            cancelled_now = task
+        else:
+            cancelled_now = None
+            session.execute(
+                update(Task)
+                .where(
+                    Task.id == task_id,
+                    Task.account_id == account_id,
+                    Task.status == contract.PROCESSING,
+                )
+                .values(cancel_requested=True)
+            )
+            task = session.execute(
+                select(Task).where(Task.id == task_id, Task.account_id == account_id)
+            ).scalar_one_or_none()
+    if cancelled_now is not None:
+        metrics.task_ended(cancelled_now)
+    return task
