@@ -1,5 +1,5 @@
-"""Periodic upkeep any process may run: reclaim expired leases, delete expired results
-and finished rate-limit windows.
+"""Periodic upkeep any process may run: reclaim expired leases, delete expired results,
+finished rate-limit windows and idempotency keys past their day.
 
 Both jobs are idempotent, so several processes running them at once is harmless.
 """
@@ -12,7 +12,7 @@ import time
 
 from sqlalchemy import select, update
 
-from kreaserve import limits, task_queue
+from kreaserve import idempotency, limits, task_queue
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.db.models import Task
@@ -82,6 +82,7 @@ class Maintenance:
                     sweep_expired_results(self.db, self.storage)
                     with self.db.transaction() as session:
                         limits.forget_old_windows(session)
+                        idempotency.purge_expired(session)
                     since_sweep = 0.0
             except Exception:  # noqa: BLE001 - upkeep must outlive database hiccups
                 log.exception("maintenance pass failed")

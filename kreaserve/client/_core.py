@@ -4,7 +4,8 @@ and the polling rhythm. The clients themselves only do the I/O, so they cannot d
 The retry loop is written here rather than taken from a library (tenacity, httpx-retries)
 because it must treat one answer three ways at once: retry 429/503 after the server's own
 Retry-After, give up when that wait exceeds a bound, and never resend a create whose
-request may have reached the server (see `retryable_exception`).
+request may have reached the server unless it carries an Idempotency-Key (see
+`retryable_exception`).
 """
 
 from __future__ import annotations
@@ -74,13 +75,19 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-def retryable_exception(method: str, exc: Exception) -> bool:
-    """A GET is resent after any transient network error; a POST only when the request
-    surely never reached the server (the server does not honour Idempotency-Key yet, so
-    resending a create after a read timeout could create, and charge, a second task)."""
-    if method.upper() == "GET":
+def retryable_exception(method: str, exc: Exception, idempotent: bool = False) -> bool:
+    """A GET, or a request with an Idempotency-Key (a create: the server answers a resent
+    one with the task the first made, charged once), is resent after any transient
+    network error; another POST only when it surely never reached the server."""
+    if method.upper() == "GET" or idempotent:
         return isinstance(exc, _TRANSIENT)
     return isinstance(exc, _NOT_SENT)
+
+
+def has_idempotency_key(kwargs: dict[str, Any]) -> bool:
+    """Whether a request's keyword arguments carry an Idempotency-Key header."""
+    headers = kwargs.get("headers") or {}
+    return any(name.lower() == "idempotency-key" for name in headers)
 
 
 def new_idempotency_key() -> str:

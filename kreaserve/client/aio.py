@@ -65,7 +65,9 @@ class AsyncClient:
             try:
                 response = await http.request(method, url, **kwargs)
             except httpx.TransportError as exc:
-                retryable = _core.retryable_exception(method, exc)
+                retryable = _core.retryable_exception(
+                    method, exc, _core.has_idempotency_key(kwargs)
+                )
                 if not retryable or retry_number >= self.retry.retries:
                     raise
                 delay = self.retry.backoff_delay(retry_number)
@@ -94,7 +96,7 @@ class AsyncClient:
         idempotency_key: str | None = None,
         **extra: Any,
     ) -> Task:
-        """See Client.create (the Idempotency-Key is not honoured by the server yet)."""
+        """See Client.create."""
         body = _core.create_body(
             prompt,
             model=model,

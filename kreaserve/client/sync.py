@@ -67,7 +67,9 @@ class Client:
             try:
                 response = http.request(method, url, **kwargs)
             except httpx.TransportError as exc:
-                retryable = _core.retryable_exception(method, exc)
+                retryable = _core.retryable_exception(
+                    method, exc, _core.has_idempotency_key(kwargs)
+                )
                 if not retryable or retry_number >= self.retry.retries:
                     raise
                 delay = self.retry.backoff_delay(retry_number)
@@ -100,9 +102,9 @@ class Client:
         `extra` fields are sent as they are.
 
         An `Idempotency-Key` header (`idempotency_key`, or one made here) goes with the
-        request and stays the same on its retries. NOTE: the server does not honour it
-        yet, so today retries of a create happen only when the request surely never
-        reached the server (connection refused, or a 429/503 answer)."""
+        request and stays the same on its retries, so a create is resent after any
+        transient network error (a read time-out, a cut connection) and the server
+        answers the resent one with the task the first created, charged once."""
         body = _core.create_body(
             prompt,
             model=model,

@@ -237,3 +237,20 @@ class ServiceSecret(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class IdempotencyKey(Base):
+    """An `Idempotency-Key` of a create: which task it named, from which body, and when.
+
+    Written in the create's transaction; purged after a day (kreaserve/idempotency.py)."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created", "created_at"),)
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: SHA-256 of the validated body, so the same key with another body is refused.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    #: not a foreign key: the key row is written before the task, in the same transaction.
+    task_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
-from kreaserve import contract, ledger, limits, metrics
+from kreaserve import contract, idempotency, ledger, limits, metrics
 from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from kreaserve.db.models import Task
@@ -42,18 +42,23 @@ def create(
     params: NewTask,
     price_units: int,
     max_in_flight: int | None = None,
+    key: idempotency.Key | None = None,
 ) -> Task:
     """Check the account's limits, reserve the price and enqueue the task, in one
     transaction of three statements (`limits.reserve_task`, the ledger entry, the task).
 
     `max_in_flight` is the server's default limit of tasks in flight, for accounts that
-    have none of their own (None: no default limit)."""
+    have none of their own (None: no default limit). With an idempotency `key`, one more
+    statement comes first (see kreaserve/idempotency.py), which may raise
+    `idempotency.Replayed` or `idempotency.KeyReused` instead."""
     now = time.time()
     created = int(now)
     task_id = contract.new_task_id(created)
     seed = params.seed or secrets.randbelow(contract.SEED_MAX) + 1
     width, height = contract.pixels(params.size, params.quality)
     with db.transaction() as session:
+        if key is not None:
+            key.claim(session, account_id, task_id, now)
         limits.reserve_task(session, account_id, price_units, task_id, max_in_flight)
         task = Task(
             id=task_id,

@@ -14,12 +14,17 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, Server, start_server
 
-#: Three exceptions, each narrow: GET /v1/usage allows at most 366 days from start to end,
-#: a cross-field rule JSON Schema cannot state, so a valid-looking pair of dates may get
-#: 400; GET /v1/tasks takes only a cursor it made (opaque: no schema can say which
-#: strings those are), so a valid-looking cursor may get 400; GET /readyz answers 503
-#: by design while no engine is ready (this server has none).
+#: Four exceptions, each narrow: a create's Idempotency-Key may be drawn twice for two
+#: different bodies, which is a 409 by design; GET /v1/usage allows at most 366 days from
+#: start to end, a cross-field rule JSON Schema cannot state, so a valid-looking pair of
+#: dates may get 400; GET /v1/tasks takes only a cursor it made (opaque: no schema can say
+#: which strings those are), so a valid-looking cursor may get 400; GET /readyz answers
+#: 503 by design while no engine is ready (this server has none).
 CONFIG = """
+[[operations]]
+include-path = "/v1/images/generations"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "409", "429"]
+
 [[operations]]
 include-path = "/v1/usage"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "429"]

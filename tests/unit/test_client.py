@@ -190,11 +190,27 @@ def test_an_answer_that_is_not_the_error_shape_still_raises(kind: str) -> None:
     assert caught.value.status == 502 and caught.value.code == "http_error"
 
 
-def test_a_create_is_not_resent_once_it_may_have_reached_the_server(kind: str) -> None:
-    # The server does not honour Idempotency-Key yet: resending could charge twice.
+def test_a_create_is_resent_after_a_read_timeout_with_the_same_key(kind: str) -> None:
+    # It carries an Idempotency-Key: the server answers the resent one with the same task.
+    harness = Harness(
+        kind,
+        sequence(
+            httpx.ReadTimeout("slow"),
+            httpx.RemoteProtocolError("cut"),
+            httpx.Response(200, json=TASK),
+        ),
+    )
+    assert harness("create", "a fox").id == TASK["id"]
+    keys = {r.headers["idempotency-key"] for r in harness.requests}
+    assert len(harness.requests) == 3 and len(keys) == 1
+
+
+def test_a_post_without_a_key_is_not_resent_once_it_may_have_reached_the_server(
+    kind: str,
+) -> None:
     harness = Harness(kind, sequence(httpx.ReadTimeout("slow")))
     with pytest.raises(httpx.ReadTimeout):
-        harness("create", "a fox")
+        harness("cancel", TASK["id"])
     assert len(harness.requests) == 1
 
 

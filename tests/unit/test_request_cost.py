@@ -11,6 +11,7 @@ per process) is counted on its own.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,9 +138,18 @@ def measure(settings: Settings, db: Database) -> dict[str, Cost]:
             transport=transport, base_url="http://test", headers={"Authorization": f"Bearer {key}"}
         ) as client:
             task = (await client.post("/v1/images/generations", json=BODY)).json()
+            keys = itertools.count()
             requests = {
                 "poll": lambda: client.get(f"/v1/tasks/{task['id']}"),
                 "create": lambda: client.post("/v1/images/generations", json=BODY),
+                "create, new Idempotency-Key": lambda: client.post(
+                    "/v1/images/generations",
+                    json=BODY,
+                    headers={"Idempotency-Key": f"key-{next(keys)}"},
+                ),
+                "create, replayed Idempotency-Key": lambda: client.post(
+                    "/v1/images/generations", json=BODY, headers={"Idempotency-Key": "again"}
+                ),
                 "credits": lambda: client.get("/v1/credits"),
             }
             costs = {}
@@ -184,6 +194,21 @@ def test_hot_paths_cost_what_they_should(app_db: tuple[Settings, Database]) -> N
         3 * RUNS,
         3 * RUNS,
     ), create.sql
+    # An Idempotency-Key adds one statement and one row write to the same transaction;
+    # a replay of a key is one transaction of two statements (the upsert, whose RETURNING
+    # the counter counts as a write though it changes nothing, and the read of the task).
+    keyed = costs["create, new Idempotency-Key"]
+    assert (keyed.transactions, keyed.statements, keyed.row_writes) == (
+        RUNS,
+        4 * RUNS,
+        4 * RUNS,
+    ), keyed.sql
+    replayed = costs["create, replayed Idempotency-Key"]
+    assert (replayed.transactions, replayed.statements, replayed.row_writes) == (
+        RUNS,
+        2 * RUNS,
+        RUNS,
+    ), replayed.sql
     # Credits: one read.
     assert (credits.transactions, credits.statements, credits.row_writes) == (RUNS, RUNS, 0), (
         credits.sql

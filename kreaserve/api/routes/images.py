@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import ledger, schemas, task_queue, tracing
+from kreaserve import idempotency, ledger, schemas, task_queue, tracing
 from kreaserve.api.deps import PrincipalDep, ServicesDep, rate_limited, read_json_body
 from kreaserve.api.errors import APIError
 from kreaserve.api.presenters import task_answer
@@ -22,8 +22,21 @@ INLINE_PROMPT_CHARS = 2000
 
 @router.post("/v1/images/generations")
 async def create_generation(
-    request: Request, services: ServicesDep, principal: PrincipalDep
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias=idempotency.HEADER, json_schema_extra=idempotency.HEADER_SCHEMA)
+    ] = None,
 ) -> dict[str, Any]:
+    """Create a task. The same `Idempotency-Key` (1 to 255 characters, per account) with
+    the same body within 24 hours answers the task the first request created, charged
+    once; with another body it is a 409 `idempotency_key_reused`."""
+    try:
+        key_value = idempotency.check_header(idempotency_key)
+    except ValueError as exc:
+        raise APIError(400, "invalid_idempotency_key", str(exc), idempotency.HEADER) from None
     payload = await read_json_body(request, services.settings.max_body_bytes)
     allow = services.settings.callback_allow_host_set
     try:
@@ -46,6 +59,9 @@ async def create_generation(
         model=body.model,
         traceparent=tracing.incoming(request.headers.get("traceparent")),
     )
+    key = None
+    if key_value is not None:
+        key = idempotency.Key(key_value, idempotency.body_hash(body.model_dump(mode="json")))
     price = ledger.to_units(
         services.settings.price(params.model, principal.user_group, params.quality)
     )
@@ -73,7 +89,19 @@ async def create_generation(
                 params,
                 price,
                 services.settings.max_tasks_in_flight,
+                key,
             )
+        except idempotency.Replayed as replay:
+            response.headers["Idempotent-Replayed"] = "true"
+            return task_answer(services, replay.task)
+        except idempotency.KeyReused:
+            raise APIError(
+                409,
+                "idempotency_key_reused",
+                f"This {idempotency.HEADER} was used in the last 24 hours for a request with a "
+                "different body; use a new key for a new request.",
+                idempotency.HEADER,
+            ) from None
         except task_queue.LimitReached as exc:
             raise rate_limited(exc.refusal) from None
         except task_queue.DailyCapReached as exc:
