@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import idempotency, ledger, schemas, task_queue, tracing
-from kreaserve.api.deps import PrincipalDep, ServicesDep, rate_limited, read_json_body
+from kreaserve import idempotency, schemas, task_queue, tracing
+from kreaserve.api import creating
+from kreaserve.api.deps import PrincipalDep, ServicesDep, read_json_body
 from kreaserve.api.errors import APIError
 from kreaserve.api.presenters import task_answer
-from kreaserve.moderation import ModerationUnavailable
 
 router = APIRouter()
-log = logging.getLogger("kreaserve.api")
 #: Prompts up to this many characters are validated on the event loop.
 INLINE_PROMPT_CHARS = 2000
 
@@ -62,65 +60,17 @@ async def create_generation(
     key = None
     if key_value is not None:
         key = idempotency.Key(key_value, idempotency.body_hash(body.model_dump(mode="json")))
-    price = ledger.to_units(
-        services.settings.price(params.model, principal.user_group, params.quality)
-    )
+    price = creating.price_of(services, principal, params)
 
     def moderate_and_create() -> dict[str, Any]:
         """One thread for the classifier and the transaction (each hop costs)."""
+        creating.moderate(services, params)
         try:
-            decision = services.moderator.check(params.prompt, strict=params.nsfw_check)
-        except ModerationUnavailable:
-            log.exception("prompt moderation is unavailable; refusing the task")
-            raise APIError(
-                503,
-                "moderation_unavailable",
-                "Content moderation is unavailable, so no task can be accepted; retry shortly.",
-                headers={"Retry-After": "30"},
-            ) from None
-        if not decision.allowed:
-            raise APIError(400, "content_policy_violation", decision.message, "prompt")
-        try:
-            task = task_queue.create(
-                services.db,
-                principal.account_id,
-                principal.key_id,
-                principal.user_group,
-                params,
-                price,
-                services.settings.max_tasks_in_flight,
-                key,
-            )
+            task = creating.enqueue(services, principal, params, price, key)
         except idempotency.Replayed as replay:
             response.headers["Idempotent-Replayed"] = "true"
             return task_answer(services, replay.task)
-        except idempotency.KeyReused:
-            raise APIError(
-                409,
-                "idempotency_key_reused",
-                f"This {idempotency.HEADER} was used in the last 24 hours for a request with a "
-                "different body; use a new key for a new request.",
-                idempotency.HEADER,
-            ) from None
-        except task_queue.LimitReached as exc:
-            raise rate_limited(exc.refusal) from None
-        except task_queue.DailyCapReached as exc:
-            raise APIError(
-                402,
-                "daily_spend_cap_reached",
-                f"This task would pass the account's daily spend cap of "
-                f"{ledger.to_credits(exc.cap_units)} credits (UTC day).",
-            ) from None
-        except task_queue.InsufficientCredits:
-            raise APIError(
-                402,
-                "insufficient_credits",
-                f"This task costs {ledger.to_credits(price)} credits, more than the account's "
-                "available balance (see GET /v1/credits).",
-            ) from None
-        answer = task_answer(services, task)
-        services.estimates.note_created(task)
-        return answer
+        return task_answer(services, task)
 
     created = await run_in_threadpool(moderate_and_create)
     request.state.task_id = created["id"]  # for the access log
