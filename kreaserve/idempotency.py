@@ -36,7 +36,6 @@ HEADER_SCHEMA: dict[str, Any] = {
     "type": "string",
     "minLength": 1,
     "maxLength": MAX_LENGTH,
-    "pattern": "^[!-~][ -~]*$",
     "description": "Makes the create safe to retry: the same key and body within 24 hours "
     "answer the same task, charged once; the same key with another body is a 409.",
 }
