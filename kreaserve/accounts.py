@@ -203,5 +203,10 @@ def account_summary(session: Session, account_id: int) -> dict[str, object] | No
     }
 
 
+def all_keys(session: Session) -> list[ApiKey]:
+    """Every key of every account, oldest first (revoked ones included)."""
+    return list(session.execute(select(ApiKey).order_by(ApiKey.id)).scalars())
+
+
 def all_account_ids(session: Session) -> list[int]:
     return list(session.execute(select(Account.id).order_by(Account.id)).scalars())

@@ -13,11 +13,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import accounts, ledger, schemas
+from kreaserve import admin_service, ledger, schemas
 from kreaserve.api.deps import ServicesDep, read_json_body
 from kreaserve.api.errors import APIError
 from kreaserve.api.routes.keys import ID_MAX, key_object, new_key_object, parse_key_id
-from kreaserve.db.models import Account, ApiKey
 
 
 async def require_admin(request: Request, services: ServicesDep) -> None:
@@ -67,12 +66,15 @@ def limit_fields(body: schemas.AccountLimits) -> dict[str, Any]:
     return fields
 
 
+def not_found(exc: admin_service.AccountNotFound) -> APIError:
+    return APIError(404, "account_not_found", str(exc), "account_id")
+
+
 def summary(services: ServicesDep, account_id: int) -> dict[str, Any]:
-    with services.db.transaction() as session:
-        found = accounts.account_summary(session, account_id)
-    if found is None:
-        raise APIError(404, "account_not_found", f"No account {account_id}.", "account_id")
-    return found
+    try:
+        return admin_service.account(services.db, account_id)
+    except admin_service.AccountNotFound as exc:
+        raise not_found(exc) from None
 
 
 AccountId = Annotated[int, Depends(parse_account_id)]
@@ -80,29 +82,22 @@ AccountId = Annotated[int, Depends(parse_account_id)]
 
 @router.get("/accounts")
 async def list_accounts(services: ServicesDep) -> dict[str, Any]:
-    def read() -> list[dict[str, Any]]:
-        with services.db.transaction() as session:
-            summaries = (
-                accounts.account_summary(session, account_id)
-                for account_id in accounts.all_account_ids(session)
-            )
-            return [summary for summary in summaries if summary is not None]
-
-    return {"object": "list", "data": await run_in_threadpool(read)}
+    return {
+        "object": "list",
+        "data": await run_in_threadpool(admin_service.list_accounts, services.db),
+    }
 
 
 @router.post("/accounts")
 async def create_account(request: Request, services: ServicesDep) -> dict[str, Any]:
     body = await body_of(request, services, schemas.AccountCreate)
-
-    def create() -> int:
-        with services.db.transaction() as session:
-            account_id = accounts.create_account(session, body.name, ledger.to_units(body.credits))
-            accounts.update_account(session, account_id, **limit_fields(body))
-            return account_id
-
-    account_id = await run_in_threadpool(create)
-    return await run_in_threadpool(summary, services, account_id)
+    return await run_in_threadpool(
+        admin_service.create_account,
+        services.db,
+        body.name,
+        ledger.to_units(body.credits),
+        limit_fields(body),
+    )
 
 
 @router.get("/accounts/{account_id}")
@@ -115,15 +110,14 @@ async def update_account(
     account_id: AccountId, request: Request, services: ServicesDep
 ) -> dict[str, Any]:
     body = await body_of(request, services, schemas.AccountLimits)
-
-    def change() -> None:
-        with services.db.transaction() as session:
-            if not accounts.update_account(session, account_id, **limit_fields(body)):
-                raise APIError(404, "account_not_found", f"No account {account_id}.", "account_id")
-
-    await run_in_threadpool(change)
+    try:
+        found = await run_in_threadpool(
+            admin_service.update_account, services.db, account_id, limit_fields(body)
+        )
+    except admin_service.AccountNotFound as exc:
+        raise not_found(exc) from None
     services.keys.forget_account(account_id)  # new limits or group apply here at once
-    return await run_in_threadpool(summary, services, account_id)
+    return found
 
 
 @router.post("/accounts/{account_id}/credits")
@@ -132,36 +126,32 @@ async def change_credits(
 ) -> dict[str, Any]:
     """`grant` adds credits; `adjust` corrects either way (never below what is reserved)."""
     body = await body_of(request, services, schemas.CreditsChange)
-    if body.kind == "grant" and body.amount < 0:
-        raise APIError(400, "invalid_amount", "a grant must be positive; use kind adjust", "amount")
-
-    def change() -> None:
-        with services.db.transaction() as session:
-            if session.get(Account, account_id) is None:
-                raise APIError(404, "account_not_found", f"No account {account_id}.", "account_id")
-            try:
-                ledger.grant(
-                    session,
-                    account_id,
-                    ledger.to_units(body.amount),
-                    note=(body.note or body.kind)[:200],
-                    kind=body.kind,
-                )
-            except ValueError as exc:  # the account's state, not the request, is at fault
-                raise APIError(409, "invalid_amount", str(exc), "amount") from None
-
-    await run_in_threadpool(change)
-    return await run_in_threadpool(summary, services, account_id)
+    try:
+        return await run_in_threadpool(
+            admin_service.change_credits,
+            services.db,
+            account_id,
+            ledger.to_units(body.amount),
+            body.kind,
+            body.note or body.kind,
+        )
+    except admin_service.GrantNotPositive:
+        raise APIError(
+            400, "invalid_amount", "a grant must be positive; use kind adjust", "amount"
+        ) from None
+    except admin_service.AccountNotFound as exc:
+        raise not_found(exc) from None
+    except admin_service.CreditsRefused as exc:  # the account's state, not the request
+        raise APIError(409, "invalid_amount", str(exc), "amount") from None
 
 
 @router.get("/accounts/{account_id}/keys")
 async def list_account_keys(account_id: AccountId, services: ServicesDep) -> dict[str, Any]:
-    def read() -> list[dict[str, Any]]:
-        summary(services, account_id)
-        with services.db.transaction() as session:
-            return [key_object(k) for k in accounts.list_keys(session, account_id)]
-
-    return {"object": "list", "data": await run_in_threadpool(read)}
+    try:
+        keys = await run_in_threadpool(admin_service.account_keys, services.db, account_id)
+    except admin_service.AccountNotFound as exc:
+        raise not_found(exc) from None
+    return {"object": "list", "data": [key_object(k) for k in keys]}
 
 
 @router.post("/accounts/{account_id}/keys")
@@ -169,28 +159,21 @@ async def create_account_key(
     account_id: AccountId, request: Request, services: ServicesDep
 ) -> dict[str, Any]:
     body = await body_of(request, services, schemas.KeyCreate)
-
-    def create() -> dict[str, Any]:
-        summary(services, account_id)
-        with services.db.transaction() as session:
-            new = accounts.create_key(session, account_id, body.name)
-            return new_key_object(new, session.get_one(ApiKey, new.key_id))
-
-    return await run_in_threadpool(create)
+    try:
+        issued = await run_in_threadpool(
+            admin_service.issue_key, services.db, account_id, body.name
+        )
+    except admin_service.AccountNotFound as exc:
+        raise not_found(exc) from None
+    return new_key_object(issued.new, issued.key)
 
 
 @router.post("/keys/{key_id}/revoke")
 async def revoke_any_key(key_id: str, services: ServicesDep) -> JSONResponse:
     number = parse_key_id(key_id)
-
-    def revoke() -> dict[str, Any]:
-        with services.db.transaction() as session:
-            key = session.get(ApiKey, number)
-            if key is None:
-                raise APIError(404, "key_not_found", f"No key {key_id}.", "key_id")
-            accounts.revoke_account_key(session, key.account_id, number)
-            return key_object(key)
-
-    answer = await run_in_threadpool(revoke)
+    try:
+        key = await run_in_threadpool(admin_service.revoke_key, services.db, number)
+    except admin_service.KeyNotFound:
+        raise APIError(404, "key_not_found", f"No key {key_id}.", "key_id") from None
     services.keys.forget_key(number)
-    return JSONResponse(answer)
+    return JSONResponse(key_object(key))
