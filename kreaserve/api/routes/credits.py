@@ -1,19 +1,16 @@
-"""GET /v1/credits: the account's balance, without spending anything."""
+"""GET /v1/credits (the account's balance, without spending anything) and GET /v1/usage."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import ledger
+from kreaserve import ledger, usage
 from kreaserve.api.deps import PrincipalDep, ServicesDep
 from kreaserve.api.errors import APIError
-from kreaserve.db.models import LedgerEntry, Task
 
 router = APIRouter()
 
@@ -22,12 +19,7 @@ router = APIRouter()
 async def get_credits(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """`balance`: held by the account; `reserved`: held for unfinished tasks;
     `available`: what new tasks may spend (balance - reserved)."""
-
-    def read() -> ledger.Balance:
-        with services.db.read() as session:
-            return ledger.balance(session, principal.account_id)
-
-    standing = await run_in_threadpool(read)
+    standing = await run_in_threadpool(usage.standing, services.db, principal.account_id)
     return {
         "object": "credit_balance",
         "balance": ledger.to_credits(standing.balance_units),
@@ -74,47 +66,22 @@ async def get_usage(
         raise APIError(400, "invalid_start", "start must not be after end", "start")
     if (last - first).days >= MAX_USAGE_DAYS:
         raise APIError(400, "invalid_start", f"at most {MAX_USAGE_DAYS} days at a time", "start")
-    since = datetime.combine(first, datetime.min.time(), UTC).timestamp()
-    until = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC).timestamp()
-
-    def read() -> list[tuple[float, str, str, int]]:
-        with services.db.read() as session:
-            return list(
-                session.execute(
-                    select(
-                        LedgerEntry.created_at, Task.model, Task.quality, LedgerEntry.amount_units
-                    )
-                    .join(Task, Task.id == LedgerEntry.task_id)
-                    .where(
-                        LedgerEntry.account_id == principal.account_id,
-                        LedgerEntry.kind == ledger.CHARGE,
-                        LedgerEntry.created_at >= since,
-                        LedgerEntry.created_at < until,
-                    )
-                )
-            )
-
-    buckets: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
-    for at, model, quality, units in await run_in_threadpool(read):
-        day = datetime.fromtimestamp(at, UTC).date().isoformat()
-        bucket = buckets[(day, model, quality)]
-        bucket[0] += 1
-        bucket[1] += units
+    days = await run_in_threadpool(usage.by_day, services.db, principal.account_id, first, last)
     data = [
         {
-            "date": day,
-            "model": model,
-            "quality": quality,
-            "tasks": count,
-            "credits": ledger.to_credits(units),
+            "date": day.day.isoformat(),
+            "model": day.model,
+            "quality": day.quality,
+            "tasks": day.tasks,
+            "credits": ledger.to_credits(day.units),
         }
-        for (day, model, quality), (count, units) in sorted(buckets.items())
+        for day in days
     ]
     return {
         "object": "usage",
         "start": first.isoformat(),
         "end": last.isoformat(),
-        "total_credits": ledger.to_credits(sum(units for _, units in buckets.values())),
-        "total_tasks": sum(count for count, _ in buckets.values()),
+        "total_credits": ledger.to_credits(sum(day.units for day in days)),
+        "total_tasks": sum(day.tasks for day in days),
         "data": data,
     }
