@@ -94,7 +94,7 @@ def run(batches: int, batch: int, side: int, step_seconds: float, store_seconds:
             sent += 1
         elif isinstance(message, m.Result):
             results += 1
-            size = len(message.png)
+            size = len(message.image)
             time.sleep(store_seconds)
     wall = time.perf_counter() - started
     worker_end.send(m.Shutdown())

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from kreaserve import contract
+from kreaserve import contract, images
 from kreaserve.callbacks import ssrf
 from kreaserve.tokens import count_tokens
 
@@ -59,6 +59,9 @@ class CreateTaskRequest(BaseModel):
     seed: int | None = None
     nsfw_check: bool | None = None
     callback_url: str | None = None
+    #: kreaserve's own (the hosted API ignores unknown fields, so clients stay compatible).
+    output_format: str | None = None
+    output_quality: int | None = None
 
     @field_validator("model")
     @classmethod
@@ -111,6 +114,26 @@ class CreateTaskRequest(BaseModel):
         if value is not None and not 0 <= value <= contract.SEED_MAX:
             raise PydanticCustomError(
                 "invalid_seed", f"seed must be an integer from 0 to {contract.SEED_MAX}"
+            )
+        return value
+
+    @field_validator("output_format")
+    @classmethod
+    def _output_format(cls, value: str | None) -> str | None:
+        if value is not None and value not in images.FORMATS:
+            raise PydanticCustomError(
+                "invalid_output_format", f"output_format must be one of {', '.join(images.FORMATS)}"
+            )
+        return value
+
+    @field_validator("output_quality")
+    @classmethod
+    def _output_quality(cls, value: int | None) -> int | None:
+        if value is not None and not images.QUALITY_MIN <= value <= images.QUALITY_MAX:
+            raise PydanticCustomError(
+                "invalid_output_quality",
+                f"output_quality must be an integer from {images.QUALITY_MIN} to "
+                f"{images.QUALITY_MAX}",
             )
         return value
 

@@ -126,6 +126,9 @@ class Task(Base):
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: The W3C trace context of the create request, continued by its callback.
     traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
+    #: The image file's format (`kreaserve.images.FORMATS`) and its JPEG/WebP quality.
+    output_format: Mapped[str] = mapped_column(String(8), server_default="png")
+    output_quality: Mapped[int] = mapped_column(Integer, server_default="90")
 
     status: Mapped[str] = mapped_column(String(16))
     progress: Mapped[int] = mapped_column(Integer, default=0)

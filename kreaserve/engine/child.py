@@ -3,9 +3,10 @@
 Runs in a *spawned* process, so torch and diffusers are imported here only, never in the
 worker or API process that starts it. Two threads share the work so the device is not left
 idle: the main thread encodes and denoises one batch while a finisher thread decodes the
-previous batch's images and encodes their PNGs. A third thread does all the sending, so a
-denoising step never waits while a multi-MB result squeezes through the pipe (measured in
-BENCHMARKS.md, "engine child sending": a shared send lock cost up to half the step time).
+previous batch's images and encodes their files (PNG, JPEG or WebP). A third thread does
+all the sending, so a denoising step never waits while a multi-MB result squeezes through
+the pipe (measured in BENCHMARKS.md, "engine child sending": a shared send lock cost up to
+half the step time).
 
 Every job of a batch gets exactly one answer (Result, Cancelled or Failed); the batch gets
 one Denoised as soon as its denoising is over, which tells the worker to send the next one.
@@ -13,7 +14,6 @@ one Denoised as soon as its denoising is over, which tells the worker to send th
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import queue
@@ -26,19 +26,13 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, assert_never
 
+from kreaserve import images
 from kreaserve.engine import messages as m
 
 log = logging.getLogger("kreaserve.engine")
 
 #: Size of the shared cancel table: job j is cancelled when slot j % CANCEL_SLOTS holds j.
 CANCEL_SLOTS = 1024
-
-
-def encode_png(image) -> bytes:  # type: ignore[no-untyped-def]
-    """PNG bytes of a PIL image (fast compression: the noise of random weights is big)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def exit_with_parent(poll_seconds: float = 1.0) -> None:
@@ -218,7 +212,9 @@ class Child:
             del work, denoised  # free the latents before waiting for the next batch
 
     def _finish(self, batch: _Batch, items: tuple[m.Item, ...], denoised: Any) -> None:
-        """Decode, PNG-encode and send each live image of a denoised batch."""
+        """Decode, encode (PNG, JPEG or WebP: Pillow's encoders release the GIL, so the
+        denoising thread runs meanwhile; BENCHMARKS.md, "Output formats") and send each live
+        image of a denoised batch."""
         for index in denoised.live:
             job = items[index].job
             if self.cancelled(job):
@@ -227,12 +223,15 @@ class Child:
             if job in batch.answered:
                 continue
             try:
-                png = encode_png(self.engine.decode(denoised, index))
+                item = items[index]
+                data = images.encode(
+                    self.engine.decode(denoised, index), item.output_format, item.output_quality
+                )
             except Exception as exc:  # noqa: BLE001 - reported for this job only
                 self._fail_all(batch, (items[index],), exc)
                 continue
             seconds = (time.perf_counter() - batch.began) / len(batch.message.items)
-            self.answer(batch, m.Result(job, png, seconds))
+            self.answer(batch, m.Result(job, data, seconds))
 
 
 def main(conn: Connection, cancel_slots: Any, load: m.Load) -> None:

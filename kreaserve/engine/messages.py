@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kreaserve import images
 from kreaserve.engine.options import EngineOptions
 
 
@@ -51,11 +52,13 @@ class LoadFailed:
 
 @dataclass(frozen=True)
 class Item:
-    """One image of a batch."""
+    """One image of a batch, and how its file is encoded (`kreaserve.images.encode`)."""
 
     job: int
     prompt: str
     seed: int
+    output_format: str = images.DEFAULT_FORMAT
+    output_quality: int = images.DEFAULT_QUALITY
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,10 @@ class Progress:
 
 @dataclass(frozen=True)
 class Result:
-    """Child → worker: the finished image, PNG-encoded."""
+    """Child → worker: the finished image, encoded in its item's `output_format`."""
 
     job: int
-    png: bytes
+    image: bytes
     seconds: float
 
 

@@ -13,7 +13,8 @@ class StorageError(RuntimeError):
 
 class Storage(Protocol):
     """A place for result images; keys are made by `result_key`:
-    `<task_id>/<attempt>-<index>.png`.
+    `<task_id>/<attempt>-<index>.<png|jpg|webp>` (`kreaserve.images.media_type_of` gives
+    a key's Content-Type).
 
     `put` stores the whole image or nothing (no reader ever sees a partial object), and
     raises StorageError when the store is unavailable."""

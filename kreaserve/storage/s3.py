@@ -20,6 +20,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from kreaserve import images
 from kreaserve.storage.base import StorageError
 
 log = logging.getLogger("kreaserve.storage")
@@ -98,7 +99,7 @@ class S3Storage:
                 Bucket=self.bucket,
                 Key=self._name(key),
                 Body=data,
-                ContentType="image/png",
+                ContentType=images.media_type_of(key),
                 ContentMD5=digest,
             )
         except (BotoCoreError, ClientError) as exc:

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select, true, update
 
-from kreaserve import contract, ledger, metrics
+from kreaserve import contract, images, ledger, metrics
 from kreaserve.db import Database
 from kreaserve.db.models import Task
 from kreaserve.db.rows import changed_rows
@@ -30,6 +30,8 @@ class Claim:
     nsfw_check: bool = False
     created_at: float = 0.0
     batch: int = 1  # how many tasks were claimed together with it (itself included)
+    output_format: str = images.DEFAULT_FORMAT
+    output_quality: int = images.DEFAULT_QUALITY
 
 
 def claim(db: Database, worker_id: str, lease_seconds: float) -> Claim | None:
@@ -74,6 +76,8 @@ def _claiming_update(which: Any, worker_id: str, lease_seconds: float, now: floa
             Task.attempts,
             Task.nsfw_check,
             Task.created_at,
+            Task.output_format,
+            Task.output_quality,
         )
     )
 
@@ -90,6 +94,8 @@ def _claim_from(row: Any) -> Claim:
         attempts=row.attempts,
         nsfw_check=bool(row.nsfw_check),
         created_at=row.created_at,
+        output_format=row.output_format,
+        output_quality=row.output_quality,
     )
 
 

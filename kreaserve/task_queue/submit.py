@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
-from kreaserve import contract, idempotency, ledger, limits, metrics
+from kreaserve import contract, idempotency, images, ledger, limits, metrics
 from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from kreaserve.db.models import Task
@@ -32,6 +32,8 @@ class NewTask:
     callback_url: str | None
     model: str = contract.MODEL
     traceparent: str | None = None
+    output_format: str = images.DEFAULT_FORMAT
+    output_quality: int = images.DEFAULT_QUALITY
 
 
 def create(
@@ -74,6 +76,8 @@ def create(
             nsfw_check=params.nsfw_check,
             callback_url=params.callback_url,
             traceparent=params.traceparent,
+            output_format=params.output_format,
+            output_quality=params.output_quality,
             status=contract.PENDING,
             progress=0,
             cancel_requested=False,

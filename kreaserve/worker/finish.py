@@ -86,7 +86,7 @@ class TaskFinisher:
         return self._image_moderator
 
     def _complete(self, claim: task_queue.Claim, result: m.Result) -> None:
-        key = result_key(claim.task_id, claim.attempts)
+        key = result_key(claim.task_id, claim.attempts, fmt=claim.output_format)
         lease = task_queue.renew(self.db, claim.task_id, self.id, self.settings.lease_seconds)
         if not lease.held:
             self._delete_own(claim, key)  # if an earlier try of this outcome stored it
@@ -100,7 +100,7 @@ class TaskFinisher:
             task_queue.end_cancelled(self.db, claim.task_id, self.id)
             return
         if claim.nsfw_check:  # strict mode: the image is classified before it is stored
-            decision = self.image_moderator().check(result.png)
+            decision = self.image_moderator().check(result.image)
             if not decision.allowed:
                 log.warning(
                     "task %s: image withheld (%s, score %.3f)",
@@ -113,7 +113,7 @@ class TaskFinisher:
                 )
                 return
         try:
-            self.storage.put(key, result.png)
+            self.storage.put(key, result.image)
         except StorageError as exc:
             # Nothing was stored, so nothing is linked or charged: run it once more,
             # then fail it service_unavailable (credits released, callback sent).

@@ -241,7 +241,15 @@ class Worker:
         for claim in claims:
             job = self.engine.new_job_id()
             self._running[job] = Running(claim, job, deadline)
-            items.append(m.Item(job=job, prompt=claim.prompt, seed=claim.seed))
+            items.append(
+                m.Item(
+                    job=job,
+                    prompt=claim.prompt,
+                    seed=claim.seed,
+                    output_format=claim.output_format,
+                    output_quality=claim.output_quality,
+                )
+            )
             log.info(
                 "task %s: %dx%d seed %d (attempt %d, batch of %d)",
                 claim.task_id,

@@ -63,7 +63,7 @@ def collect(
 
 def png_pixels(result: object) -> np.ndarray:
     assert isinstance(result, m.Result), result
-    return np.asarray(Image.open(io.BytesIO(result.png)).convert("RGB"))
+    return np.asarray(Image.open(io.BytesIO(result.image)).convert("RGB"))
 
 
 SPECS = [("a red fox in the snow", 11), ("a lighthouse at dusk", 22), ("cat", 33)]

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kreaserve import ledger
@@ -89,6 +90,23 @@ def test_results_live_in_the_bucket_behind_links_that_end_at_expiry(
     assert not list((server.data_dir / "images").rglob("*.png"))  # nothing on local disk
     rules = s3.client().get_bucket_lifecycle_configuration(Bucket=server.env["bucket"])
     assert [rule["Filter"] for rule in rules["Rules"]] == [{"Prefix": "results/"}]
+
+
+def test_a_webp_result_is_stored_and_linked_as_webp(server: Server, s3: MotoServer) -> None:
+    _, key = server.account(credits=10)
+    with server.client(key) as client:
+        task_id = client.post(
+            "/v1/images/generations", json={**SMALL, "output_format": "webp"}
+        ).json()["id"]
+        final = wait_until_done(client, task_id)[-1]
+    assert final["status"] == "completed", final
+    [link] = final["results"]
+    assert link.split("?")[0].endswith(".webp"), link
+    stored = s3.client().get_object(Bucket=server.env["bucket"], Key=f"results/{task_id}/1-0.webp")
+    assert stored["ContentType"] == "image/webp"
+    response = httpx.get(link, timeout=30)
+    assert response.headers["content-type"] == "image/webp"
+    assert response.content[8:12] == b"WEBP"
 
 
 def test_a_store_outage_fails_the_task_unavailable_uncharged_with_its_callback(

@@ -37,4 +37,4 @@ def test_denoising_goes_on_while_a_result_waits_for_the_reader() -> None:
         f"batch 2 finished denoising {second_batch_done:.2f} s in: it waited for the reader"
     )
     results = [msg for msg in received if isinstance(msg, m.Result)]
-    assert [r.job for r in results] == [1, 2] and len(results[0].png) == 1024 * 1024 * 3
+    assert [r.job for r in results] == [1, 2] and len(results[0].image) == 1024 * 1024 * 3

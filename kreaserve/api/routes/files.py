@@ -10,6 +10,7 @@ import time
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse
 
+from kreaserve import images
 from kreaserve.api.deps import ServicesDep
 from kreaserve.api.errors import APIError
 from kreaserve.storage import signing
@@ -55,5 +56,7 @@ def get_file(
         raise APIError(404, "file_not_found", "This result file no longer exists.")
     remaining = max(0, int(expires) - int(time.time()))
     return FileResponse(
-        path, media_type="image/png", headers={"Cache-Control": f"private, max-age={remaining}"}
+        path,
+        media_type=images.media_type_of(key),
+        headers={"Cache-Control": f"private, max-age={remaining}"},
     )

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import idempotency, schemas, task_queue, tracing
+from kreaserve import idempotency, images, schemas, task_queue, tracing
 from kreaserve.api import creating
 from kreaserve.api.deps import PrincipalDep, ServicesDep, read_json_body
 from kreaserve.api.errors import APIError
@@ -56,6 +56,8 @@ async def create_generation(
         callback_url=body.callback_url,
         model=body.model,
         traceparent=tracing.incoming(request.headers.get("traceparent")),
+        output_format=body.output_format or images.DEFAULT_FORMAT,
+        output_quality=body.output_quality or images.DEFAULT_QUALITY,
     )
     key = None
     if key_value is not None:
