@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.orm import Session
 
 from kreaserve.db.models import Account, LedgerEntry
@@ -138,7 +138,7 @@ def release(session: Session, account_id: int, units: int, task_id: str) -> None
     _append(session, account_id, RELEASE, units, task_id=task_id)
 
 
-def balance(session: Session, account_id: int) -> Balance:
+def balance(session: Session | Connection, account_id: int) -> Balance:
     """The account's balance and reservations as stored on its row."""
     row = session.execute(
         select(Account.balance_units, Account.reserved_units).where(Account.id == account_id)

@@ -26,8 +26,8 @@ class DayUsage:
 
 
 def standing(db: Database, account_id: int) -> ledger.Balance:
-    with db.read() as session:
-        return ledger.balance(session, account_id)
+    with db.reading() as connection:  # Core: no ORM session on this hot read
+        return ledger.balance(connection, account_id)
 
 
 def by_day(db: Database, account_id: int, first: date, last: date) -> list[DayUsage]:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -147,6 +147,24 @@ class Database:
                 _read_only.reset(token)
                 pending = False
                 yield session
+        finally:
+            if pending:
+                _read_only.reset(token)
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A Core connection in one read-only transaction, as `read()` but without the
+        ORM session: for the hot reads (a poll, the credits), where the session and the
+        identity map cost more than the statement does."""
+        token = _read_only.set(True)
+        pending = True
+        try:
+            with self.engine.connect() as connection:
+                connection.begin()  # BEGIN now, while the flag is set
+                _read_only.reset(token)
+                pending = False
+                yield connection
+                connection.commit()
         finally:
             if pending:
                 _read_only.reset(token)
