@@ -16,9 +16,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from kreaserve import ledger
-from kreaserve.callbacks import signing
 from kreaserve.db.models import Account, ApiKey
 from kreaserve.db.rows import changed_rows
+from kreaserve.outbound import signing
 
 KEY_PREFIX = "ks_"
 #: how many characters of a key may be shown and logged

@@ -413,7 +413,7 @@ class Settings(BaseSettings):
     @cached_property
     def callback_allow_host_set(self) -> frozenset[str]:
         """KREASERVE_CALLBACK_ALLOW_HOSTS, normalised as the SSRF guard compares hosts."""
-        from kreaserve.callbacks.ssrf import normalise_host
+        from kreaserve.outbound.ssrf import normalise_host
 
         return frozenset(
             normalise_host(host.strip())

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 from pydantic_core import PydanticCustomError
 
 from kreaserve import contract, images
-from kreaserve.callbacks import ssrf
+from kreaserve.outbound import ssrf
 from kreaserve.tokens import count_tokens
 
 #: The longest token of the Qwen vocabulary, in bytes (so also in characters).

@@ -1,1 +1,2 @@
-"""Task callbacks: the outbox, Standard Webhooks signing, the SSRF guard, the sender."""
+"""Task callbacks: the outbox (deliveries written in the task's transaction) and the sender
+(the dispatcher). The SSRF guard and the signing it uses are leaves in `kreaserve.outbound`."""

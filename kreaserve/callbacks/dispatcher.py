@@ -21,10 +21,11 @@ import httpx
 from sqlalchemy import select
 
 from kreaserve import accounts, contract, metrics, presenters, tracing
-from kreaserve.callbacks import outbox, pinned, signing, ssrf
+from kreaserve.callbacks import outbox
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.db.models import Task
+from kreaserve.outbound import pinned, signing, ssrf
 from kreaserve.storage import ResultLinks
 
 log = logging.getLogger("kreaserve.callbacks")

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kreaserve.callbacks.ssrf import is_internal_address
 from kreaserve.client import WebhookVerificationError, verify_callback
+from kreaserve.outbound.ssrf import is_internal_address
 from tests.conftest import POSTGRES_URL, Server, free_port, make_postgres_database, start_server
 from tests.integration.test_generation import GOOD, wait_until_done
 from tests.tlsutil import https_server, make_ca_and_cert

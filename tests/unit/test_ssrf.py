@@ -1,4 +1,4 @@
-"""The SSRF guard of callbacks (kreaserve.callbacks.ssrf): internal addresses in every
+"""The SSRF guard of callbacks (kreaserve.outbound.ssrf): internal addresses in every
 spelling are refused when a task is created and again after resolving when the callback is
 sent; the connection goes to the address that was checked (no DNS rebinding), TLS and the
 Host header keep the URL's name, redirects are not followed and the time limit is total."""
@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kreaserve.callbacks.pinned import MAX_RESPONSE_BYTES, post_pinned
-from kreaserve.callbacks.ssrf import (
+from kreaserve.outbound.pinned import MAX_RESPONSE_BYTES, post_pinned
+from kreaserve.outbound.ssrf import (
     UnsafeURLError,
     check_url,
     is_internal_address,

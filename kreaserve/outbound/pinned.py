@@ -17,7 +17,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from kreaserve.callbacks.ssrf import IPAddress, Resolver, parse_url, resolve_checked
+from kreaserve.outbound.ssrf import IPAddress, Resolver, parse_url, resolve_checked
 
 __all__ = ["MAX_RESPONSE_BYTES", "post_pinned"]
 
