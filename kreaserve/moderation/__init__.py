@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 
+from .encoder import DEFAULT_PRECISION, ModerationUnavailable
 from .image import ImageModerator
 from .normalize import Canonicalizer, Normalized, fold, normalize
 from .policy import (
@@ -25,7 +26,7 @@ from .policy import (
     log_decision,
 )
 from .rules import Rules
-from .semantic import DEFAULT_PRECISION, ModerationUnavailable, SemanticClassifier
+from .semantic import SemanticClassifier
 
 #: Prompts longer than this many words are also scored clause by clause (in chunks of about
 #: CHUNK_WORDS words): a mean-pooled embedding of a long prompt dilutes one unsafe clause.

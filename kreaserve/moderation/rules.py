@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
-from . import lexicon
+from . import lexicon, person_names
 from .context import ANATOMY, Context, read_context
 from .normalize import Normalized, Token, _raw_tokens, fold
 
@@ -165,9 +165,9 @@ class Rules:
             ((("".join(k)), k) for k in index if len("".join(k)) >= 3),
             key=lambda item: -len(item[0]),
         )
-        self._first_names = frozenset(lexicon.FIRST_NAMES.split())
-        self._not_surnames = frozenset(lexicon.NOT_SURNAMES.split())
-        self._fictional = lexicon.phrases(lexicon.FICTIONAL)
+        self._first_names = frozenset(person_names.FIRST_NAMES.split())
+        self._not_surnames = frozenset(person_names.NOT_SURNAMES.split())
+        self._fictional = lexicon.phrases(person_names.FICTIONAL)
         self._attribution = frozenset(
             w for p in lexicon.phrases(lexicon.ATTRIBUTION) for w in p.split()
         )

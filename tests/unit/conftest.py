@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kreaserve.moderation import ModerationConfig, PromptModerator, semantic
+from kreaserve.moderation import ModerationConfig, PromptModerator, encoder
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +16,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     KREASERVE_TEST_MODERATION_CACHE to reuse one between runs)."""
     reuse = os.environ.get("KREASERVE_TEST_MODERATION_CACHE")
     path = Path(reuse) if reuse else tmp_path_factory.mktemp("moderation-cache")
-    semantic.ensure_encoder(path)
+    encoder.ensure_encoder(path)
     return path
 
 

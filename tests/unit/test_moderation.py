@@ -26,6 +26,7 @@ from kreaserve.moderation import (
     evaluate,
     semantic,
 )
+from kreaserve.moderation import encoder as encoder_module
 from kreaserve.moderation.normalize import fold
 from kreaserve.moderation.policy import decide
 
@@ -322,12 +323,12 @@ def test_prompt_check_never_imports_torch(cache_dir: Path) -> None:
 
 
 def test_the_export_is_cached_and_not_rebuilt(cache_dir: Path) -> None:
-    target = semantic.ensure_encoder(cache_dir)
-    marker = json.loads((target / semantic.MARKER_FILE).read_text())
+    target = encoder_module.ensure_encoder(cache_dir)
+    marker = json.loads((target / encoder_module.MARKER_FILE).read_text())
     assert marker["export"]["cosine_vs_torch"]["model.fp32.onnx"] > 0.9999
     mtime = (target / "model.int8.onnx").stat().st_mtime_ns
     start = time.perf_counter()
-    assert semantic.ensure_encoder(cache_dir) == target
+    assert encoder_module.ensure_encoder(cache_dir) == target
     assert time.perf_counter() - start < 1.0
     assert (target / "model.int8.onnx").stat().st_mtime_ns == mtime
     assert not [p for p in cache_dir.iterdir() if ".tmp-" in p.name]
