@@ -132,6 +132,9 @@ class Task(Base):
 
     status: Mapped[str] = mapped_column(String(16))
     progress: Mapped[int] = mapped_column(Integer, default=0)
+    #: what a processing task is doing (`kreaserve.phases`), written by the worker's
+    #: lease renewals; None before its first claim.
+    phase: Mapped[str | None] = mapped_column(String(32), nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

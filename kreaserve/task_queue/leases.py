@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select, true, update
 
-from kreaserve import contract, images, ledger, metrics
+from kreaserve import contract, images, ledger, metrics, phases
 from kreaserve.db import Database
 from kreaserve.db.models import Task
 from kreaserve.db.rows import changed_rows
@@ -65,6 +65,7 @@ def _claiming_update(which: Any, worker_id: str, lease_seconds: float, now: floa
             attempts=Task.attempts + 1,
             started_at=func.coalesce(Task.started_at, now),
             progress=0,
+            phase=phases.ENCODING,
         )
         .returning(
             Task.id,
@@ -159,12 +160,20 @@ class LeaseState:
 
 
 def renew(
-    db: Database, task_id: str, worker_id: str, lease_seconds: float, progress: int | None = None
+    db: Database,
+    task_id: str,
+    worker_id: str,
+    lease_seconds: float,
+    progress: int | None = None,
+    phase: str | None = None,
 ) -> LeaseState:
-    """Extend the lease (and record progress); tells the worker about cancellation."""
+    """Extend the lease (and record progress and phase, see `kreaserve.phases`); tells
+    the worker about cancellation."""
     values: dict[str, object] = {"lease_expires_at": time.time() + lease_seconds}
     if progress is not None:
         values["progress"] = progress
+    if phase is not None:
+        values["phase"] = phase
     with db.transaction() as session:
         row = session.execute(
             update(Task)
@@ -192,7 +201,9 @@ def _back_to_pending(holder: Any, task_id: str) -> Any:
     return (
         update(Task)
         .where(Task.id == task_id, holder, Task.status == contract.PROCESSING)
-        .values(status=contract.PENDING, worker_id=None, lease_expires_at=None, progress=0)
+        .values(
+            status=contract.PENDING, worker_id=None, lease_expires_at=None, progress=0, phase=None
+        )
     )
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import assert_never
 
-from kreaserve import task_queue
+from kreaserve import phases, task_queue
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.engine import messages as m
@@ -35,6 +35,9 @@ class Running:
     deadline: float
     progress: int = 0
     saved: int = 0
+    #: what the engine is doing (`kreaserve.phases`), and what the database last heard
+    phase: str = phases.ENCODING
+    saved_phase: str = phases.ENCODING
     renewed: float = field(default_factory=time.monotonic)
     cancel_sent: bool = False
     lost: bool = False
@@ -87,7 +90,11 @@ class TaskFinisher:
 
     def _complete(self, claim: task_queue.Claim, result: m.Result) -> None:
         key = result_key(claim.task_id, claim.attempts, fmt=claim.output_format)
-        lease = task_queue.renew(self.db, claim.task_id, self.id, self.settings.lease_seconds)
+        # The lease check before the store also says what comes next (no extra write).
+        phase = phases.CHECKING if claim.nsfw_check else phases.STORING
+        lease = task_queue.renew(
+            self.db, claim.task_id, self.id, self.settings.lease_seconds, phase=phase
+        )
         if not lease.held:
             self._delete_own(claim, key)  # if an earlier try of this outcome stored it
             log.warning(

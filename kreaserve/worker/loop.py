@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import assert_never
 
-from kreaserve import contract, task_queue
+from kreaserve import contract, phases, task_queue
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.engine import messages as m
@@ -292,6 +292,7 @@ class Worker:
                 run = self._running.get(message.job)
                 if run is not None:
                     run.progress = progress_percent(message.step, message.total)
+                    run.phase = phases.denoising(message.step, message.total)
             case m.Result() | m.Cancelled() | m.Failed():
                 finished = self._running.pop(message.job, None)
                 if finished is not None:
@@ -301,9 +302,10 @@ class Worker:
                 assert_never(message)
 
     def _renew_all(self, now: float) -> None:
-        """Renew the leases that are due (progress changed, or a third of the lease passed)."""
+        """Renew the leases that are due (progress changed, or a third of the lease passed);
+        a renewal also records the progress and phase, so the events stream costs no writes."""
         for run in list(self._running.values()):
-            changed = run.progress != run.saved
+            changed = run.progress != run.saved or run.phase != run.saved_phase
             if not (changed or now - run.renewed > self.settings.lease_seconds / 3):
                 continue
             if self._database.waiting:
@@ -315,12 +317,13 @@ class Worker:
                     self.id,
                     self.settings.lease_seconds,
                     run.progress if changed else None,
+                    run.phase if changed else None,
                 )
             except Exception as exc:
                 self._database_down("renewing leases", exc)
                 return
             self._database.succeeded()
-            run.saved, run.renewed = run.progress, now
+            run.saved, run.saved_phase, run.renewed = run.progress, run.phase, now
             if not lease.held and not run.lost:
                 run.lost = True
                 log.warning(
