@@ -63,6 +63,13 @@ class Snapshot:
             own *= max(0.0, 1 - task.progress / 100)
         return max(1, math.ceil(queued / max(1, self.ready_workers) + own))
 
+    def position(self, task: Task) -> int:
+        """A pending task's place in the queue: 1 when it is the next to be claimed."""
+        ahead = sum(
+            bisect.bisect_left(created, task.created_at) for created in self.pending.values()
+        )
+        return ahead + 1
+
 
 def read_snapshot(db: Database) -> Snapshot:
     """Read the queue: five statements in one read transaction, none of them a scan."""
@@ -144,6 +151,10 @@ class QueueEstimates:
         if task.status in contract.TERMINAL:
             return 0
         return self.current().estimate(task)
+
+    def position(self, task: Task) -> int:
+        """The pending `task`'s place in the queue (may read the database: call off the loop)."""
+        return self.current().position(task)
 
     def note_created(self, task: Task) -> None:
         """Count a task this process just created in the current snapshot, so the next

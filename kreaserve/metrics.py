@@ -9,7 +9,7 @@ the same truth, whoever changed it.
 Several processes behind one port (uvicorn or gunicorn workers over the app factory):
 set `PROMETHEUS_MULTIPROC_DIR` to an empty folder for them all before they start, as
 prometheus-client's multiprocess mode requires; `render()` then adds every process's
-values up (no live gauges are kept in-process, so no gauge needs a multiprocess mode).
+values up (the one live gauge, open event streams, is summed over the live processes).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -55,6 +56,11 @@ TASKS_FAILED = Counter(
 TASKS_CANCELLED = Counter("kreaserve_tasks_cancelled", "Tasks cancelled, by tier.", ["tier"])
 CREDITS_CHARGED = Counter(
     "kreaserve_credits_charged", "Credits charged for completed tasks, by tier.", ["tier"]
+)
+EVENT_STREAMS = Gauge(
+    "kreaserve_event_streams_open",
+    "Open GET /v1/tasks/{id}/events streams.",
+    multiprocess_mode="livesum",
 )
 _TASK_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 QUEUE_WAIT = Histogram(
