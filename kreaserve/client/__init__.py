@@ -2,9 +2,18 @@
 its asyncio twin `AsyncClient`, typed results, retries, and callback verification."""
 
 from kreaserve.client._core import Retry
+from kreaserve.client._events import EventsUnavailable
 from kreaserve.client.aio import AsyncClient
 from kreaserve.client.errors import KreaserveError, TaskFailed
-from kreaserve.client.models import Credits, Task, TaskError, TaskInfo, TaskPage, Usage
+from kreaserve.client.models import (
+    Credits,
+    Task,
+    TaskError,
+    TaskEvent,
+    TaskInfo,
+    TaskPage,
+    Usage,
+)
 from kreaserve.client.sync import Client
 from kreaserve.client.webhooks import WebhookVerificationError, verify_callback
 
@@ -12,10 +21,12 @@ __all__ = [
     "AsyncClient",
     "Client",
     "Credits",
+    "EventsUnavailable",
     "KreaserveError",
     "Retry",
     "Task",
     "TaskError",
+    "TaskEvent",
     "TaskFailed",
     "TaskInfo",
     "TaskPage",

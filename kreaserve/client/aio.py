@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import SSEError, aconnect_sse
 
-from kreaserve.client import _core
+from kreaserve.client import _core, _events
 from kreaserve.client._core import Retry
+from kreaserve.client._events import EventsUnavailable
 from kreaserve.client.errors import TaskFailed
-from kreaserve.client.models import Credits, Task, TaskPage
+from kreaserve.client.models import Credits, Task, TaskEvent, TaskPage
 from kreaserve.client.sync import _save
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "EventsUnavailable"]
 
 
 class AsyncClient:
@@ -141,15 +143,76 @@ class AsyncClient:
                 return
             cursor = page.next_cursor
 
+    async def events(
+        self, task_id: str, *, last_event_id: str | None = None, timeout: float = 3600.0
+    ) -> AsyncIterator[TaskEvent]:
+        """See Client.events."""
+        deadline = time.monotonic() + timeout
+        failures = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"task {task_id} did not end within {timeout} s")
+            delay: float | None = None
+            try:
+                async with aconnect_sse(
+                    self._http,
+                    "GET",
+                    f"/v1/tasks/{task_id}/events",
+                    headers=_events.headers(last_event_id),
+                    timeout=_events.timeout(self._http.timeout, remaining),
+                ) as source:
+                    response = source.response
+                    if response.status_code == 204:  # the end was seen already
+                        return
+                    if not response.is_success:
+                        await response.aread()
+                        if _events.unsupported(response):
+                            raise EventsUnavailable(f"{response.status_code} from the events route")
+                        delay = self.retry.delay_after(failures, response)
+                        if delay is None:
+                            raise _core.error_from(response)
+                    else:
+                        async for sse in source.aiter_sse():
+                            event = _events.parse(sse)
+                            if event is None:
+                                continue
+                            failures, last_event_id = 0, event.id or last_event_id
+                            yield event
+                            if event.event == _events.FINAL:
+                                return
+            except SSEError as exc:  # not an event stream: not kreaserve's events
+                raise EventsUnavailable(str(exc)) from exc
+            except httpx.TransportError:
+                pass
+            failures += 1
+            if failures > self.retry.retries:
+                raise EventsUnavailable(f"the events of task {task_id} broke {failures} times")
+            await self._sleep(self.retry.backoff_delay(failures - 1) if delay is None else delay)
+
     async def follow(
         self, task_id: str, *, timeout: float = 3600.0, poll_interval: float | None = None
     ) -> AsyncIterator[Task]:
-        """See Client.follow: polls today; the place to add server-sent events later."""
+        """See Client.follow: the events stream, else polling."""
+        deadline = time.monotonic() + timeout
+        task = await self.get(task_id)
+        yield task
+        if task.done:
+            return
+        try:
+            async for event in self.events(task_id, timeout=timeout):
+                new = _events.updated(task, event)
+                if new != task:
+                    task = new
+                    yield task
+        except EventsUnavailable:
+            pass
+        if task.done:
+            return
         rhythm = _core.PollRhythm(
             poll_interval or self.poll_interval, max(poll_interval or 0, self.max_poll_interval)
         )
-        deadline = time.monotonic() + timeout
-        last: tuple[str, int] | None = None
+        last = (task.status, task.progress)
         while True:
             task = await self.get(task_id)
             if (task.status, task.progress) != last:

@@ -52,10 +52,31 @@ class Task(_Model):
     error: TaskError | None = None
     #: the seed used (kreaserve adds it; the hosted API may not send it).
     seed: int | None = None
+    #: what a processing task is doing (`encoding`, `denoising k/8`, `decoding`,
+    #: `checking`, `storing`): set from kreaserve's events stream, None otherwise.
+    phase: str | None = None
+    #: a pending task's place in the queue (1: next), from kreaserve's events stream.
+    position: int | None = None
 
     @property
     def done(self) -> bool:
         return self.status in TERMINAL
+
+
+class TaskEvent(_Model):
+    """One event of GET /v1/tasks/{id}/events (kreaserve's): `queued` (with `position`),
+    `progress` (with `phase` and `progress`), then `task`, the ended task object."""
+
+    event: str
+    #: grows as the task advances; sent back as Last-Event-ID to resume.
+    id: str | None = None
+    status: str | None = None
+    position: int | None = None
+    phase: str | None = None
+    progress: int | None = None
+    estimated_time: int | None = None
+    #: the task object, in the last event only.
+    task: Task | None = None
 
 
 class TaskPage(_Model):

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
-from kreaserve.client import _core
+from kreaserve.client import _core, _events
 from kreaserve.client._core import Retry
+from kreaserve.client._events import EventsUnavailable
 from kreaserve.client.errors import KreaserveError, TaskFailed
-from kreaserve.client.models import Credits, Task, TaskPage
+from kreaserve.client.models import Credits, Task, TaskEvent, TaskPage
 
-__all__ = ["Client", "KreaserveError", "Retry", "TaskFailed"]
+__all__ = ["Client", "EventsUnavailable", "KreaserveError", "Retry", "TaskFailed"]
 
 
 class Client:
@@ -150,18 +152,91 @@ class Client:
                 return
             cursor = page.next_cursor
 
+    def events(
+        self, task_id: str, *, last_event_id: str | None = None, timeout: float = 3600.0
+    ) -> Iterator[TaskEvent]:
+        """kreaserve's live events of a task (GET /v1/tasks/{id}/events): `queued`,
+        `progress`, then `task` (the ended task), then the end; from after
+        `last_event_id` when given. A broken stream is resumed with Last-Event-ID, up to
+        `retry.retries` times in a row. Raises EventsUnavailable when the server has no
+        events (or they stay broken), KreaserveError for an error answer, TimeoutError."""
+        deadline = time.monotonic() + timeout
+        failures = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"task {task_id} did not end within {timeout} s")
+            delay: float | None = None
+            try:
+                with connect_sse(
+                    self._http,
+                    "GET",
+                    f"/v1/tasks/{task_id}/events",
+                    headers=_events.headers(last_event_id),
+                    timeout=_events.timeout(self._http.timeout, remaining),
+                ) as source:
+                    response = source.response
+                    if response.status_code == 204:  # the end was seen already
+                        return
+                    if not response.is_success:
+                        response.read()
+                        if _events.unsupported(response):
+                            raise EventsUnavailable(f"{response.status_code} from the events route")
+                        delay = self.retry.delay_after(failures, response)
+                        if delay is None:
+                            raise _core.error_from(response)
+                    else:
+                        for sse in source.iter_sse():
+                            event = _events.parse(sse)
+                            if event is None:
+                                continue
+                            failures, last_event_id = 0, event.id or last_event_id
+                            yield event
+                            if event.event == _events.FINAL:
+                                return
+            except SSEError as exc:  # not an event stream: not kreaserve's events
+                raise EventsUnavailable(str(exc)) from exc
+            except httpx.TransportError:
+                pass
+            failures += 1
+            if failures > self.retry.retries:
+                raise EventsUnavailable(f"the events of task {task_id} broke {failures} times")
+            self._sleep(self.retry.backoff_delay(failures - 1) if delay is None else delay)
+
     def follow(
         self, task_id: str, *, timeout: float = 3600.0, poll_interval: float | None = None
     ) -> Iterator[Task]:
-        """Yield the task at every change of status or progress, the last one ended.
+        """Yield the task at every change of status, progress or phase, the last one ended.
 
-        It polls GET /v1/tasks/{id} (see PollRhythm); this is the one place that decides
-        how updates arrive, so a server-sent events source can be added here later."""
+        It follows the events stream (`events`), and polls GET /v1/tasks/{id} (see
+        PollRhythm) where the server has none (the hosted API) or it stays broken."""
+        deadline = time.monotonic() + timeout
+        task = self.get(task_id)
+        yield task
+        if task.done:
+            return
+        try:
+            for event in self.events(task_id, timeout=timeout):
+                new = _events.updated(task, event)
+                if new != task:
+                    task = new
+                    yield task
+        except EventsUnavailable:
+            pass
+        if not task.done:
+            yield from self._poll(task_id, deadline, poll_interval, (task.status, task.progress))
+
+    def _poll(
+        self,
+        task_id: str,
+        deadline: float,
+        poll_interval: float | None,
+        last: tuple[str, int] | None = None,
+    ) -> Iterator[Task]:
+        """Poll until the task ends, yielding it at every change of status or progress."""
         rhythm = _core.PollRhythm(
             poll_interval or self.poll_interval, max(poll_interval or 0, self.max_poll_interval)
         )
-        deadline = time.monotonic() + timeout
-        last: tuple[str, int] | None = None
         while True:
             task = self.get(task_id)
             if (task.status, task.progress) != last:
@@ -171,7 +246,7 @@ class Client:
                 return
             delay = rhythm.next_delay(task.status, task.progress)
             if time.monotonic() + delay > deadline:
-                raise TimeoutError(f"task {task_id} did not end within {timeout} s")
+                raise TimeoutError(f"task {task_id} did not end in time")
             self._sleep(delay)
 
     def wait(
