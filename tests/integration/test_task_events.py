@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from kreaserve import queue
+from kreaserve import task_queue as queue
 from kreaserve.db.models import Task
 from tests.conftest import (
     POSTGRES_URL,

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from kreaserve import contract, phases, queue
+from kreaserve import contract, phases
+from kreaserve import task_queue as queue
 from kreaserve.api.app import create_app
 from kreaserve.api.routes import events
 from kreaserve.auth import KeyCache

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import contract, metrics, presenters, queue, task_events
+from kreaserve import contract, metrics, presenters, task_events, task_queue
 from kreaserve.api.deps import PrincipalDep, Services, ServicesDep
 from kreaserve.api.presenters import task_answer
 from kreaserve.api.routes.tasks import check_task_id, not_found
@@ -54,7 +54,7 @@ async def task_event_stream(
     seen the end (so a browser's EventSource stops reconnecting)."""
     check_task_id(task_id)
     account_id = principal.account_id
-    task = await run_in_threadpool(queue.get, services.db, account_id, task_id)
+    task = await run_in_threadpool(task_queue.get, services.db, account_id, task_id)
     if task is None:
         raise not_found(task_id)
     after = task_events.parse_last_event_id(last_event_id) or 0
@@ -90,7 +90,7 @@ async def _events(
                     presenters.render_json(event.data).decode(), event=event.event, id=str(after)
                 )
             await asyncio.sleep(POLL_SECONDS)
-            found = await run_in_threadpool(queue.get, services.db, account_id, task.id)
+            found = await run_in_threadpool(task_queue.get, services.db, account_id, task.id)
             if found is None:  # gone (never, short of a manual delete): nothing more to say
                 return
             task = found
