@@ -41,7 +41,7 @@ async def body_of(request: Request, services: ServicesDep, model: type[schemas.M
         raise APIError(400, exc.code, exc.message, exc.param) from None
 
 
-def parse_account_id(account_id: str) -> int:
+async def parse_account_id(account_id: str) -> int:
     if not (account_id.isascii() and account_id.isdigit()) or len(account_id) > 18:
         raise APIError(
             400, "invalid_account_id", "Account ids are positive integers.", "account_id"
