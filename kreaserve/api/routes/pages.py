@@ -1,4 +1,5 @@
-"""The API Key Management Page: a small web page over /v1/keys, /v1/credits, /v1/usage."""
+"""The web pages: the API Key Management Page (/account, over /v1/keys, /v1/credits,
+/v1/usage) and the playground (/playground, over create, the events stream and /v1/tasks)."""
 
 from __future__ import annotations
 
@@ -45,4 +46,29 @@ def account_stylesheet() -> Response:
         (STATIC / "app.css").read_bytes(),
         headers=SECURITY_HEADERS,
         media_type="text/css; charset=utf-8",
+    )
+
+
+#: The playground shows result images, which may come from the object store's origin.
+PLAYGROUND_HEADERS = {
+    **SECURITY_HEADERS,
+    "Content-Security-Policy": SECURITY_HEADERS["Content-Security-Policy"].replace(
+        "img-src 'self' data:", "img-src 'self' data: https:"
+    ),
+}
+
+
+@router.get("/playground", response_class=HTMLResponse)
+def playground_page() -> HTMLResponse:
+    """Type a prompt, watch the task live, see the image, browse recent tasks."""
+    return HTMLResponse((STATIC / "playground.html").read_text(), headers=PLAYGROUND_HEADERS)
+
+
+@router.get("/playground/app.js")
+def playground_script() -> Response:
+    """The playground's only script."""
+    return Response(
+        (STATIC / "playground.js").read_bytes(),
+        headers=PLAYGROUND_HEADERS,
+        media_type="text/javascript; charset=utf-8",
     )

@@ -1,0 +1,336 @@
+// The playground: type a prompt, watch the task live, see the image, browse recent tasks.
+// No framework, no third-party code, no inline script; text from the API goes through
+// textContent only. The key is the API keys page's, in sessionStorage (this tab only).
+// EventSource cannot send an Authorization header, so the events stream is read with
+// fetch() and a ReadableStream, resumed with Last-Event-ID when it breaks.
+"use strict";
+
+(function () {
+  const STORAGE_KEY = "kreaserve.apiKey";
+  const INVALID_KEY = "That key is not valid or has been revoked.";
+  const RECENT = 10;
+  const RETRIES = 3;
+
+  const $ = (id) => document.getElementById(id);
+
+  class ApiError extends Error {
+    constructor(status, message, code) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  function storedKey() {
+    try {
+      return window.sessionStorage.getItem(STORAGE_KEY);
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function request(method, path, { body, key, headers = {} } = {}) {
+    const secret = key || storedKey();
+    const all = { Accept: "application/json", ...headers };
+    if (secret) all.Authorization = "Bearer " + secret;
+    if (body !== undefined) all["Content-Type"] = "application/json";
+    return fetch(path, {
+      method,
+      headers: all,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "omit",
+      cache: "no-store",
+      referrerPolicy: "no-referrer",
+    }).catch(() => {
+      throw new ApiError(0, "Could not reach the server. Check your connection and try again.",
+        "network_error");
+    });
+  }
+
+  async function errorOf(response) {
+    let payload = null;
+    try {
+      payload = await response.json();
+    } catch (_) {
+      payload = null;
+    }
+    const error = payload && payload.error ? payload.error : {};
+    const message = typeof error.message === "string" && error.message
+      ? error.message
+      : "The server answered " + response.status + ".";
+    return new ApiError(response.status, message, error.code || "http_" + response.status);
+  }
+
+  async function api(method, path, options) {
+    const response = await request(method, path, options);
+    if (!response.ok) throw await errorOf(response);
+    return response.json();
+  }
+
+  // --- messages ------------------------------------------------------------------------
+
+  function showAlert(message) {
+    $("alert-text").textContent = message;
+    $("alert").hidden = false;
+  }
+
+  function clearAlert() {
+    $("alert").hidden = true;
+    $("alert-text").textContent = "";
+  }
+
+  function failed(err) {
+    if (err instanceof ApiError && err.status === 401) {
+      signOut();
+      showAlert(INVALID_KEY);
+      return;
+    }
+    showAlert(err instanceof ApiError ? err.message : "Something went wrong: " + err);
+  }
+
+  function setBusy(busy) {
+    document.body.setAttribute("aria-busy", busy ? "true" : "false");
+    $("generate-submit").disabled = busy;
+    $("sign-in-submit").disabled = busy;
+  }
+
+  // --- the events stream -----------------------------------------------------------------
+
+  // Yields {id, event, data} for each event of an SSE body (comments and pings skipped).
+  async function* sseEvents(response) {
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    let fields = {};
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let newline;
+      while ((newline = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, newline);
+        buffer = buffer.slice(newline + 1);
+        if (line === "") {
+          if (fields.data !== undefined) yield fields;
+          fields = {};
+          continue;
+        }
+        if (line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const name = colon < 0 ? line : line.slice(0, colon);
+        const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (name === "data") fields.data = fields.data === undefined ? text : fields.data + "\n" + text;
+        else if (name === "id" || name === "event") fields[name] = text;
+      }
+    }
+  }
+
+  // Follows a task to its end through its events, calling show() with each; returns the
+  // ended task object. Falls back to polling when the stream is unavailable.
+  async function follow(taskId, show) {
+    const path = "/v1/tasks/" + encodeURIComponent(taskId);
+    let lastId = null;
+    let failures = 0;
+    while (failures <= RETRIES) {
+      const headers = { Accept: "text/event-stream" };
+      if (lastId) headers["Last-Event-ID"] = lastId;
+      let response;
+      try {
+        response = await request("GET", path + "/events", { headers });
+      } catch (_) {
+        failures += 1;
+        continue;
+      }
+      if (response.status === 204) break;
+      if (response.status === 404 || response.status === 405) {
+        const err = await errorOf(response);
+        if (err.code === "task_not_found") throw err;
+        break;
+      }
+      if (!response.ok) throw await errorOf(response);
+      try {
+        for await (const event of sseEvents(response)) {
+          failures = 0;
+          if (event.id) lastId = event.id;
+          const data = JSON.parse(event.data);
+          if (event.event === "task") return data;
+          show(event.event, data);
+        }
+      } catch (_) {
+        /* the stream broke: resume it */
+      }
+      failures += 1;
+      await new Promise((resolve) => setTimeout(resolve, 500 * failures));
+    }
+    for (;;) {
+      const task = await api("GET", path);
+      if (["completed", "failed", "cancelled"].includes(task.status)) return task;
+      show("progress", { status: task.status, progress: task.progress, phase: null });
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
+
+  // --- generating ----------------------------------------------------------------------
+
+  function showProgress(kind, data) {
+    let text;
+    if (kind === "queued") {
+      text = data.position === 1 ? "Queued: next in line" : "Queued: " + data.position + " in line";
+    } else {
+      text = "Processing: " + (data.phase || data.status);
+    }
+    $("run-status").textContent = text;
+    $("run-progress").value = data.progress || 0;
+    document.body.dataset.phase = data.phase || data.status;
+  }
+
+  function showEnded(task) {
+    $("run-progress").value = task.progress;
+    if (task.status === "completed" && task.results && task.results.length) {
+      $("run-status").textContent = "Completed";
+      $("result-image").src = task.results[0];
+      $("result-link").href = task.results[0];
+      $("result").hidden = false;
+    } else {
+      const error = task.error || {};
+      $("run-status").textContent = "The task " + task.status + ".";
+      showAlert("The task " + task.status + ": " + (error.message || error.code || "no image."));
+    }
+  }
+
+  async function generate(event) {
+    event.preventDefault();
+    clearAlert();
+    const prompt = $("prompt").value.trim();
+    if (!prompt) {
+      showAlert("Type a prompt first.");
+      $("prompt").focus();
+      return;
+    }
+    const body = {
+      model: "krea-2-turbo",
+      prompt,
+      size: $("size").value,
+      quality: $("quality").value,
+      output_format: $("output-format").value,
+    };
+    if ($("seed").value) body.seed = Number($("seed").value);
+    setBusy(true);
+    try {
+      const task = await api("POST", "/v1/images/generations", { body });
+      $("run").hidden = false;
+      $("result").hidden = true;
+      $("run-task").textContent = task.id;
+      showProgress("queued", { position: 1, status: task.status, progress: 0 });
+      document.body.dataset.task = task.id;
+      const ended = await follow(task.id, showProgress);
+      showEnded(ended);
+      document.body.dataset.ended = ended.status;
+      await refreshRecent();
+    } catch (err) {
+      failed(err);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  // --- recent tasks --------------------------------------------------------------------
+
+  function cell(row, text) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    row.appendChild(td);
+    return td;
+  }
+
+  async function refreshRecent() {
+    const page = await api("GET", "/v1/tasks?limit=" + RECENT);
+    const body = $("recent-body");
+    body.replaceChildren();
+    for (const task of page.data) {
+      const row = document.createElement("tr");
+      cell(row, new Date(task.created * 1000).toISOString().slice(0, 19).replace("T", " "));
+      cell(row, task.id);
+      cell(row, task.status);
+      cell(row, task.seed === undefined ? "" : String(task.seed));
+      const image = cell(row, "");
+      if (task.results && task.results.length) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "link";
+        button.textContent = "Show";
+        button.addEventListener("click", () => {
+          $("run").hidden = false;
+          $("run-task").textContent = task.id;
+          showEnded(task);
+        });
+        image.appendChild(button);
+      }
+      body.appendChild(row);
+    }
+    $("recent-empty").hidden = page.data.length > 0;
+  }
+
+  // --- signing in and out ----------------------------------------------------------------
+
+  function showSignedIn() {
+    $("signed-out").hidden = true;
+    $("signed-in").hidden = false;
+    $("sign-out").hidden = false;
+  }
+
+  function signOut() {
+    try {
+      window.sessionStorage.removeItem(STORAGE_KEY);
+    } catch (_) {
+      /* storage unavailable: nothing to forget */
+    }
+    $("signed-in").hidden = true;
+    $("sign-out").hidden = true;
+    $("signed-out").hidden = false;
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    clearAlert();
+    const key = $("sign-in-key").value.trim();
+    if (!key) {
+      showAlert("Paste an API key to sign in.");
+      return;
+    }
+    setBusy(true);
+    try {
+      await api("GET", "/v1/credits", { key });
+      window.sessionStorage.setItem(STORAGE_KEY, key);
+      $("sign-in-key").value = "";
+      showSignedIn();
+      await refreshRecent();
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) showAlert(INVALID_KEY);
+      else failed(err);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  async function start() {
+    $("sign-in-form").addEventListener("submit", signIn);
+    $("generate-form").addEventListener("submit", generate);
+    $("alert-dismiss").addEventListener("click", clearAlert);
+    $("sign-out").addEventListener("click", () => {
+      clearAlert();
+      signOut();
+    });
+    setBusy(false);
+    if (storedKey()) {
+      showSignedIn();
+      try {
+        await refreshRecent();
+      } catch (err) {
+        failed(err);
+      }
+    }
+    document.body.dataset.ready = "true";
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();
