@@ -1,8 +1,8 @@
 """Load Krea 2 weights into diffusers' `Krea2Pipeline` and run batches of generations.
 
-`Engine.load(...)` loads what `weights.resolve_weights(spec)` says a spec means, always
-through `Krea2Pipeline.from_pretrained`, and fails with a `WeightsError` whose message says
-what went wrong and what to do; `Engine.denoise` / `Engine.decode` run a batch (the child
+`Engine.load(...)` loads what `weights.resolve_weights(spec)` says a spec means (`loading.py`),
+always through `Krea2Pipeline.from_pretrained`, and fails with a `WeightsError` whose message
+says what went wrong and what to do; `Engine.denoise` / `Engine.decode` run a batch (the child
 overlaps them), `Engine.generate(request)` one image, with progress and cancellation
 between denoising steps. The requests are `request.GenerateRequest`s.
 
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import speedups
+from .loading import load_pipeline
 from .options import EngineOptions
-from .presets import ensure_preset
 from .request import (
     BASE_GUIDANCE_SCALE,
     DEFAULT_STEPS,
@@ -32,14 +32,9 @@ from .request import (
 from .weights import (
     AUTO_CPU_WEIGHTS,
     AUTO_CUDA_WEIGHTS,
-    HOW_TO_CHOOSE,
     ResolvedWeights,
     WeightsError,
-    check_directory,
-    probe_hub,
     resolve_weights,
-    short_cause,
-    to_torch_dtype,
 )
 
 if TYPE_CHECKING:
@@ -112,104 +107,17 @@ class Engine:
         faster choice on CPU here). Presets are built into `cache_dir` on first use. Raises
         `WeightsError` (never hangs on an unreachable hub) when the weights cannot be loaded.
         """
-        import torch
-
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch_device = torch.device(device)
-        if torch_device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was requested but CUDA is not available")
-        torch_dtype = to_torch_dtype(dtype)
-        resolved = resolve_weights(weights, cuda_available=torch_device.type == "cuda")
-
-        if resolved.kind == "preset":
-            try:
-                source = str(ensure_preset(resolved.spec, Path(cache_dir)))
-            except OSError as exc:
-                raise WeightsError(
-                    f"Could not build the '{resolved.spec}' preset in '{cache_dir}' "
-                    f"({short_cause(exc)}). Make the cache directory writable, with about 100 MB "
-                    "free, or choose other weights. " + HOW_TO_CHOOSE
-                ) from exc
-            pipe = cls._from_pretrained(
-                source,
-                torch_dtype,
-                local_only=True,
-                what=resolved.spec,
-                hint=f"Delete '{source}' to have it rebuilt.",
-            )
-        elif resolved.kind == "directory":
-            check_directory(resolved.spec)
-            source = resolved.spec
-            pipe = cls._from_pretrained(source, torch_dtype, local_only=True, what=source)
-        else:
-            source = resolved.spec
-            reason = probe_hub(source)
-            pipe = cls._from_pretrained(
-                source, torch_dtype, local_only=reason is not None, what=source, offline=reason
-            )
-
-        from .tokenizer import TokenizerError, check_prompt_template
-
-        try:
-            check_prompt_template(pipe.tokenizer, pipe)
-        except TokenizerError as exc:
-            raise WeightsError(
-                f"Weights '{resolved.spec}' loaded, but their tokenizer does not fit the Krea 2 "
-                f"prompt template ({exc}). " + HOW_TO_CHOOSE
-            ) from exc
-
-        pipe.to(torch_device)
-        pipe.set_progress_bar_config(disable=True)
-        options = options or EngineOptions()
-        try:
-            speedups.apply(pipe, options, str(torch_device))
-        except speedups.OptionError as exc:
-            raise WeightsError(str(exc)) from exc
-        return cls(
-            pipe,
-            weights=resolved,
-            device=str(torch_device),
-            dtype=torch_dtype,
-            source=source,
-            options=options,
+        loaded = load_pipeline(
+            weights, cache_dir=cache_dir, device=device, dtype=dtype, options=options
         )
-
-    @staticmethod
-    def _from_pretrained(
-        source: str,
-        torch_dtype: Any,
-        *,
-        local_only: bool,
-        what: str,
-        offline: str | None = None,
-        hint: str = "",
-    ) -> Any:
-        from diffusers import Krea2Pipeline
-
-        try:
-            return Krea2Pipeline.from_pretrained(
-                source, dtype=torch_dtype, local_files_only=local_only
-            )
-        except Exception as exc:
-            if offline is not None:
-                from huggingface_hub import constants
-
-                message = (
-                    f"Could not load weights '{what}' from the Hugging Face Hub: the hub is not "
-                    f"reachable ({offline}) and the weights are not in the local Hugging Face "
-                    f"cache ({constants.HF_HUB_CACHE}). Use --weights tiny-random to run with "
-                    "random weights, give a local directory holding a Krea2Pipeline, or make the "
-                    "hub reachable (network access, HF_HUB_OFFLINE unset) so the weights (about "
-                    "35 GB) can be downloaded once."
-                )
-            else:
-                message = (
-                    f"Could not load weights '{what}' as a Krea2Pipeline ({short_cause(exc)}). "
-                    + (hint + " " if hint else "")
-                    + HOW_TO_CHOOSE
-                )
-            raise WeightsError(message) from exc
+        return cls(
+            loaded.pipe,
+            weights=loaded.weights,
+            device=loaded.device,
+            dtype=loaded.dtype,
+            source=loaded.source,
+            options=loaded.options,
+        )
 
     @property
     def pipe(self) -> Any:

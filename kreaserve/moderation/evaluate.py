@@ -33,8 +33,6 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
 from . import PromptModerator
 from .normalize import normalize
 from .policy import (
@@ -315,45 +313,6 @@ def format_report(report: Report, *, misses: bool = False) -> str:
     return "\n".join(lines)
 
 
-def cross_validate(
-    config: ModerationConfig, l2_values: Sequence[float], folds: int = 5, precision: str = "int8"
-) -> str:
-    """k-fold CV of the semantic classifier on the exemplars (not the evaluation set)."""
-    from . import semantic
-
-    moderator = PromptModerator(config, precision=precision)
-    moderator.warm()
-    exemplars = semantic.load_exemplars()
-    texts = [moderator.semantic_text(t) for t, _ in exemplars]
-    labels = np.array([label for _, label in exemplars])
-    emb = moderator._semantic.encoder.embed_many(texts)
-    rng = np.random.default_rng(0)
-    fold_of = rng.integers(0, folds, len(texts))
-    lines = [f"{folds}-fold cross-validation on {len(texts)} exemplars"]
-    for l2 in l2_values:
-        probs = np.zeros((len(texts), len(semantic.SEMANTIC_CATEGORIES)))
-        for k in range(folds):
-            train_idx = np.nonzero(fold_of != k)[0]
-            test_idx = np.nonzero(fold_of == k)[0]
-            linear = semantic.train(emb[train_idx], list(labels[train_idx]), l2)
-            for i in test_idx:
-                s = linear.scores(emb[i : i + 1])
-                probs[i] = [s[c] for c in semantic.SEMANTIC_CATEGORIES]
-        safe = labels == "safe"
-        parts = []
-        for t_name, t in (("basic", config.basic_threshold), ("strict", config.strict_threshold)):
-            cats = BASIC_CATEGORIES if t_name == "basic" else CATEGORIES
-            idx = [semantic.SEMANTIC_CATEGORIES.index(c) for c in cats]
-            flagged = np.asarray((probs[:, idx] >= t).any(axis=1))
-            target = np.isin(labels, cats)
-            parts.append(
-                f"{t_name}: safe blocked {flagged[safe].mean():.1%}, "
-                f"recall {flagged[target].mean():.1%}"
-            )
-        lines.append(f"  l2={l2:<6} " + "; ".join(parts))
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kreaserve moderation eval",
@@ -407,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = ModerationConfig(**kwargs)  # type: ignore[arg-type]
 
     if args.cv:
+        from .tuning import cross_validate
+
         print(cross_validate(config, (1e-5, 3e-5, 1e-4, 3e-4, 1e-3), precision=args.precision))
         return 0
     examples = load_eval_set(args.eval_file, name="holdout" if args.holdout else args.eval_set)
