@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kreaserve import accounts, ledger
+from kreaserve import accounts, contract, ledger, schemas
 from kreaserve.db import Database
 from kreaserve.db.models import Account, ApiKey
 
@@ -43,6 +43,22 @@ class IssuedKey:
     new: accounts.NewKey
     key: ApiKey
     standing: ledger.Balance
+
+
+def limit_fields(body: schemas.AccountLimits) -> dict[str, object]:
+    """The limits a validated request set (null included: it clears the limit), in the
+    units the table stores; a null group is the default group."""
+    fields: dict[str, object] = {
+        name: getattr(body, name)
+        for name in body.model_fields_set
+        if name in ("user_group", "requests_per_minute", "max_tasks_in_flight")
+    }
+    if "daily_spend_cap" in body.model_fields_set:
+        cap = body.daily_spend_cap
+        fields["daily_spend_cap_units"] = None if cap is None else ledger.to_units(cap)
+    if fields.get("user_group", "") is None:
+        fields["user_group"] = contract.DEFAULT_USER_GROUP
+    return fields
 
 
 def list_accounts(db: Database) -> list[Summary]:

@@ -1,13 +1,14 @@
 """The contract's task object, built from a stored task: one renderer for the API's
-answers and for callback bodies, so both are the same bytes."""
+answers and for callback bodies, so both are the same bytes; and the key object, the same
+for the key routes, the admin API and the CLI's `--json`."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from kreaserve import contract, ledger, schemas
-from kreaserve.db.models import Task
+from kreaserve import accounts, contract, ledger, schemas
+from kreaserve.db.models import ApiKey, Task
 from kreaserve.storage import ResultLinks
 
 
@@ -41,3 +42,21 @@ def render_json(body: dict[str, Any]) -> bytes:
     return json.dumps(
         body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
     ).encode("utf-8")
+
+
+def key_object(key: ApiKey, current_key_id: int | None = None) -> dict[str, Any]:
+    """A key as its owner sees it: never the secret, only its shown prefix."""
+    return {
+        "object": "api_key",
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "created": int(key.created_at),
+        "last_used": int(key.last_used_at) if key.last_used_at else None,
+        "revoked": int(key.revoked_at) if key.revoked_at else None,
+        "current": key.id == current_key_id,
+    }
+
+
+def new_key_object(new: accounts.NewKey, key: ApiKey) -> dict[str, Any]:
+    return {**key_object(key), "key": new.secret}

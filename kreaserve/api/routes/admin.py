@@ -51,21 +51,6 @@ async def parse_account_id(account_id: str) -> int:
     return int(account_id)
 
 
-def limit_fields(body: schemas.AccountLimits) -> dict[str, Any]:
-    """The fields the request set (null included), in the units the table stores."""
-    fields = {
-        name: getattr(body, name)
-        for name in body.model_fields_set
-        if name in ("user_group", "requests_per_minute", "max_tasks_in_flight")
-    }
-    if "daily_spend_cap" in body.model_fields_set:
-        cap = body.daily_spend_cap
-        fields["daily_spend_cap_units"] = None if cap is None else ledger.to_units(cap)
-    if fields.get("user_group", "") is None:
-        fields["user_group"] = "default"
-    return fields
-
-
 def not_found(exc: admin_service.AccountNotFound) -> APIError:
     return APIError(404, "account_not_found", str(exc), "account_id")
 
@@ -96,7 +81,7 @@ async def create_account(request: Request, services: ServicesDep) -> dict[str, A
         services.db,
         body.name,
         ledger.to_units(body.credits),
-        limit_fields(body),
+        admin_service.limit_fields(body),
     )
 
 
@@ -112,7 +97,7 @@ async def update_account(
     body = await body_of(request, services, schemas.AccountLimits)
     try:
         found = await run_in_threadpool(
-            admin_service.update_account, services.db, account_id, limit_fields(body)
+            admin_service.update_account, services.db, account_id, admin_service.limit_fields(body)
         )
     except admin_service.AccountNotFound as exc:
         raise not_found(exc) from None

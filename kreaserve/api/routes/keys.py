@@ -12,28 +12,11 @@ from kreaserve import accounts, limits
 from kreaserve.api.deps import PrincipalDep, ServicesDep, rate_limited, read_json_body
 from kreaserve.api.errors import APIError
 from kreaserve.db.models import ApiKey
+from kreaserve.presenters import key_object, new_key_object
 
 router = APIRouter()
 
 MAX_KEY_NAME = 100
-
-
-def key_object(key: ApiKey, current_key_id: int | None = None) -> dict[str, Any]:
-    """A key as its owner sees it: never the secret, only its shown prefix."""
-    return {
-        "object": "api_key",
-        "id": key.id,
-        "name": key.name,
-        "prefix": key.prefix,
-        "created": int(key.created_at),
-        "last_used": int(key.last_used_at) if key.last_used_at else None,
-        "revoked": int(key.revoked_at) if key.revoked_at else None,
-        "current": key.id == current_key_id,
-    }
-
-
-def new_key_object(new: accounts.NewKey, key: ApiKey) -> dict[str, Any]:
-    return {**key_object(key), "key": new.secret}
 
 
 def key_name(payload: Any) -> str:
