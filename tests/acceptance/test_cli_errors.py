@@ -3,14 +3,18 @@ never a traceback, and never with a task charged that could not be saved."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from PIL import Image
 
 from tests.acceptance.test_cli import kreaserve
 from tests.conftest import Server, free_port, start_server
@@ -100,9 +104,9 @@ def test_generate_refuses_an_output_it_cannot_write_before_any_task(
 ) -> None:
     key = api_server.key(credits=10)
     env = {**api_server.env, "KREASERVE_URL": api_server.url, "KREASERVE_API_KEY": key}
-    jpeg = kreaserve("generate", "a cat", "-o", str(tmp_path / "cat.jpg"), env=env)
-    assert jpeg.returncode == 1 and "Traceback" not in jpeg.stderr
-    assert "must end in .png" in jpeg.stderr
+    gif = kreaserve("generate", "a cat", "-o", str(tmp_path / "cat.gif"), env=env)
+    assert gif.returncode == 1 and "Traceback" not in gif.stderr
+    assert "must end in .png, .jpg, .jpeg or .webp" in gif.stderr
     (tmp_path / "taken").write_text("a file where a folder should be")
     blocked = kreaserve("generate", "a cat", "-o", str(tmp_path / "taken" / "x.png"), env=env)
     assert blocked.returncode == 1 and "cannot create the folder" in blocked.stderr
@@ -122,35 +126,70 @@ def test_generate_creates_a_missing_folder_first(tmp_path: Path) -> None:
     assert target.parent.is_dir() and "Traceback" not in result.stderr
 
 
+def generate_in_background(server: Server, key: str, *args: str) -> subprocess.Popen[str]:
+    """`kreaserve generate` against `server`, once its task is created (reserved)."""
+    env = {**server.env, "KREASERVE_URL": server.url, "KREASERVE_API_KEY": key}
+    running = subprocess.Popen(
+        [sys.executable, "-m", "kreaserve.cli", "generate", "a fox", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while _standing(server, key)["reserved"] == 0:
+        assert time.monotonic() < deadline and running.poll() is None, running.communicate()
+        time.sleep(0.1)
+    return running
+
+
 def test_a_server_lost_under_generate_names_the_task(tmp_path: Path, weights_cache: Path) -> None:
     server = start_server(
         tmp_path, f"sqlite:///{tmp_path / 'lost.db'}", weights_cache, embedded_worker=False
     )
     try:
         key = server.key()
-        env = {**server.env, "KREASERVE_URL": server.url, "KREASERVE_API_KEY": key}
-        running = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kreaserve.cli",
-                "generate",
-                "a fox",
-                "-o",
-                str(tmp_path / "fox.png"),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        running = generate_in_background(
+            server, key, "-o", str(tmp_path / "fox.png"), "--reconnect-for", "2"
         )
-        deadline = time.monotonic() + 60
-        while _standing(server, key)["reserved"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        began = time.monotonic()
         server.api.stop()
         _out, err = running.communicate(timeout=60)
     finally:
         server.stop()
     assert running.returncode == 1, err
     assert "Traceback" not in err
-    assert "lost task task-unified-" in err and "/v1/tasks/task-unified-" in err
+    assert "still following task-unified-" in err and "for up to 2 s" in err
+    assert "lost task task-unified-" in err and "kreaserve tasks get task-unified-" in err
+    assert time.monotonic() - began < 30  # bounded: it gave up after --reconnect-for
+
+
+def test_generate_follows_its_task_across_a_server_restart(
+    tmp_path: Path, weights_cache: Path
+) -> None:
+    """The API (no worker yet) is killed mid-task and started again on the same port and
+    database, now with a worker: `generate` rides it out and saves the same task's image."""
+    database_url = f"sqlite:///{tmp_path / 'restart.db'}"
+    first = start_server(tmp_path / "a", database_url, weights_cache, embedded_worker=False)
+    port = int(first.env["KREASERVE_PORT"])
+    second = None
+    try:
+        key = first.key()
+        out = tmp_path / "out" / "fox.webp"
+        running = generate_in_background(first, key, "-o", str(out), "--json")
+        first.api.stop(signal.SIGKILL)  # the connection drops; the task stays in the table
+        second = start_server(
+            tmp_path / "b", database_url, weights_cache, embedded_worker=True, port=port
+        )
+        stdout, err = running.communicate(timeout=300)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert running.returncode == 0, err
+    assert "lost the server" in err and "reconnected" in err and "Traceback" not in err
+    task = json.loads(stdout)
+    assert task["status"] == "completed" and task["output"] == str(out)
+    assert urlsplit(task["results"][0]).path.endswith(".webp")
+    with Image.open(out) as image:
+        assert image.format == "WEBP" and image.size == (1024, 1024)
