@@ -94,6 +94,12 @@ def claim_due(
         fair = fair.outerjoin(busy, busy.c.account_id == due.c.account_id).where(
             due.c.rank + func.coalesce(busy.c.held, 0) <= per_account
         )
+    # The dispatcher asks ten times a second and the outbox is mostly empty: look first in
+    # a read, which on SQLite takes no write lock (creates would queue behind it).
+    with db.read() as session:
+        probe = select(row.id).where(row.status == PENDING, row.next_attempt_at <= now, free)
+        if session.execute(probe.limit(1)).first() is None:
+            return []
     with db.transaction() as session:
         candidates = list(session.execute(fair).scalars())
         if not candidates:
