@@ -117,6 +117,16 @@ def check_output(output: Path) -> str:
     return fmt
 
 
+def describe(task: Any) -> str:
+    """The progress bar's words: the phase from the events stream (`denoising 3/8`), the
+    place in the queue, or (from a server without events) the status."""
+    if task.status == "processing" and task.phase:
+        return task.phase
+    if task.status == "pending" and task.position:
+        return "queued, next" if task.position == 1 else f"queued, {task.position} in line"
+    return str(task.status)
+
+
 def with_progress(client: Any, task: Any, reconnect_for: float, *, to_stderr: bool) -> Any:
     """Follow the task to its end, drawing a progress bar (on stderr under --json)."""
     from rich.console import Console
@@ -133,6 +143,6 @@ def with_progress(client: Any, task: Any, reconnect_for: float, *, to_stderr: bo
         line = bar.add_task(task.status, total=100)
 
         def update(current: Any) -> None:
-            bar.update(line, completed=current.progress, description=current.status)
+            bar.update(line, completed=current.progress, description=describe(current))
 
         return follow(client, task.id, on_update=update, reconnect_for=reconnect_for)
