@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "kreaserve"
 MAX_LINES = 400
 
 #: Modules over the limit whose split is under way, by path under kreaserve/.
-BEING_SPLIT = {}
+BEING_SPLIT: set[str] = set()
 
 
 def sizes() -> dict[str, int]:
