@@ -246,6 +246,13 @@ class Settings(EngineSettings):
         "about a key: a key revoked (or an account changed) through another process stops "
         "working here within this many seconds; through this process, at once.",
     )
+    openai_wait_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="How long POST /openai/v1/images/generations waits for its images "
+        "before answering an error that names the tasks (which go on and are charged).",
+    )
 
     # --- observability -------------------------------------------------------
     log_format: str = Field(

@@ -27,6 +27,7 @@ from kreaserve.api.routes import (
     images,
     keys,
     metrics,
+    openai,
     pages,
     task_list,
     tasks,
@@ -124,6 +125,7 @@ def create_app(
         files,
         metrics,
         docs,
+        openai,
     ):
         app.include_router(module.router)
     app.mount(docs.ASSETS, docs.assets, name="docs-assets")

@@ -1,8 +1,12 @@
-"""The contract's one error shape, and handlers that put every failure into it."""
+"""The contract's one error shape, and handlers that put every failure into it.
+
+Under the OpenAI-compatible prefix (`/openai/`) the shape is OpenAI's: the same four keys,
+with `param` always present (null when no field is at fault)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
@@ -51,12 +55,27 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
     return {"error": error}
 
 
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(
-        error_body(exc.status, exc.code, exc.message, exc.param),
-        status_code=exc.status,
-        headers=exc.headers,
-    )
+#: The path prefix of the OpenAI-compatible endpoints (kreaserve/api/routes/openai.py).
+OPENAI_PREFIX = "/openai/"
+
+
+def respond(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The error answer in the shape the request's API speaks."""
+    body = error_body(status, code, message, param)
+    if request.url.path.startswith(OPENAI_PREFIX):
+        body["error"].setdefault("param", None)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_response(request: Request, exc: APIError) -> JSONResponse:
+    return respond(request, exc.status, exc.code, exc.message, exc.param, exc.headers)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
@@ -79,8 +98,8 @@ def install(app: FastAPI) -> None:
     """Register handlers so that no answer leaves without the error envelope."""
 
     @app.exception_handler(APIError)
-    async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -91,29 +110,21 @@ def install(app: FastAPI) -> None:
             message = f"No such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             headers = {**(headers or {}), "Allow": allowed_methods(request)}
-        return JSONResponse(
-            error_body(exc.status_code, code, message), status_code=exc.status_code, headers=headers
-        )
+        return respond(request, exc.status_code, code, message, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
         param = loc[0] if loc else None
-        return JSONResponse(
-            error_body(
-                400, "invalid_parameter", f"{param or 'request'}: {first.get('msg')}", param
-            ),
-            status_code=400,
-        )
+        message = f"{param or 'request'}: {first.get('msg')}"
+        return respond(request, 400, "invalid_parameter", message, param)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, _exc: ClientDisconnect) -> JSONResponse:
         # Nobody reads this answer; it keeps a client that hung up out of the error log.
         log.info("client went away during %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body(400, "client_disconnected", "The client went away."), status_code=400
-        )
+        return respond(request, 400, "client_disconnected", "The client went away.")
 
     @app.exception_handler(sqlalchemy.exc.OperationalError)
     @app.exception_handler(sqlalchemy.exc.InterfaceError)
@@ -124,20 +135,15 @@ def install(app: FastAPI) -> None:
             request.url.path,
             str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
         )
-        return JSONResponse(
-            error_body(
-                503,
-                "database_unavailable",
-                "The service cannot reach its database right now; retry shortly.",
-            ),
-            status_code=503,
+        return respond(
+            request,
+            503,
+            "database_unavailable",
+            "The service cannot reach its database right now; retry shortly.",
             headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body(500, "internal_error", "The server failed to handle this request."),
-            status_code=500,
-        )
+        return respond(request, 500, "internal_error", "The server failed to handle this request.")
