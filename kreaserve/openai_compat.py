@@ -22,7 +22,6 @@ MIN_SIDE, MAX_SIDE = 64, 4096
 _SIZE = re.compile(r"^(\d{1,5})[xX](\d{1,5})$")
 #: OpenAI `quality` values that ask for the larger tier when no size says which.
 HIGH_QUALITY = frozenset({"hd", "high"})
-OUTPUT_FORMATS = ("png",)
 
 
 class SizeError(ValueError):
@@ -42,6 +41,8 @@ class ImagesRequest(BaseModel):
     quality: str | None = None
     response_format: Literal["url", "b64_json"] = "url"
     output_format: str = "png"
+    #: OpenAI's name for the JPEG/WebP quality, 0-100 (the contract's output_quality).
+    output_compression: int | None = Field(default=None, ge=0, le=100, strict=True)
     style: str | None = None
     user: str | None = None
 

@@ -47,7 +47,7 @@ def test_url_answer_links_to_the_image_of_the_mapped_size(full_server: Server) -
     assert reservations(full_server, account_id) == 1
 
 
-def test_b64_json_with_n_2_is_two_images_and_two_charges(full_server: Server) -> None:
+def test_b64_json_webp_with_n_2_is_two_images_and_two_charges(full_server: Server) -> None:
     account_id, key = full_server.account(credits=10)
     with client(full_server, key) as api:
         answer = api.images.generate(
@@ -56,6 +56,8 @@ def test_b64_json_with_n_2_is_two_images_and_two_charges(full_server: Server) ->
             n=2,
             size="1792x1024",  # DALL-E 3's wide size: 16:9, 1K
             response_format="b64_json",
+            output_format="webp",
+            output_compression=80,
             quality="hd",  # ignored: the size decides the tier
             style="vivid",
             user="end-user-7",
@@ -64,7 +66,7 @@ def test_b64_json_with_n_2_is_two_images_and_two_charges(full_server: Server) ->
     for item in answer.data:
         assert item.b64_json and item.url is None
         image = Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
-        assert image.size == contract.PIXELS[("16:9", "1K")]
+        assert (image.format, image.size) == ("WEBP", contract.PIXELS[("16:9", "1K")])
     assert reservations(full_server, account_id) == 2
     with full_server.client(key) as http:
         credits = http.get("/v1/credits").json()

@@ -114,6 +114,7 @@ def post(app: object, key: str, body: object, path: str = "/openai/v1/images/gen
         ({"prompt": "   "}, 400, "prompt", "invalid_prompt"),
         ({"size": "1024x1024"}, 400, "prompt", "missing_required_parameter"),
         ({"prompt": "a fox", "output_format": "tiff"}, 400, "output_format", None),
+        ({"prompt": "a fox", "output_compression": 101}, 400, "output_compression", None),
         ([1, 2], 400, None, "invalid_json"),
     ],
 )

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import accounts, contract, openai_compat, schemas, task_queue, tracing
+from kreaserve import accounts, contract, images, openai_compat, schemas, task_queue, tracing
 from kreaserve.api import creating
 from kreaserve.api.deps import PrincipalDep, Services, ServicesDep, read_json_body
 from kreaserve.api.errors import APIError
@@ -41,7 +41,8 @@ async def generate_images(
     request: Request, services: ServicesDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     """OpenAI's images.generate: `model`, `prompt`, `n` 1-4, `size` `WxH`, `quality`,
-    `response_format` `url` or `b64_json`, `output_format` `png`; waits for the images."""
+    `response_format` `url` or `b64_json`, `output_format` `png`, `jpeg` or `webp` with
+    `output_compression`; waits for the images."""
     payload = await read_json_body(request, services.settings.max_body_bytes)
     if not isinstance(payload, dict):
         raise APIError(400, "invalid_json", "The request body must be a JSON object.")
@@ -51,15 +52,18 @@ async def generate_images(
         first = exc.errors()[0]
         param = str(first["loc"][0]) if first["loc"] else None
         raise APIError(400, f"invalid_{param}", f"{param}: {first['msg']}", param) from None
-    if body.output_format not in openai_compat.OUTPUT_FORMATS:
-        formats = ", ".join(openai_compat.OUTPUT_FORMATS)
-        message = f"output_format must be one of {formats} on this server"
-        raise APIError(400, "invalid_output_format", message, "output_format")
     try:
         ratio, tier = openai_compat.map_size(body.size, body.quality)
     except openai_compat.SizeError as exc:
         raise APIError(400, "invalid_size", str(exc), "size") from None
-    contract_body = {"model": body.model, "size": ratio, "quality": tier}
+    contract_body = {
+        "model": body.model,
+        "size": ratio,
+        "quality": tier,
+        "output_format": body.output_format,
+    }
+    if body.output_compression is not None:  # OpenAI's 0-100; the contract's quality is 1-100
+        contract_body["output_quality"] = max(1, body.output_compression)
     if body.prompt is not None:  # else the contract's "prompt is required"
         contract_body["prompt"] = body.prompt
     try:
@@ -75,6 +79,8 @@ async def generate_images(
         callback_url=None,
         model=parsed.model,
         traceparent=tracing.incoming(request.headers.get("traceparent")),
+        output_format=parsed.output_format or images.DEFAULT_FORMAT,
+        output_quality=parsed.output_quality or images.DEFAULT_QUALITY,
     )
     tasks = await run_in_threadpool(create_tasks, services, principal, params, body.n)
     ids = [task.id for task in tasks]
@@ -90,7 +96,7 @@ async def generate_images(
             headers=NO_RETRY,
         )
     data = await run_in_threadpool(images_of, services, ended, body.response_format)
-    return {"created": tasks[0].created, "data": data}
+    return {"created": tasks[0].created, "data": data, "output_format": params.output_format}
 
 
 def create_tasks(
