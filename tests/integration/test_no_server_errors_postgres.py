@@ -32,4 +32,4 @@ def test_no_operation_answers_500_on_postgres(postgres_target: Target) -> None:
         f"{sum(seen.values())} requests over {len(postgres_target.operations)} operations: "
         f"{dict(sorted(seen.items()))}"
     )
-    assert not [status for status in seen if status[0] == "5" and status[:3] != "503"]
+    assert not [status for status in seen if status[0] == "5" and status[:3] not in ("503", "504")]

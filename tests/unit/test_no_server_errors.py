@@ -44,6 +44,7 @@ class Target:
             admin_token=ADMIN,
             requests_per_minute=10**9,
             max_tasks_in_flight=10**6,
+            openai_wait_seconds=0.2,  # no worker: the OpenAI endpoint's wait ends in a 504
         )
         self.app = create_app(config, db=self.db)
         self.operations = fuzzing.operations(self.app.openapi())
@@ -99,4 +100,4 @@ def test_no_operation_answers_500_on_sqlite(sqlite_target: Target) -> None:
         f"{dict(seen)}"
     )
     assert len(sqlite_target.operations) >= 25
-    assert not [status for status in seen if status[0] == "5" and status[:3] != "503"]
+    assert not [status for status in seen if status[0] == "5" and status[:3] not in ("503", "504")]
