@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import string
+from enum import StrEnum
 
 MODEL = "krea-2-turbo"
 MODELS = (MODEL,)
@@ -43,10 +44,24 @@ TASK_ID_PREFIX = "task-unified-"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 TASK_ID_RE = re.compile(r"^task-unified-(\d{1,12})-([a-z0-9]{8})$")
 
-# Task states.
+
+class TaskStatus(StrEnum):
+    """A task's status (the contract's `status`; also what the task table stores)."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 PENDING, PROCESSING, COMPLETED, FAILED, CANCELLED = (
-    "pending", "processing", "completed", "failed", "cancelled",
-)  # fmt: skip
+    TaskStatus.PENDING,
+    TaskStatus.PROCESSING,
+    TaskStatus.COMPLETED,
+    TaskStatus.FAILED,
+    TaskStatus.CANCELLED,
+)
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 
 #: The `error.code` values a failed or cancelled task may carry.

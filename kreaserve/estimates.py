@@ -23,6 +23,7 @@ from sqlalchemy import func, select, text
 from kreaserve import contract
 from kreaserve.db import Database
 from kreaserve.db.models import Task, WorkerRecord
+from kreaserve.states import WorkerState
 from kreaserve.worker_registry import WORKER_STALE_SECONDS
 
 #: Seconds per image assumed before any task of that tier has completed.
@@ -82,7 +83,7 @@ def read_snapshot(db: Database) -> Snapshot:
             recent = (
                 select(Task.engine_seconds)
                 .where(
-                    text("status = 'completed'"),
+                    text(f"status = '{contract.COMPLETED}'"),
                     Task.quality == quality,
                     Task.engine_seconds.is_not(None),
                 )
@@ -94,7 +95,7 @@ def read_snapshot(db: Database) -> Snapshot:
             if average:
                 rates[quality] = float(average)
         for quality, created_at in session.execute(
-            select(Task.quality, Task.created_at).where(text("status = 'pending'"))
+            select(Task.quality, Task.created_at).where(text(f"status = '{contract.PENDING}'"))
         ):
             pending.setdefault(quality, []).append(created_at)
         processing = dict(
@@ -108,7 +109,7 @@ def read_snapshot(db: Database) -> Snapshot:
             select(func.count())
             .select_from(WorkerRecord)
             .where(
-                WorkerRecord.state == "ready",
+                WorkerRecord.state == WorkerState.READY,
                 WorkerRecord.heartbeat_at > time.time() - WORKER_STALE_SECONDS,
             )
         ).scalar_one()

@@ -26,6 +26,7 @@ from kreaserve import ledger
 from kreaserve.db import Database
 from kreaserve.db.models import Account, RateWindow, Task
 from kreaserve.db.rows import changed_rows
+from kreaserve.states import BillingState
 
 WINDOW_SECONDS = 60
 #: A process leases this share of an account's per-minute limit at a time (at least 1).
@@ -249,7 +250,7 @@ def spent_today(session: Session, account_id: int, now: float | None = None) -> 
             select(func.coalesce(func.sum(Task.price_units), 0)).where(
                 Task.account_id == account_id,
                 Task.created_at >= midnight,
-                Task.billing_state.in_(("reserved", "charged")),
+                Task.billing_state.in_((BillingState.RESERVED, BillingState.CHARGED)),
             )
         ).scalar_one()
     )

@@ -145,6 +145,7 @@ class DatabaseCollector(Collector):
 
         from kreaserve import contract, worker_registry
         from kreaserve.db.models import Task
+        from kreaserve.states import WorkerState
 
         now = time.time()
         with self.db.read() as session:
@@ -171,7 +172,9 @@ class DatabaseCollector(Collector):
         engines = GaugeMetricFamily(
             "kreaserve_engines", "Engines of live workers, by state.", labels=["state"]
         )
-        counts: dict[str, int] = dict.fromkeys(("starting", "ready", "failed"), 0)
+        counts: dict[str, int] = dict.fromkeys(
+            (WorkerState.STARTING, WorkerState.READY, WorkerState.FAILED), 0
+        )
         for worker in worker_registry.live_workers(self.db):
             counts[worker.state] = counts.get(worker.state, 0) + 1
         for state, count in sorted(counts.items()):

@@ -18,8 +18,7 @@ from kreaserve import contract
 from kreaserve.db import Database
 from kreaserve.db.models import CallbackAttempt, CallbackDelivery, Task
 from kreaserve.db.rows import changed_rows
-
-PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
+from kreaserve.states import DeliveryState
 
 
 def webhook_id(task_id: str) -> str:
@@ -38,7 +37,7 @@ def enqueue(session: Session, task: Task) -> None:
             account_id=task.account_id,
             url=task.callback_url,
             webhook_id=webhook_id(task.id),
-            status=PENDING,
+            status=DeliveryState.PENDING,
             attempts=0,
             next_attempt_at=now,
             created_at=now,
@@ -80,14 +79,14 @@ def claim_due(
     )
     due = (
         select(row.id, row.account_id, row.next_attempt_at, rank.label("rank"))
-        .where(row.status == PENDING, row.next_attempt_at <= now, free)
+        .where(row.status == DeliveryState.PENDING, row.next_attempt_at <= now, free)
         .subquery()
     )
     fair = select(due.c.id).order_by(due.c.rank, due.c.next_attempt_at, due.c.id).limit(limit)
     if per_account is not None:
         busy = (
             select(row.account_id, func.count().label("held"))
-            .where(row.status == PENDING, row.locked_until >= now)
+            .where(row.status == DeliveryState.PENDING, row.locked_until >= now)
             .group_by(row.account_id)
             .subquery()
         )
@@ -97,7 +96,9 @@ def claim_due(
     # The dispatcher asks ten times a second and the outbox is mostly empty: look first in
     # a read, which on SQLite takes no write lock (creates would queue behind it).
     with db.read() as session:
-        probe = select(row.id).where(row.status == PENDING, row.next_attempt_at <= now, free)
+        probe = select(row.id).where(
+            row.status == DeliveryState.PENDING, row.next_attempt_at <= now, free
+        )
         if session.execute(probe.limit(1)).first() is None:
             return []
     with db.transaction() as session:
@@ -108,7 +109,7 @@ def claim_due(
         ids = list(
             session.execute(
                 select(row.id)
-                .where(row.id.in_(candidates), row.status == PENDING, free)
+                .where(row.id.in_(candidates), row.status == DeliveryState.PENDING, free)
                 .with_for_update(skip_locked=True)
             ).scalars()
         )
@@ -141,14 +142,14 @@ def record_attempt(
     succeeded = error is None and status_code is not None and 200 <= status_code < 300
     now = time.time()
     if succeeded:
-        values: dict[str, object] = {"status": SUCCEEDED, "finished_at": now}
+        values: dict[str, object] = {"status": DeliveryState.SUCCEEDED, "finished_at": now}
     elif number <= len(contract.CALLBACK_RETRY_DELAYS):
         values = {
-            "status": PENDING,
+            "status": DeliveryState.PENDING,
             "next_attempt_at": now + contract.CALLBACK_RETRY_DELAYS[number - 1],
         }
     else:
-        values = {"status": FAILED, "finished_at": now}
+        values = {"status": DeliveryState.FAILED, "finished_at": now}
     with db.transaction() as session:
         result = session.execute(
             update(CallbackDelivery)
@@ -227,7 +228,10 @@ def redeliver(db: Database, task: Task, per_minute: int) -> None:
         pending = session.execute(
             select(func.count())
             .select_from(CallbackDelivery)
-            .where(CallbackDelivery.task_id == task.id, CallbackDelivery.status == PENDING)
+            .where(
+                CallbackDelivery.task_id == task.id,
+                CallbackDelivery.status == DeliveryState.PENDING,
+            )
         ).scalar_one()
         if pending:
             raise DeliveryPending

@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from kreaserve.states import BillingState
+
 
 class Base(DeclarativeBase):
     pass
@@ -153,7 +155,7 @@ class Task(Base):
     price_units: Mapped[int] = mapped_column(BigInteger)
     user_group: Mapped[str] = mapped_column(String(64), default="default")
     #: reserved -> charged | released; guards against charging twice.
-    billing_state: Mapped[str] = mapped_column(String(16), default="reserved")
+    billing_state: Mapped[str] = mapped_column(String(16), default=BillingState.RESERVED)
 
     #: storage keys of the images, once completed.
     result_keys: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)

@@ -12,6 +12,7 @@ from kreaserve import contract, ledger, metrics
 from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from kreaserve.db.models import Task
+from kreaserve.states import BillingState
 
 #: The error of a task its owner cancelled (the contract's `request_cancelled`).
 CANCELLED_ERROR = {"error_code": "request_cancelled", "error_message": "Cancelled by the client."}
@@ -58,7 +59,7 @@ def complete(
             result_keys=result_keys,
             results_expire_at=now + ttl_seconds,
             engine_seconds=engine_seconds,
-            billing_state="charged",
+            billing_state=BillingState.CHARGED,
         )
         if task is None:
             return False
@@ -85,7 +86,7 @@ def fail(
             status,
             error_code=code,
             error_message=message,
-            billing_state="released",
+            billing_state=BillingState.RELEASED,
         )
         if task is None:
             return False

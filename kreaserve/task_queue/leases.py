@@ -13,6 +13,7 @@ from kreaserve import contract, images, ledger, metrics, phases
 from kreaserve.db import Database
 from kreaserve.db.models import Task
 from kreaserve.db.rows import changed_rows
+from kreaserve.states import BillingState
 from kreaserve.task_queue.endings import CANCELLED_ERROR, end
 
 
@@ -228,7 +229,7 @@ def reap(db: Database, max_attempts: int) -> int:
                     None,
                     contract.CANCELLED,
                     **CANCELLED_ERROR,
-                    billing_state="released",
+                    billing_state=BillingState.RELEASED,
                 )
             elif row.attempts >= max_attempts:
                 task = end(
@@ -239,7 +240,7 @@ def reap(db: Database, max_attempts: int) -> int:
                     error_code="service_error",
                     error_message=f"The worker stopped {row.attempts} times while "
                     "running this task; it was given up.",
-                    billing_state="released",
+                    billing_state=BillingState.RELEASED,
                 )
             else:
                 session.execute(_back_to_pending(true(), row.id))

@@ -12,6 +12,7 @@ from kreaserve import contract, idempotency, images, ledger, limits, metrics
 from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from kreaserve.db.models import Task
+from kreaserve.states import BillingState
 from kreaserve.task_queue.endings import CANCELLED_ERROR
 
 # The refusals of `create` (defined with the limits that raise them).
@@ -86,7 +87,7 @@ def create(
             attempts=0,
             price_units=price_units,
             user_group=user_group,
-            billing_state="reserved",
+            billing_state=BillingState.RESERVED,
             results_purged=False,
         )
         session.add(task)
@@ -122,7 +123,7 @@ def cancel(db: Database, account_id: int, task_id: str) -> Task | None:
                 status=contract.CANCELLED,
                 finished_at=time.time(),
                 **CANCELLED_ERROR,
-                billing_state="released",
+                billing_state=BillingState.RELEASED,
             )
             .returning(Task)
         ).scalar_one_or_none()

@@ -12,6 +12,7 @@ import threading
 
 from kreaserve import worker_registry
 from kreaserve.db import Database
+from kreaserve.states import WorkerState
 from kreaserve.worker.outage import Backoff, brief, is_outage
 
 log = logging.getLogger("kreaserve.worker")
@@ -24,7 +25,7 @@ class Heartbeat:
 
     def __init__(self, db: Database, worker_id: str, weights: str) -> None:
         self.db, self.worker_id, self.weights = db, worker_id, weights
-        self.state = "starting"
+        self.state: str = WorkerState.STARTING
         self.info: dict[str, str | None] = {}
         self._backoff = Backoff()
 

@@ -34,6 +34,7 @@ from kreaserve.db import Database
 from kreaserve.engine import messages as m
 from kreaserve.engine.handle import EngineDied, EngineHandle, EngineStartError
 from kreaserve.engine.process import EngineProcess
+from kreaserve.states import WorkerState
 from kreaserve.storage import Storage
 from kreaserve.worker.finish import Outcome, Running, TaskFinisher
 from kreaserve.worker.heartbeat import Heartbeat
@@ -103,7 +104,7 @@ class Worker:
             if thread is not threading.current_thread():
                 thread.join(timeout=STOP_GRACE_SECONDS + 10)
         self.engine.stop()
-        self.heartbeat.state = "stopped"
+        self.heartbeat.state = WorkerState.STOPPED
         try:
             self.heartbeat.beat()
         except Exception:  # noqa: BLE001 - the database may already be gone at exit
@@ -122,7 +123,7 @@ class Worker:
 
     def _fatal(self, message: str) -> None:
         self.fatal_message = message
-        self.heartbeat.state = "failed"
+        self.heartbeat.state = WorkerState.FAILED
         self.heartbeat.info["message"] = message
         try:
             self.heartbeat.beat()
@@ -135,7 +136,7 @@ class Worker:
     # --- engine ---------------------------------------------------------------------------
 
     def _start_engine(self) -> bool:
-        self.heartbeat.state = "starting"
+        self.heartbeat.state = WorkerState.STARTING
         self.heartbeat.try_beat()
         try:
             ready = self.engine.start(self.settings.engine_start_timeout)
@@ -162,7 +163,7 @@ class Worker:
             info.get("dtype", "?"),
             device or "?",
         )
-        self.heartbeat.state = "ready"
+        self.heartbeat.state = WorkerState.READY
         self.heartbeat.try_beat()
         return True
 

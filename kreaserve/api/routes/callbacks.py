@@ -14,6 +14,7 @@ from kreaserve.api.errors import APIError
 from kreaserve.api.routes.tasks import check_task_id, not_found
 from kreaserve.callbacks import outbox
 from kreaserve.db.models import CallbackAttempt, CallbackDelivery
+from kreaserve.states import DeliveryState
 
 router = APIRouter()
 
@@ -27,7 +28,7 @@ def delivery_object(delivery: CallbackDelivery, attempts: list[CallbackAttempt])
         "status": delivery.status,
         "created": int(delivery.created_at),
         "next_attempt_at": (
-            round(delivery.next_attempt_at, 3) if delivery.status == outbox.PENDING else None
+            round(delivery.next_attempt_at, 3) if delivery.status == DeliveryState.PENDING else None
         ),
         "attempts": [
             {

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kreaserve import worker_registry
 from kreaserve.api.deps import ServicesDep
+from kreaserve.states import WorkerState
 
 router = APIRouter()
 
@@ -36,7 +37,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         for w in workers
     ]
     warnings = sorted({w.warning for w in workers if w.warning})
-    ready = any(w.state == "ready" for w in workers)
+    ready = any(w.state == WorkerState.READY for w in workers)
     body: dict[str, Any] = {
         "status": "ready" if ready else "not_ready",
         "engines": engines,
