@@ -299,3 +299,27 @@ def test_a_stream_costs_one_short_read_a_second(app_db: tuple[Any, Database]) ->
     assert answer.status_code == 200
     # POLL_SECONDS is 0.02 here: about 50 reads in the second, one statement each.
     assert 10 <= reads <= 1.0 / events.POLL_SECONDS + 2, reads
+
+
+def test_a_quiet_stream_gets_keep_alive_comments(
+    app_db: tuple[Any, Database], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, db = app_db
+    monkeypatch.setattr(events, "PING_SECONDS", 0.1)  # 15 s in production
+    account_id, key = new_account(db)
+    params = queue.NewTask("x", "1:1", "1K", 1, False, None)
+    task = queue.create(db, account_id, None, "default", params, 1)
+    queue.claim(db, WORKER, 60)
+
+    async def run() -> httpx.Response:
+        async with client_for(app, key) as client:
+            done = lambda: queue.complete(db, task.id, WORKER, ["k"], 60, 1.0)  # noqa: E731
+            return await stream_while(
+                client, f"/v1/tasks/{task.id}/events", [lambda: None] * 5 + [done]
+            )
+
+    body = asyncio.run(run()).text
+    comments = [line for line in body.splitlines() if line.startswith(":")]
+    # Nothing changed for half a second: the only lines between the events are pings.
+    assert len(comments) >= 2, body
+    assert [e["event"] for e in parse(body)] == ["progress", "task"]
