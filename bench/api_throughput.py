@@ -16,7 +16,9 @@ so every run sees the same queue.
         [--endpoints poll,create,credits,healthz]
 
 The table gives the median over repeats of requests/s, p50 and p99 (wrk's), the ratio
-kreaserve / bare, and wrk's non-2xx answers and socket errors (connect/read/write/timeout).
+kreaserve / bare, each server's CPU time per request (user + system, from /proc: on a
+shared machine it moves far less than requests/s do), and wrk's non-2xx answers and
+socket errors (connect/read/write/timeout).
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ class Sample:
     p99_ms: float
     non2xx: int
     socket_errors: str
+    #: the server process's CPU time (user + system) per request, from /proc: less moved
+    #: by other work on a shared machine than requests per second are
+    cpu_ms: float = float("nan")
 
 
 def _ms(text: str) -> float:
@@ -102,7 +107,14 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Sample:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: float, pid: int) -> Sample:
+    began = cpu_seconds(pid)
     out = subprocess.run(
         [
             "wrk",
@@ -118,6 +130,8 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Sample:
         text=True,
         check=True,
     ).stdout
+    cpu = cpu_seconds(pid) - began
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
@@ -129,6 +143,7 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Sample:
         p99,
         int(non2xx.group(1)) if non2xx else 0,
         "/".join(sock.groups()) if sock else "0/0/0/0",
+        cpu * 1000 / max(1, requests),
     )
 
 
@@ -306,7 +321,10 @@ def bench_backend(
                 method, path = paths[endpoint]
                 samples: dict[str, list[Sample]] = {"bare": [], "kreaserve": []}
                 for rep in range(repeats + 1):  # the first round warms both up
-                    for side, base in (("bare", bare_url), ("kreaserve", ks_url)):
+                    for side, base, pid in (
+                        ("bare", bare_url, bare.pid),
+                        ("kreaserve", ks_url, kreaserve.pid),
+                    ):
                         script = work / f"{side}-{endpoint}.lua"
                         script.write_text(
                             lua_script(
@@ -316,7 +334,9 @@ def bench_backend(
                                 secrets.token_hex(4),
                             )
                         )
-                        sample = run_wrk(base + path, script, conns, 1 if rep == 0 else seconds)
+                        sample = run_wrk(
+                            base + path, script, conns, 1 if rep == 0 else seconds, pid
+                        )
                         if rep:
                             samples[side].append(sample)
                         if endpoint == "create" and side == "kreaserve":
@@ -344,6 +364,7 @@ def row(db: str, depth: int, conns: int, endpoint: str, samples: dict[str, list[
             statistics.median(s.p99_ms for s in got),
             sum(s.non2xx for s in got),
             " ".join(s.socket_errors for s in got),
+            statistics.median(s.cpu_ms for s in got),
         )
         for side, got in samples.items()
     }
@@ -351,7 +372,8 @@ def row(db: str, depth: int, conns: int, endpoint: str, samples: dict[str, list[
     return (
         f"| {db} | {depth} | {conns} | {endpoint} | {b.rps:.0f} | {b.p50_ms:.1f} / "
         f"{b.p99_ms:.1f} | {k.rps:.0f} | {k.p50_ms:.1f} / {k.p99_ms:.1f} | "
-        f"**{k.rps / b.rps:.2f}** | {k.non2xx} | {k.socket_errors} |"
+        f"**{k.rps / b.rps:.2f}** | {b.cpu_ms:.2f} / {k.cpu_ms:.2f} | {k.non2xx} | "
+        f"{k.socket_errors} |"
     )
 
 
@@ -429,10 +451,11 @@ def main() -> None:
     )
     print(
         "| database | pending ahead | connections | request | bare req/s | bare p50 / p99 ms "
-        "| kreaserve req/s | kreaserve p50 / p99 ms | ratio | non-2xx | socket errors "
+        "| kreaserve req/s | kreaserve p50 / p99 ms | ratio | CPU ms/request bare / kreaserve "
+        "| non-2xx | socket errors "
         "c/r/w/t |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\nRSS after the run: " + "; ".join(rss))
 
