@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import accounts, contract, task_queue
+from kreaserve import contract, self_service, task_queue
 from kreaserve.api.deps import PrincipalDep, ServicesDep
 from kreaserve.api.errors import APIError
 from kreaserve.api.routes.tasks import check_task_id, not_found
@@ -112,19 +112,16 @@ def secret_object(secret: str) -> dict[str, str]:
 async def get_secret(services: ServicesDep, principal: PrincipalDep) -> dict[str, str]:
     """The account's secret that signs its callbacks (Standard Webhooks, `whsec_...`)."""
 
-    def read() -> str:
-        with services.db.transaction() as session:
-            return accounts.webhook_secret(session, principal.account_id)
-
-    return secret_object(await run_in_threadpool(read))
+    return secret_object(
+        await run_in_threadpool(self_service.webhook_secret, services.db, principal.account_id)
+    )
 
 
 @router.post("/v1/callbacks/secret/rotate")
 async def rotate_secret(services: ServicesDep, principal: PrincipalDep) -> dict[str, str]:
     """A new signing secret; every callback sent from now on is signed with it."""
 
-    def rotate() -> str:
-        with services.db.transaction() as session:
-            return accounts.rotate_webhook_secret(session, principal.account_id)
-
-    return secret_object(await run_in_threadpool(rotate))
+    secret = await run_in_threadpool(
+        self_service.rotate_webhook_secret, services.db, principal.account_id
+    )
+    return secret_object(secret)

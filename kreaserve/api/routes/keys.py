@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import accounts, limits
+from kreaserve import self_service
 from kreaserve.api.deps import PrincipalDep, ServicesDep, rate_limited, read_json_body
 from kreaserve.api.errors import APIError
-from kreaserve.db.models import ApiKey
 from kreaserve.presenters import key_object, new_key_object
 
 router = APIRouter()
@@ -34,14 +33,8 @@ def key_name(payload: Any) -> str:
 
 @router.get("/v1/keys")
 async def list_keys(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
-    def read() -> list[dict[str, Any]]:
-        with services.db.read() as session:
-            return [
-                key_object(k, principal.key_id)
-                for k in accounts.list_keys(session, principal.account_id)
-            ]
-
-    return {"object": "list", "data": await run_in_threadpool(read)}
+    keys = await run_in_threadpool(self_service.list_keys, services.db, principal.account_id)
+    return {"object": "list", "data": [key_object(k, principal.key_id) for k in keys]}
 
 
 @router.post("/v1/keys")
@@ -51,32 +44,27 @@ async def create_key(
     """A new key of the caller's account; `key` is shown in this answer only. At most
     `max_keys_per_account` live keys, and `key_creates_per_minute` creations."""
     name = key_name(await read_json_body(request, services.settings.max_body_bytes))
-    most = services.settings.max_keys_per_account
-
-    def create() -> dict[str, Any]:
-        with services.db.transaction() as session:
-            if accounts.live_key_count(session, principal.account_id) >= most:
-                raise APIError(
-                    403,
-                    "too_many_keys",
-                    f"This account already has {most} live keys, the most it may "
-                    "hold; revoke one (POST /v1/keys/{id}/revoke) first.",
-                )
-            limit_key_creation(session, services, principal)
-            new = accounts.create_key(session, principal.account_id, name)
-            return new_key_object(new, session.get_one(ApiKey, new.key_id))
-
-    return await run_in_threadpool(create)
-
-
-def limit_key_creation(session: Session, services: ServicesDep, principal: PrincipalDep) -> None:
-    """429 once the account created (or rotated) `key_creates_per_minute` keys this minute;
-    counted in the transaction that makes the key, so a refused one is not counted."""
-    refusal = limits.count_one(
-        session, principal.account_id, limits.KEY_CREATES, services.settings.key_creates_per_minute
-    )
-    if refusal is not None:
-        raise rate_limited(refusal)
+    try:
+        issued = await run_in_threadpool(
+            functools.partial(
+                self_service.create_key,
+                services.db,
+                principal.account_id,
+                name,
+                max_keys=services.settings.max_keys_per_account,
+                creates_per_minute=services.settings.key_creates_per_minute,
+            )
+        )
+    except self_service.TooManyKeys as exc:
+        raise APIError(
+            403,
+            "too_many_keys",
+            f"This account already has {exc.most} live keys, the most it may "
+            "hold; revoke one (POST /v1/keys/{id}/revoke) first.",
+        ) from None
+    except self_service.CreationsLimited as exc:
+        raise rate_limited(exc.refusal) from None
+    return new_key_object(issued.new, issued.key)
 
 
 #: The largest id of a 32-bit integer column.
@@ -95,20 +83,24 @@ def parse_key_id(key_id: str) -> int:
 async def rotate_key(key_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Revoke the key and issue a new one with the same name, in one step."""
     number = parse_key_id(key_id)
-
-    def rotate() -> dict[str, Any]:
-        with services.db.transaction() as session:
-            limit_key_creation(session, services, principal)
-            new = accounts.rotate_key(session, principal.account_id, number)
-            if new is None:
-                raise APIError(
-                    404, "key_not_found", f"No live key {key_id} for this account.", "key_id"
-                )
-            return new_key_object(new, session.get_one(ApiKey, new.key_id))
-
-    answer = await run_in_threadpool(rotate)
+    try:
+        issued = await run_in_threadpool(
+            functools.partial(
+                self_service.rotate_key,
+                services.db,
+                principal.account_id,
+                number,
+                creates_per_minute=services.settings.key_creates_per_minute,
+            )
+        )
+    except self_service.CreationsLimited as exc:
+        raise rate_limited(exc.refusal) from None
+    except self_service.KeyNotFound:
+        raise APIError(
+            404, "key_not_found", f"No live key {key_id} for this account.", "key_id"
+        ) from None
     services.keys.forget_key(number)
-    return answer
+    return new_key_object(issued.new, issued.key)
 
 
 @router.post("/v1/keys/{key_id}/revoke")
@@ -116,14 +108,13 @@ async def revoke_key(key_id: str, services: ServicesDep, principal: PrincipalDep
     """Revoke a key; it stops working at once on this API process, and on the others
     within `auth_cache_seconds`."""
     number = parse_key_id(key_id)
-
-    def revoke() -> dict[str, Any]:
-        with services.db.transaction() as session:
-            key = accounts.revoke_account_key(session, principal.account_id, number)
-            if key is None:
-                raise APIError(404, "key_not_found", f"No key {key_id} for this account.", "key_id")
-            return key_object(key, principal.key_id)
-
-    answer = await run_in_threadpool(revoke)
+    try:
+        key = await run_in_threadpool(
+            self_service.revoke_key, services.db, principal.account_id, number
+        )
+    except self_service.KeyNotFound:
+        raise APIError(
+            404, "key_not_found", f"No key {key_id} for this account.", "key_id"
+        ) from None
     services.keys.forget_key(number)
-    return answer
+    return key_object(key, principal.key_id)
