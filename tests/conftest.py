@@ -19,6 +19,7 @@ import pytest
 
 from kreaserve import accounts, ledger
 from kreaserve.db import Database, upgrade
+from kreaserve.moderation import encoder
 from tests.s3util import MotoServer, moto_server
 
 POSTGRES_URL = os.environ.get(
@@ -67,11 +68,28 @@ def make_postgres_database(admin_url: str) -> tuple[str, callable]:
     return f"{base}/{name}", drop
 
 
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of this test run that every xdist worker shares (the run's base temp folder
+    is per worker under xdist; its parent is the run's). What goes in it is built once under
+    a file lock by whoever comes first (kreaserve/cachedir.py), so workers never race."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One preset cache for the whole session (the tiny-random build happens once, here)."""
+    """One preset cache for the whole run (the tiny-random build happens once, in the first
+    server or engine that asks; the other xdist workers find it built)."""
     override = os.environ.get("KREASERVE_TEST_CACHE_DIR")
-    return Path(override) if override else tmp_path_factory.mktemp("weights-cache")
+    path = Path(override) if override else shared_dir(tmp_path_factory, "weights-cache")
+    # The prompt classifier's one-time ONNX export (a minute of CPU on a busy machine),
+    # built here once rather than inside the first server's start-up wait.
+    (path / "moderation").mkdir(exist_ok=True)
+    encoder.ensure_encoder(path / "moderation")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +128,20 @@ def new_account(db: Database, credits: float = 100.0, name: str = "test") -> tup
         account_id = accounts.create_account(session, name, ledger.to_units(credits))
         key = accounts.create_key(session, account_id, name)
     return account_id, key.secret
+
+
+def refused_within(send: callable, since: float, bound: float) -> httpx.Response:
+    """Send until the answer is not 200, and assert no request *sent* more than `bound`
+    seconds after `since` was answered 200. Timing the sending, not the answer, keeps the
+    check exact on a loaded machine: a request that waited in a queue was still checked
+    after it was sent. Returns the first answer that was not 200."""
+    while True:
+        sent = time.monotonic()
+        response = send()
+        if response.status_code != 200:
+            return response
+        assert sent - since < bound, f"still accepted {sent - since:.2f} s after revoking"
+        time.sleep(0.05)
 
 
 # --- servers -------------------------------------------------------------------------------
@@ -352,8 +384,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under KREASERVE_REQUIRE_POSTGRES=1 (CI), any skipped test fails the run."""
-    if not REQUIRE_POSTGRES:
-        return
+    if not REQUIRE_POSTGRES or hasattr(session.config, "workerinput"):
+        return  # xdist workers report to the controller, which counts every skip
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
     if skipped:

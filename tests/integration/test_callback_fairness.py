@@ -16,6 +16,9 @@ from tests.integration.test_callbacks import Receiver, attempts, callback_env
 from tests.integration.test_generation import GOOD
 from tests.tlsutil import https_server, make_ca_and_cert
 
+#: Asserts wall-clock bounds: runs alone, after the parallel part of the suite.
+pytestmark = pytest.mark.timing
+
 HOG_DELIVERIES = 40
 PER_ACCOUNT = 2
 REDELIVERIES_PER_MINUTE = 3

@@ -16,6 +16,9 @@ import pytest
 from tests.conftest import Server, start_server
 from tests.integration.test_generation import GOOD, wait_until_done
 
+#: Asserts wall-clock bounds: runs alone, after the parallel part of the suite.
+pytestmark = pytest.mark.timing
+
 #: The generation time-out of these servers. A warm 1K image takes about 2 s here, but the
 #: first 1K image on a freshly restarted child (warmed at 256x256 only) was measured above
 #: 6 s on a 2-core CI machine, so the task after a hang needs more than that.

@@ -17,6 +17,9 @@ import pytest
 
 from tests.conftest import Server, start_server
 
+#: Asserts wall-clock bounds: runs alone, after the parallel part of the suite.
+pytestmark = pytest.mark.timing
+
 HEADER_TIMEOUT = 3.0
 BODY_TIMEOUT = 4.0
 SLOW_SOCKETS = 50

@@ -1,4 +1,4 @@
-"""Fixtures of the moderation tests: the real models, exported once per session."""
+"""Fixtures of the moderation tests: the real models, exported once per test run."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 
 from kreaserve.moderation import ModerationConfig, PromptModerator, encoder
+from tests.conftest import shared_dir
 
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The one-time ONNX export, built once per test session (set
-    KREASERVE_TEST_MODERATION_CACHE to reuse one between runs)."""
+    """The one-time ONNX export, built once per test run, in the folder the test servers
+    use too (set KREASERVE_TEST_MODERATION_CACHE to reuse one between runs)."""
     reuse = os.environ.get("KREASERVE_TEST_MODERATION_CACHE")
-    path = Path(reuse) if reuse else tmp_path_factory.mktemp("moderation-cache")
+    path = Path(reuse) if reuse else shared_dir(tmp_path_factory, "weights-cache") / "moderation"
+    path.mkdir(exist_ok=True)
     encoder.ensure_encoder(path)
     return path
 

@@ -6,9 +6,14 @@ import multiprocessing as mp
 import threading
 import time
 
+import pytest
+
 from kreaserve.engine import child
 from kreaserve.engine import messages as m
 from tests.unit.fake_engine import FakePipeline
+
+#: Asserts wall-clock bounds: runs alone, after the parallel part of the suite.
+pytestmark = pytest.mark.timing
 
 
 def test_denoising_goes_on_while_a_result_waits_for_the_reader() -> None:

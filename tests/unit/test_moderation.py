@@ -234,6 +234,7 @@ def test_disabled_categories_are_not_refused(cache_dir: Path) -> None:
 # --- the evaluation --------------------------------------------------------------------------
 
 
+@pytest.mark.timing
 def test_evaluation_meets_the_targets(moderator: PromptModerator, cache_dir: Path) -> None:
     examples = evaluate.load_eval_set()
     assert len(examples) >= 300
@@ -322,6 +323,7 @@ def test_prompt_check_never_imports_torch(cache_dir: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.timing
 def test_the_export_is_cached_and_not_rebuilt(cache_dir: Path) -> None:
     target = encoder_module.ensure_encoder(cache_dir)
     marker = json.loads((target / encoder_module.MARKER_FILE).read_text())

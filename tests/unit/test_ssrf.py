@@ -745,6 +745,7 @@ class DrippingHandler(Handler):
                 return
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("base", [SilentHandler, DrippingHandler])
 def test_the_time_limit_covers_the_whole_attempt(
     base: type[Handler], tls: tuple[Path, Path, Path], trust_ca: None

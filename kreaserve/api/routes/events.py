@@ -25,6 +25,20 @@ from kreaserve.db.models import Task
 
 router = APIRouter()
 
+#: One event of the stream (how OpenAPI tools such as schemathesis read `text/event-stream`:
+#: each event is an object of the SSE fields). `data` is JSON: the queue place, the phase,
+#: or the task object.
+EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["queued", "progress", "task"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "data": {"type": "string", "description": "A JSON object."},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+
 #: How often a stream reads its task.
 POLL_SECONDS = 1.0
 #: A comment line this often keeps proxies from closing a quiet stream.
@@ -38,7 +52,7 @@ PING_SECONDS = 15.0
         200: {
             "description": "Server-Sent Events: `queued`, `progress`, then `task` (the task "
             "object), then the end.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": EVENT_SCHEMA}},
         },
         204: {"description": "The client (by `Last-Event-ID`) has already seen the end."},
     },
