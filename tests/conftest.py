@@ -358,9 +358,34 @@ def tier(item: pytest.Item) -> str:
     return Path(str(item.path)).resolve().relative_to(TESTS).parts[0]
 
 
+#: The longest test files (measured on CI), collected first so that xdist hands them out
+#: first: started last, one of them alone would set the suite's end.
+LONGEST_FIRST = (
+    "integration/test_sizes.py",
+    "integration/test_callbacks.py",
+    "integration/test_engine_child.py",
+    "integration/test_lifecycle.py",
+    "integration/test_batching.py",
+    "engine/test_engine_batching.py",
+    "integration/test_metrics.py",
+    "integration/test_fleet.py",
+    "integration/test_openapi.py",
+    "integration/test_output_formats.py",
+    "unit/test_types.py",
+    "unit/test_no_server_errors.py",
+)
+
+
+def longest_first(item: pytest.Item) -> int:
+    path = Path(str(item.path)).resolve().relative_to(TESTS).as_posix()
+    return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that needs PostgreSQL `postgres` (the parametrized fixtures mark
-    their postgres case themselves), and keep the unit tier what it says."""
+    their postgres case themselves), keep the unit tier what it says, and put the longest
+    files first (a stable sort: the rest keep their order)."""
+    items.sort(key=longest_first)
     for item in items:
         callspec = getattr(item, "callspec", None)
         params = callspec.params.values() if callspec else ()

@@ -164,6 +164,7 @@ def test_a_server_lost_under_generate_names_the_task(tmp_path: Path, weights_cac
     assert time.monotonic() - began < 30  # bounded: it gave up after --reconnect-for
 
 
+@pytest.mark.timing
 def test_generate_follows_its_task_across_a_server_restart(
     tmp_path: Path, weights_cache: Path
 ) -> None:

@@ -87,6 +87,7 @@ def test_same_size_tasks_run_as_one_batch_and_match_their_solo_images(
             assert psnr(a, b) > 40
 
 
+@pytest.mark.timing
 def test_cancelling_one_task_of_a_batch_leaves_the_others_to_finish(
     server: tuple[str, Server],
 ) -> None:

@@ -122,6 +122,7 @@ def test_a_job_cancelled_before_it_starts_is_answered_without_running(
     assert isinstance(answers[sent.jobs[1]], m.Result)
 
 
+@pytest.mark.timing
 def test_a_real_out_of_memory_fails_the_job_and_the_child_serves_on(
     weights_cache: Path,
 ) -> None:
@@ -171,6 +172,7 @@ def test_each_child_gets_its_own_gpu_before_torch_starts(weights_cache: Path) ->
         engine.stop()
 
 
+@pytest.mark.soak
 def test_memory_does_not_grow_over_hundreds_of_jobs(engine: EngineProcess) -> None:
     """300 jobs at 256x256 in batches of 1 and 3: the child's resident memory after the
     first 60 and after all 300 stays within a few megabytes."""

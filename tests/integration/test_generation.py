@@ -8,6 +8,7 @@ import io
 import time
 
 import httpx
+import pytest
 from PIL import Image
 
 from kreaserve import contract, ledger
@@ -110,6 +111,7 @@ def test_server_picked_seed_is_recorded_and_reproduces(full_server: Server) -> N
     assert fetch_image(done["results"][0]).tobytes() == fetch_image(redo["results"][0]).tobytes()
 
 
+@pytest.mark.timing
 def test_cancel_while_processing_stops_before_the_next_step(full_server: Server) -> None:
     key = full_server.key(credits=10)
     with full_server.client(key) as client:
