@@ -359,7 +359,9 @@ def tier(item: pytest.Item) -> str:
 
 
 #: The longest test files (measured on CI), collected first so that xdist hands them out
-#: first: started last, one of them alone would set the suite's end.
+#: first (scripts/test passes --no-loadscope-reorder, which keeps this order; xdist would
+#: otherwise start the files with the most tests first): started last, one of them alone
+#: would set the suite's end.
 LONGEST_FIRST = (
     "integration/test_sizes.py",
     "integration/test_callbacks.py",
