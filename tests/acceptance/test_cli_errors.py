@@ -188,7 +188,10 @@ def test_generate_follows_its_task_across_a_server_restart(
         if second is not None:
             second.stop()
     assert running.returncode == 0, err
-    assert "lost the server" in err and "reconnected" in err and "Traceback" not in err
+    # The first server had no worker, so the task could only complete on the second. The
+    # SDK's events stream resumes by itself across the restart (with Last-Event-ID and
+    # backoff), so `generate` has nothing to report unless the SDK gives up first.
+    assert "Traceback" not in err
     task = json.loads(stdout)
     assert task["status"] == "completed" and task["output"] == str(out)
     assert urlsplit(task["results"][0]).path.endswith(".webp")
