@@ -137,25 +137,18 @@ class Database:
     def read(self) -> Iterator[Session]:
         """A session in one read-only transaction (on SQLite, without the write lock).
 
-        Writing in it is a mistake: on SQLite a write would have to upgrade the lock and
-        may fail with "database is locked" under concurrent writers."""
-        token = _read_only.set(True)
-        pending = True
-        try:
-            with self._sessions.begin() as session:
-                session.connection()  # BEGIN now, while the flag is set
-                _read_only.reset(token)
-                pending = False
-                yield session
-        finally:
-            if pending:
-                _read_only.reset(token)
+        The session is bound to a `reading()` connection, whose transaction it joins, so
+        the two read paths open their transaction one way. Writing in it is a mistake: on
+        SQLite a write would have to upgrade the lock and may fail with "database is
+        locked" under concurrent writers."""
+        with self.reading() as connection, self._sessions(bind=connection) as session:
+            yield session
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
-        """A Core connection in one read-only transaction, as `read()` but without the
-        ORM session: for the hot reads (a poll, the credits), where the session and the
-        identity map cost more than the statement does."""
+        """A Core connection in one read-only transaction, committed on success: for the
+        hot reads (a poll, the credits), where the ORM session and its identity map cost
+        more than the statement does. `read()` builds its session on it."""
         token = _read_only.set(True)
         pending = True
         try:
