@@ -1,5 +1,6 @@
 """What the sync and async clients share: the retry policy, request bodies, answer parsing
-and the polling rhythm. The clients themselves only do the I/O, so they cannot drift apart.
+and the polling decisions (the events stream's resume decisions are in `_events`). The
+clients themselves only do the I/O, so they cannot drift apart.
 
 The retry loop is written here rather than taken from a library (tenacity, httpx-retries)
 because it must treat one answer three ways at once: retry 429/503 after the server's own
@@ -16,11 +17,12 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from kreaserve.client.errors import KreaserveError
+from kreaserve.client.models import Task
 
 DEFAULT_MODEL = "krea-2-turbo"
 #: Errors raised before a request left this machine: resending cannot create a task twice.
@@ -55,6 +57,15 @@ class Retry:
         if after is None:
             return self.backoff_delay(retry_number)
         return after if after <= self.max_retry_after else None
+
+    def delay_after_error(
+        self, retry_number: int, method: str, exc: Exception, kwargs: dict[str, Any]
+    ) -> float | None:
+        """Seconds to wait before resending after a network error, or None: raise it."""
+        idempotent = has_idempotency_key(kwargs)
+        if not retryable_exception(method, exc, idempotent) or retry_number >= self.retries:
+            return None
+        return self.backoff_delay(retry_number)
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -161,3 +172,48 @@ class PollRhythm:
         else:
             self._current = min(self.ceiling, self._current * 1.5)
         return self._current
+
+
+class PollIntervals(Protocol):
+    """A client's polling settings."""
+
+    poll_interval: float
+    max_poll_interval: float
+
+
+class Polling:
+    """The decisions of polling a task until it ends: which answers to yield (a change of
+    status or progress), how long to wait (PollRhythm) and when the deadline has come.
+
+    The call's `poll_interval`, else the client's, is the base; the ceiling is the larger
+    of it and the client's `max_poll_interval`. `task` is the last one yielded."""
+
+    def __init__(
+        self,
+        client: PollIntervals,
+        task: Task,
+        *,
+        deadline: float,
+        timeout: float,
+        poll_interval: float | None,
+    ) -> None:
+        self.task_id, self.deadline, self.timeout = task.id, deadline, timeout
+        self.last: tuple[str, int] = (task.status, task.progress)
+        self._rhythm = PollRhythm(
+            poll_interval or client.poll_interval,
+            max(poll_interval or 0, client.max_poll_interval),
+        )
+
+    def changed(self, task: Task) -> bool:
+        """Whether this answer differs from the last one yielded (and remember it)."""
+        if (task.status, task.progress) == self.last:
+            return False
+        self.last = (task.status, task.progress)
+        return True
+
+    def delay(self, task: Task) -> float:
+        """Seconds until the next poll; raises TimeoutError when it would pass the deadline."""
+        delay = self._rhythm.next_delay(task.status, task.progress)
+        if time.monotonic() + delay > self.deadline:
+            raise TimeoutError(f"task {self.task_id} did not end within {self.timeout} s")
+        return delay

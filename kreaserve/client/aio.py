@@ -67,17 +67,13 @@ class AsyncClient:
             try:
                 response = await http.request(method, url, **kwargs)
             except httpx.TransportError as exc:
-                retryable = _core.retryable_exception(
-                    method, exc, _core.has_idempotency_key(kwargs)
-                )
-                if not retryable or retry_number >= self.retry.retries:
+                delay = self.retry.delay_after_error(retry_number, method, exc, kwargs)
+                if delay is None:
                     raise
-                delay = self.retry.backoff_delay(retry_number)
             else:
-                after = self.retry.delay_after(retry_number, response)
-                if after is None:
+                delay = self.retry.delay_after(retry_number, response)
+                if delay is None:
                     return response
-                delay = after
                 await response.aclose()
             await self._sleep(delay)
             retry_number += 1
@@ -147,37 +143,24 @@ class AsyncClient:
         self, task_id: str, *, last_event_id: str | None = None, timeout: float = 3600.0
     ) -> AsyncIterator[TaskEvent]:
         """See Client.events."""
-        deadline = time.monotonic() + timeout
-        failures = 0
+        stream = _events.Resume(task_id, self.retry, timeout, last_event_id)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"task {task_id} did not end within {timeout} s")
-            delay: float | None = None
+            headers, timeouts = stream.open(self._http.timeout)
             try:
                 async with aconnect_sse(
-                    self._http,
-                    "GET",
-                    f"/v1/tasks/{task_id}/events",
-                    headers=_events.headers(last_event_id),
-                    timeout=_events.timeout(self._http.timeout, remaining),
+                    self._http, "GET", stream.path, headers=headers, timeout=timeouts
                 ) as source:
                     response = source.response
                     if response.status_code == 204:  # the end was seen already
                         return
                     if not response.is_success:
                         await response.aread()
-                        if _events.unsupported(response):
-                            raise EventsUnavailable(f"{response.status_code} from the events route")
-                        delay = self.retry.delay_after(failures, response)
-                        if delay is None:
-                            raise _core.error_from(response)
+                        stream.refused(response)
                     else:
                         async for sse in source.aiter_sse():
-                            event = _events.parse(sse)
+                            event = stream.received(sse)
                             if event is None:
                                 continue
-                            failures, last_event_id = 0, event.id or last_event_id
                             yield event
                             if event.event == _events.FINAL:
                                 return
@@ -185,10 +168,7 @@ class AsyncClient:
                 raise EventsUnavailable(str(exc)) from exc
             except httpx.TransportError:
                 pass
-            failures += 1
-            if failures > self.retry.retries:
-                raise EventsUnavailable(f"the events of task {task_id} broke {failures} times")
-            await self._sleep(self.retry.backoff_delay(failures - 1) if delay is None else delay)
+            await self._sleep(stream.broke())
 
     async def follow(
         self, task_id: str, *, timeout: float = 3600.0, poll_interval: float | None = None
@@ -209,21 +189,16 @@ class AsyncClient:
             pass
         if task.done:
             return
-        rhythm = _core.PollRhythm(
-            poll_interval or self.poll_interval, max(poll_interval or 0, self.max_poll_interval)
+        polling = _core.Polling(
+            self, task, deadline=deadline, timeout=timeout, poll_interval=poll_interval
         )
-        last = (task.status, task.progress)
         while True:
             task = await self.get(task_id)
-            if (task.status, task.progress) != last:
-                last = (task.status, task.progress)
+            if polling.changed(task):
                 yield task
             if task.done:
                 return
-            delay = rhythm.next_delay(task.status, task.progress)
-            if time.monotonic() + delay > deadline:
-                raise TimeoutError(f"task {task_id} did not end within {timeout} s")
-            await self._sleep(delay)
+            await self._sleep(polling.delay(task))
 
     async def wait(
         self,

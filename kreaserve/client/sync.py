@@ -69,17 +69,13 @@ class Client:
             try:
                 response = http.request(method, url, **kwargs)
             except httpx.TransportError as exc:
-                retryable = _core.retryable_exception(
-                    method, exc, _core.has_idempotency_key(kwargs)
-                )
-                if not retryable or retry_number >= self.retry.retries:
+                delay = self.retry.delay_after_error(retry_number, method, exc, kwargs)
+                if delay is None:
                     raise
-                delay = self.retry.backoff_delay(retry_number)
             else:
-                after = self.retry.delay_after(retry_number, response)
-                if after is None:
+                delay = self.retry.delay_after(retry_number, response)
+                if delay is None:
                     return response
-                delay = after
                 response.close()
             self._sleep(delay)
             retry_number += 1
@@ -160,37 +156,24 @@ class Client:
         `last_event_id` when given. A broken stream is resumed with Last-Event-ID, up to
         `retry.retries` times in a row. Raises EventsUnavailable when the server has no
         events (or they stay broken), KreaserveError for an error answer, TimeoutError."""
-        deadline = time.monotonic() + timeout
-        failures = 0
+        stream = _events.Resume(task_id, self.retry, timeout, last_event_id)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"task {task_id} did not end within {timeout} s")
-            delay: float | None = None
+            headers, timeouts = stream.open(self._http.timeout)
             try:
                 with connect_sse(
-                    self._http,
-                    "GET",
-                    f"/v1/tasks/{task_id}/events",
-                    headers=_events.headers(last_event_id),
-                    timeout=_events.timeout(self._http.timeout, remaining),
+                    self._http, "GET", stream.path, headers=headers, timeout=timeouts
                 ) as source:
                     response = source.response
                     if response.status_code == 204:  # the end was seen already
                         return
                     if not response.is_success:
                         response.read()
-                        if _events.unsupported(response):
-                            raise EventsUnavailable(f"{response.status_code} from the events route")
-                        delay = self.retry.delay_after(failures, response)
-                        if delay is None:
-                            raise _core.error_from(response)
+                        stream.refused(response)
                     else:
                         for sse in source.iter_sse():
-                            event = _events.parse(sse)
+                            event = stream.received(sse)
                             if event is None:
                                 continue
-                            failures, last_event_id = 0, event.id or last_event_id
                             yield event
                             if event.event == _events.FINAL:
                                 return
@@ -198,10 +181,7 @@ class Client:
                 raise EventsUnavailable(str(exc)) from exc
             except httpx.TransportError:
                 pass
-            failures += 1
-            if failures > self.retry.retries:
-                raise EventsUnavailable(f"the events of task {task_id} broke {failures} times")
-            self._sleep(self.retry.backoff_delay(failures - 1) if delay is None else delay)
+            self._sleep(stream.broke())
 
     def follow(
         self, task_id: str, *, timeout: float = 3600.0, poll_interval: float | None = None
@@ -223,31 +203,18 @@ class Client:
                     yield task
         except EventsUnavailable:
             pass
-        if not task.done:
-            yield from self._poll(task_id, deadline, poll_interval, (task.status, task.progress))
-
-    def _poll(
-        self,
-        task_id: str,
-        deadline: float,
-        poll_interval: float | None,
-        last: tuple[str, int] | None = None,
-    ) -> Iterator[Task]:
-        """Poll until the task ends, yielding it at every change of status or progress."""
-        rhythm = _core.PollRhythm(
-            poll_interval or self.poll_interval, max(poll_interval or 0, self.max_poll_interval)
+        if task.done:
+            return
+        polling = _core.Polling(
+            self, task, deadline=deadline, timeout=timeout, poll_interval=poll_interval
         )
         while True:
             task = self.get(task_id)
-            if (task.status, task.progress) != last:
-                last = (task.status, task.progress)
+            if polling.changed(task):
                 yield task
             if task.done:
                 return
-            delay = rhythm.next_delay(task.status, task.progress)
-            if time.monotonic() + delay > deadline:
-                raise TimeoutError(f"task {task_id} did not end in time")
-            self._sleep(delay)
+            self._sleep(polling.delay(task))
 
     def wait(
         self,
