@@ -429,6 +429,7 @@ def test_the_page_is_served_under_a_strict_csp_and_works_under_it(
     assert response.headers["x-content-type-options"] == "nosniff"
     for path, media_type in (
         ("/account/app.js", "text/javascript"),
+        ("/account/account.js", "text/javascript"),
         ("/account/app.css", "text/css"),
     ):
         asset = httpx.get(api_server.url + path, timeout=30)
@@ -438,7 +439,10 @@ def test_the_page_is_served_under_a_strict_csp_and_works_under_it(
         assert asset.headers["x-content-type-options"] == "nosniff"
     html = httpx.get(api_server.url + "/account", timeout=30).text
     assert "<style" not in html and " style=" not in html
-    assert re.findall(r"<script[^>]*>", html) == ['<script src="/account/app.js" defer>']
+    assert re.findall(r"<script[^>]*>", html) == [
+        '<script src="/account/app.js" defer>',
+        '<script src="/account/account.js" defer>',
+    ]
     assert re.findall(r"(?:src|href)=\"(?:https?:)?//", html) == []  # nothing from elsewhere
 
     # the stylesheet applied and the script ran, under the policy

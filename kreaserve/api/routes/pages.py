@@ -21,6 +21,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+JAVASCRIPT = "text/javascript; charset=utf-8"
 
 
 @router.get("/account", response_class=HTMLResponse)
@@ -29,24 +30,27 @@ def account_page() -> HTMLResponse:
     return HTMLResponse((STATIC / "account.html").read_text(), headers=SECURITY_HEADERS)
 
 
+def _asset(name: str, media_type: str, headers: dict[str, str]) -> Response:
+    return Response((STATIC / name).read_bytes(), headers=headers, media_type=media_type)
+
+
 @router.get("/account/app.js")
+def shared_script() -> Response:
+    """What both pages' scripts share: the key, the API, the alert, signing in (the CSP
+    forbids inline code, so every script is a file)."""
+    return _asset("app.js", JAVASCRIPT, SECURITY_HEADERS)
+
+
+@router.get("/account/account.js")
 def account_script() -> Response:
-    """The page's only script (the CSP forbids inline code)."""
-    return Response(
-        (STATIC / "app.js").read_bytes(),
-        headers=SECURITY_HEADERS,
-        media_type="text/javascript; charset=utf-8",
-    )
+    """The API keys page's own script, run after app.js."""
+    return _asset("account.js", JAVASCRIPT, SECURITY_HEADERS)
 
 
 @router.get("/account/app.css")
 def account_stylesheet() -> Response:
-    """The page's only stylesheet (the CSP forbids inline styles)."""
-    return Response(
-        (STATIC / "app.css").read_bytes(),
-        headers=SECURITY_HEADERS,
-        media_type="text/css; charset=utf-8",
-    )
+    """Both pages' only stylesheet (the CSP forbids inline styles)."""
+    return _asset("app.css", "text/css; charset=utf-8", SECURITY_HEADERS)
 
 
 #: The playground shows result images, which may come from the object store's origin.
@@ -64,11 +68,7 @@ def playground_page() -> HTMLResponse:
     return HTMLResponse((STATIC / "playground.html").read_text(), headers=PLAYGROUND_HEADERS)
 
 
-@router.get("/playground/app.js")
+@router.get("/playground/playground.js")
 def playground_script() -> Response:
-    """The playground's only script."""
-    return Response(
-        (STATIC / "playground.js").read_bytes(),
-        headers=PLAYGROUND_HEADERS,
-        media_type="text/javascript; charset=utf-8",
-    )
+    """The playground's own script, run after app.js."""
+    return _asset("playground.js", JAVASCRIPT, PLAYGROUND_HEADERS)

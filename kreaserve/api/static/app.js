@@ -1,12 +1,13 @@
-// The API Key Management Page. No framework, no third-party code, no inline script.
-// Every piece of text that comes from the API is written with textContent, never innerHTML.
-// The signed-in key lives in sessionStorage only: never localStorage, a cookie or the URL.
+// What the web pages share: the API key, calls to the API with it, the alert, and signing
+// in and out. No framework, no third-party code, no inline script; text from the API goes
+// through textContent only. The signed-in key lives in sessionStorage only (this tab, shared
+// by the pages): never localStorage, a cookie or the URL. Each page's own script
+// (account.js, playground.js) runs after this one and uses window.kreaserve.
 "use strict";
 
-(function () {
+window.kreaserve = (function () {
   const STORAGE_KEY = "kreaserve.apiKey";
   const INVALID_KEY = "That key is not valid or has been revoked.";
-  const USAGE_DAYS = 30;
 
   const $ = (id) => document.getElementById(id);
 
@@ -18,7 +19,7 @@
     }
   }
 
-  // --- storage -------------------------------------------------------------------------
+  // --- the key -------------------------------------------------------------------------
 
   function storedKey() {
     try {
@@ -42,99 +43,49 @@
 
   // --- the API -------------------------------------------------------------------------
 
-  async function api(method, path, { body, key } = {}) {
+  function request(method, path, { body, key, headers = {} } = {}) {
     const secret = key || storedKey();
-    const headers = { Accept: "application/json" };
-    if (secret) headers.Authorization = "Bearer " + secret;
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    let response;
-    try {
-      response = await fetch(path, {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        credentials: "omit",
-        cache: "no-store",
-        referrerPolicy: "no-referrer",
-      });
-    } catch (err) {
+    const all = { Accept: "application/json", ...headers };
+    if (secret) all.Authorization = "Bearer " + secret;
+    if (body !== undefined) all["Content-Type"] = "application/json";
+    return fetch(path, {
+      method,
+      headers: all,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "omit",
+      cache: "no-store",
+      referrerPolicy: "no-referrer",
+    }).catch(() => {
       throw new ApiError(0, "Could not reach the server. Check your connection and try again.",
         "network_error");
-    }
-    let payload = null;
+    });
+  }
+
+  async function payloadOf(response) {
     try {
-      payload = await response.json();
+      return await response.json();
     } catch (_) {
-      payload = null;
-    }
-    if (!response.ok) {
-      const error = payload && payload.error ? payload.error : {};
-      const message = typeof error.message === "string" && error.message
-        ? error.message
-        : "The server answered " + response.status + ".";
-      throw new ApiError(response.status, message, error.code || "http_" + response.status);
-    }
-    return payload;
-  }
-
-  // --- small helpers -------------------------------------------------------------------
-
-  function el(tag, { text, className, attrs } = {}) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    if (attrs) {
-      for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
-    }
-    return node;
-  }
-
-  const creditFormat = new Intl.NumberFormat("en-US", {
-    minimumFractionDigits: 2,
-    maximumFractionDigits: 4,
-  });
-
-  function credits(value) {
-    return typeof value === "number" ? creditFormat.format(value) : "–";
-  }
-
-  function timeCell(unix, fallback) {
-    const cell = el("td");
-    if (typeof unix !== "number") {
-      cell.append(el("span", { text: fallback, className: "muted" }));
-      return cell;
-    }
-    const date = new Date(unix * 1000);
-    const iso = date.toISOString();
-    cell.append(el("time", {
-      text: iso.slice(0, 16).replace("T", " "),
-      attrs: { datetime: iso, title: iso.slice(0, 19).replace("T", " ") + " UTC" },
-    }));
-    return cell;
-  }
-
-  function isoDay(date) {
-    return date.toISOString().slice(0, 10);
-  }
-
-  function setBusy(busy) {
-    document.body.setAttribute("aria-busy", busy ? "true" : "false");
-    for (const button of document.querySelectorAll("#signed-in button, #sign-in-form button")) {
-      if (button.id === "secret-copy" || button.id === "secret-dismiss") continue;
-      button.disabled = busy;
+      return null;
     }
   }
 
-  async function busy(work) {
-    setBusy(true);
-    try {
-      return await work();
-    } finally {
-      setBusy(false);
-    }
+  async function errorOf(response) {
+    const payload = await payloadOf(response);
+    const error = payload && payload.error ? payload.error : {};
+    const message = typeof error.message === "string" && error.message
+      ? error.message
+      : "The server answered " + response.status + ".";
+    return new ApiError(response.status, message, error.code || "http_" + response.status);
   }
 
-  // --- messages ------------------------------------------------------------------------
+  // The JSON of a 2xx answer (null when it has none); an ApiError for any other.
+  async function api(method, path, options) {
+    const response = await request(method, path, options);
+    if (!response.ok) throw await errorOf(response);
+    return payloadOf(response);
+  }
+
+  // --- the alert -----------------------------------------------------------------------
 
   function showAlert(message) {
     $("alert-text").textContent = message;
@@ -146,319 +97,85 @@
     $("alert").hidden = true;
   }
 
-  // Errors of signed-in actions: a key that stopped working signs the person out.
-  function failed(err) {
-    if (err instanceof ApiError && err.status === 401) {
-      signOut();
-      showAlert("Your key is not valid any more or has been revoked, so you have been " +
-        "signed out.");
-      return;
+  // --- signing in and out --------------------------------------------------------------
+
+  // A page's sign-in: the form #sign-in-form with #sign-in-key, the sections #signed-out
+  // and #signed-in, the #sign-out button. The page says how it shows it is busy
+  // (`busy(work)`), loads itself once signed in (`load()`), what it does after a sign-in
+  // (`signedIn()`), reports an error of a signed-in action (`failed(err)`) and clears
+  // itself on sign-out (`clear()`). Returns {signOut, start}.
+  function signing({ busy, load, signedIn = () => {}, failed, clear = () => {} }) {
+    function showSignedIn() {
+      $("signed-out").hidden = true;
+      $("signed-in").hidden = false;
+      $("sign-out").hidden = false;
     }
-    showAlert(err instanceof Error ? err.message : String(err));
-  }
 
-  // --- the secret, shown once ----------------------------------------------------------
-
-  function showSecret(name, secret, note) {
-    $("secret-name").textContent = "“" + name + "”";
-    $("secret-value").value = secret;
-    $("secret-copied").textContent = note || "";
-    $("secret-box").hidden = false;
-    $("secret-value").focus();
-    $("secret-value").select();
-  }
-
-  function hideSecret() {
-    $("secret-value").value = "";
-    $("secret-name").textContent = "";
-    $("secret-copied").textContent = "";
-    $("secret-box").hidden = true;
-  }
-
-  async function copySecret() {
-    const input = $("secret-value");
-    const secret = input.value;
-    if (!secret) return;
-    try {
-      if (!navigator.clipboard) throw new Error("no clipboard API");
-      await navigator.clipboard.writeText(secret);
-      $("secret-copied").textContent = "Copied to the clipboard.";
-    } catch (_) {
-      input.focus();
-      input.select();
-      const copied = document.execCommand && document.execCommand("copy");
-      $("secret-copied").textContent = copied
-        ? "Copied to the clipboard."
-        : "Could not copy automatically: the key is selected, press Ctrl+C (⌘C) to copy it.";
-    }
-  }
-
-  // --- rendering -----------------------------------------------------------------------
-
-  function renderBalance(balance) {
-    for (const [id, field] of [["balance-balance", "balance"], ["balance-reserved", "reserved"],
-      ["balance-available", "available"]]) {
-      $(id).textContent = credits(balance[field]);
-      $(id).dataset.value = String(balance[field]);
-    }
-    $("balance-group").textContent = balance.user_group;
-  }
-
-  function renderUsage(usage) {
-    $("usage-credits").textContent = credits(usage.total_credits);
-    $("usage-credits").dataset.value = String(usage.total_credits);
-    $("usage-tasks").textContent = String(usage.total_tasks);
-    $("usage-range").textContent = usage.start + " to " + usage.end;
-    const body = $("usage-body");
-    body.replaceChildren();
-    for (const row of usage.data) {
-      const tr = el("tr");
-      tr.append(
-        el("td", { text: row.date }),
-        el("td", { text: row.model }),
-        el("td", { text: row.quality }),
-        el("td", { text: row.tasks, className: "num" }),
-        el("td", { text: credits(row.credits), className: "num" }),
-      );
-      body.append(tr);
-    }
-    $("usage-table").hidden = usage.data.length === 0;
-    $("usage-empty").hidden = usage.data.length !== 0;
-  }
-
-  function renderKeys(keys) {
-    const body = $("keys-body");
-    body.replaceChildren();
-    // live keys first, then revoked ones; each group in the API's order (oldest first)
-    const ordered = keys.filter((key) => !key.revoked).concat(keys.filter((key) => key.revoked));
-    for (const key of ordered) body.append(keyRow(key));
-  }
-
-  function keyRow(key) {
-    const tr = el("tr", { attrs: { "data-key-id": key.id } });
-    if (key.revoked) tr.className = "revoked";
-
-    const name = el("td", { className: "key-name" });
-    name.append(el("span", { text: key.name }));
-    if (key.current) name.append(" ", el("span", { text: "this key", className: "badge" }));
-    tr.append(name);
-
-    const prefix = el("td");
-    prefix.append(el("code", { text: key.prefix + "…", className: "key-prefix" }));
-    tr.append(prefix, timeCell(key.created, "–"), timeCell(key.last_used, "never"));
-
-    const status = el("td");
-    status.append(el("span", {
-      text: key.revoked ? "revoked" : "active",
-      className: "status " + (key.revoked ? "status-revoked" : "status-active"),
-    }));
-    tr.append(status);
-
-    const actions = el("td", { className: "actions" });
-    if (!key.revoked) fillActions(actions, key);
-    tr.append(actions);
-    return tr;
-  }
-
-  function fillActions(cell, key) {
-    const rotate = el("button", {
-      text: "Rotate",
-      className: "secondary",
-      attrs: { type: "button", "aria-label": "Rotate key “" + key.name + "”" },
-    });
-    rotate.addEventListener("click", () => rotateKey(key));
-    const revoke = el("button", {
-      text: "Revoke",
-      className: "danger",
-      attrs: { type: "button", "aria-label": "Revoke key “" + key.name + "”" },
-    });
-    revoke.addEventListener("click", () => askRevoke(cell, key));
-    cell.replaceChildren(rotate, revoke);
-  }
-
-  function askRevoke(cell, key) {
-    const question = el("span", {
-      text: key.current ? "Revoke the key you are signed in with?" : "Revoke this key?",
-      className: "confirm-text",
-    });
-    const yes = el("button", {
-      text: "Yes, revoke",
-      className: "danger",
-      attrs: { type: "button", "aria-label": "Yes, revoke key “" + key.name + "”" },
-    });
-    yes.addEventListener("click", () => revokeKey(key));
-    const no = el("button", { text: "Cancel", className: "secondary", attrs: { type: "button" } });
-    no.addEventListener("click", () => {
-      fillActions(cell, key);
-      cell.querySelector("button.danger").focus();
-    });
-    cell.replaceChildren(question, yes, no);
-    no.focus();
-  }
-
-  // --- actions -------------------------------------------------------------------------
-
-  async function refresh() {
-    const end = new Date();
-    const start = new Date(end.getTime() - (USAGE_DAYS - 1) * 86400 * 1000);
-    const usagePath = "/v1/usage?start=" + isoDay(start) + "&end=" + isoDay(end);
-    const [balance, keys, usage] = await Promise.all([
-      api("GET", "/v1/credits"),
-      api("GET", "/v1/keys"),
-      api("GET", usagePath),
-    ]);
-    renderBalance(balance);
-    renderKeys(keys.data);
-    renderUsage(usage);
-  }
-
-  function showSignedIn() {
-    $("signed-out").hidden = true;
-    $("signed-in").hidden = false;
-    $("sign-out").hidden = false;
-  }
-
-  function signOut() {
-    forgetKey();
-    hideSecret();
-    $("signed-in").hidden = true;
-    $("sign-out").hidden = true;
-    $("signed-out").hidden = false;
-    $("keys-body").replaceChildren();
-    $("usage-body").replaceChildren();
-    for (const id of ["balance-balance", "balance-reserved", "balance-available",
-      "balance-group", "usage-credits", "usage-tasks"]) {
-      $(id).textContent = "–";
-      delete $(id).dataset.value;
-    }
-    $("usage-range").textContent = "";
-    $("sign-in-key").value = "";
-    $("create-name").value = "";
-  }
-
-  async function signIn(event) {
-    event.preventDefault();
-    clearAlert();
-    const key = $("sign-in-key").value.trim();
-    if (!key) {
-      showAlert("Paste an API key to sign in.");
-      $("sign-in-key").focus();
-      return;
-    }
-    await busy(async () => {
-      try {
-        await api("GET", "/v1/credits", { key });
-      } catch (err) {
-        if (err instanceof ApiError && err.status === 401) {
-          showAlert(INVALID_KEY);
-        } else {
-          showAlert(err.message);
-        }
-        $("sign-in-key").select();
-        return;
-      }
-      storeKey(key);
+    function signOut() {
+      forgetKey();
+      $("signed-in").hidden = true;
+      $("sign-out").hidden = true;
+      $("signed-out").hidden = false;
       $("sign-in-key").value = "";
-      showSignedIn();
-      try {
-        await refresh();
-        $("balance-title").focus();
-      } catch (err) {
-        failed(err);
-      }
-    });
-  }
-
-  async function createKey(event) {
-    event.preventDefault();
-    clearAlert();
-    const name = $("create-name").value.trim();
-    if (!name) {
-      showAlert("Give the new key a name.");
-      $("create-name").focus();
-      return;
+      clear();
     }
-    await busy(async () => {
-      try {
-        const created = await api("POST", "/v1/keys", { body: { name } });
-        $("create-name").value = "";
-        showSecret(created.name, created.key);
-        await refresh();
-      } catch (err) {
-        failed(err);
-      }
-    });
-  }
 
-  async function rotateKey(key) {
-    clearAlert();
-    await busy(async () => {
-      try {
-        const rotated = await api("POST", "/v1/keys/" + encodeURIComponent(key.id) + "/rotate");
-        let note = "The old key stopped working.";
-        if (key.current) {
-          storeKey(rotated.key);
-          note = "The old key stopped working; this page now uses the new key.";
-        }
-        showSecret(rotated.name, rotated.key, note);
-        await refresh();
-      } catch (err) {
-        failed(err);
-      }
-    });
-  }
-
-  async function revokeKey(key) {
-    clearAlert();
-    await busy(async () => {
-      try {
-        await api("POST", "/v1/keys/" + encodeURIComponent(key.id) + "/revoke");
-      } catch (err) {
-        failed(err);
-        return;
-      }
-      if (key.current) {
-        signOut();
-        showAlert("You revoked the key you were signed in with, so you have been signed out.");
-        return;
-      }
-      try {
-        await refresh();
-      } catch (err) {
-        failed(err);
-      }
-    });
-  }
-
-  // --- start ---------------------------------------------------------------------------
-
-  async function start() {
-    $("sign-in-form").addEventListener("submit", signIn);
-    $("create-form").addEventListener("submit", createKey);
-    $("sign-out").addEventListener("click", () => {
+    // The key is kept only once the API has accepted it.
+    async function signIn(event) {
+      event.preventDefault();
       clearAlert();
-      signOut();
-      $("sign-in-key").focus();
-    });
-    $("alert-dismiss").addEventListener("click", clearAlert);
-    $("secret-copy").addEventListener("click", copySecret);
-    $("secret-dismiss").addEventListener("click", hideSecret);
-    $("balance-title").setAttribute("tabindex", "-1");
-
-    if (!storedKey()) {
-      document.body.dataset.ready = "true";
-      return;
-    }
-    showSignedIn();
-    await busy(async () => {
-      try {
-        await refresh();
-      } catch (err) {
-        failed(err);
+      const input = $("sign-in-key");
+      const key = input.value.trim();
+      if (!key) {
+        showAlert("Paste an API key to sign in.");
+        input.focus();
+        return;
       }
-    });
-    document.body.dataset.ready = "true";
+      await busy(async () => {
+        try {
+          await api("GET", "/v1/credits", { key });
+        } catch (err) {
+          showAlert(err instanceof ApiError && err.status === 401 ? INVALID_KEY : err.message);
+          input.select();
+          return;
+        }
+        storeKey(key);
+        input.value = "";
+        showSignedIn();
+        try {
+          await load();
+          signedIn();
+        } catch (err) {
+          failed(err);
+        }
+      });
+    }
+
+    // Wires the form and the buttons; a tab that holds a key already is shown signed in.
+    async function start() {
+      $("sign-in-form").addEventListener("submit", signIn);
+      $("alert-dismiss").addEventListener("click", clearAlert);
+      $("sign-out").addEventListener("click", () => {
+        clearAlert();
+        signOut();
+        $("sign-in-key").focus();
+      });
+      if (storedKey()) {
+        showSignedIn();
+        await busy(async () => {
+          try {
+            await load();
+          } catch (err) {
+            failed(err);
+          }
+        });
+      }
+      document.body.dataset.ready = "true";
+    }
+
+    return { signOut, start };
   }
 
-  document.addEventListener("DOMContentLoaded", start);
+  return { $, ApiError, INVALID_KEY, storeKey, request, errorOf, api, showAlert, clearAlert,
+    signing };
 })();

@@ -1,87 +1,19 @@
-// The playground: type a prompt, watch the task live, see the image, browse recent tasks.
-// No framework, no third-party code, no inline script; text from the API goes through
-// textContent only. The key is the API keys page's, in sessionStorage (this tab only).
-// EventSource cannot send an Authorization header, so the events stream is read with
-// fetch() and a ReadableStream, resumed with Last-Event-ID when it breaks.
+// The playground, over app.js (the key, the API, the alert, signing in): type a prompt,
+// watch the task live, see the image, browse recent tasks. Text from the API goes through
+// textContent only. EventSource cannot send an Authorization header, so the events stream
+// is read with fetch() and a ReadableStream, resumed with Last-Event-ID when it breaks.
 "use strict";
 
 (function () {
-  const STORAGE_KEY = "kreaserve.apiKey";
-  const INVALID_KEY = "That key is not valid or has been revoked.";
+  const { $, ApiError, INVALID_KEY, request, errorOf, api, showAlert, clearAlert } =
+    window.kreaserve;
   const RECENT = 10;
   const RETRIES = 3;
-
-  const $ = (id) => document.getElementById(id);
-
-  class ApiError extends Error {
-    constructor(status, message, code) {
-      super(message);
-      this.status = status;
-      this.code = code;
-    }
-  }
-
-  function storedKey() {
-    try {
-      return window.sessionStorage.getItem(STORAGE_KEY);
-    } catch (_) {
-      return null;
-    }
-  }
-
-  function request(method, path, { body, key, headers = {} } = {}) {
-    const secret = key || storedKey();
-    const all = { Accept: "application/json", ...headers };
-    if (secret) all.Authorization = "Bearer " + secret;
-    if (body !== undefined) all["Content-Type"] = "application/json";
-    return fetch(path, {
-      method,
-      headers: all,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "omit",
-      cache: "no-store",
-      referrerPolicy: "no-referrer",
-    }).catch(() => {
-      throw new ApiError(0, "Could not reach the server. Check your connection and try again.",
-        "network_error");
-    });
-  }
-
-  async function errorOf(response) {
-    let payload = null;
-    try {
-      payload = await response.json();
-    } catch (_) {
-      payload = null;
-    }
-    const error = payload && payload.error ? payload.error : {};
-    const message = typeof error.message === "string" && error.message
-      ? error.message
-      : "The server answered " + response.status + ".";
-    return new ApiError(response.status, message, error.code || "http_" + response.status);
-  }
-
-  async function api(method, path, options) {
-    const response = await request(method, path, options);
-    if (!response.ok) throw await errorOf(response);
-    return response.json();
-  }
-
-  // --- messages ------------------------------------------------------------------------
-
-  function showAlert(message) {
-    $("alert-text").textContent = message;
-    $("alert").hidden = false;
-  }
-
-  function clearAlert() {
-    $("alert").hidden = true;
-    $("alert-text").textContent = "";
-  }
+  const session = window.kreaserve.signing({ busy, load: refreshRecent, failed });
 
   function failed(err) {
     if (err instanceof ApiError && err.status === 401) {
-      signOut();
+      session.signOut();
       showAlert(INVALID_KEY);
       return;
     }
@@ -92,6 +24,15 @@
     document.body.setAttribute("aria-busy", busy ? "true" : "false");
     $("generate-submit").disabled = busy;
     $("sign-in-submit").disabled = busy;
+  }
+
+  async function busy(work) {
+    setBusy(true);
+    try {
+      return await work();
+    } finally {
+      setBusy(false);
+    }
   }
 
   // --- the events stream -----------------------------------------------------------------
@@ -270,66 +211,10 @@
     $("recent-empty").hidden = page.data.length > 0;
   }
 
-  // --- signing in and out ----------------------------------------------------------------
-
-  function showSignedIn() {
-    $("signed-out").hidden = true;
-    $("signed-in").hidden = false;
-    $("sign-out").hidden = false;
-  }
-
-  function signOut() {
-    try {
-      window.sessionStorage.removeItem(STORAGE_KEY);
-    } catch (_) {
-      /* storage unavailable: nothing to forget */
-    }
-    $("signed-in").hidden = true;
-    $("sign-out").hidden = true;
-    $("signed-out").hidden = false;
-  }
-
-  async function signIn(event) {
-    event.preventDefault();
-    clearAlert();
-    const key = $("sign-in-key").value.trim();
-    if (!key) {
-      showAlert("Paste an API key to sign in.");
-      return;
-    }
-    setBusy(true);
-    try {
-      await api("GET", "/v1/credits", { key });
-      window.sessionStorage.setItem(STORAGE_KEY, key);
-      $("sign-in-key").value = "";
-      showSignedIn();
-      await refreshRecent();
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 401) showAlert(INVALID_KEY);
-      else failed(err);
-    } finally {
-      setBusy(false);
-    }
-  }
-
-  async function start() {
-    $("sign-in-form").addEventListener("submit", signIn);
+  function start() {
     $("generate-form").addEventListener("submit", generate);
-    $("alert-dismiss").addEventListener("click", clearAlert);
-    $("sign-out").addEventListener("click", () => {
-      clearAlert();
-      signOut();
-    });
     setBusy(false);
-    if (storedKey()) {
-      showSignedIn();
-      try {
-        await refreshRecent();
-      } catch (err) {
-        failed(err);
-      }
-    }
-    document.body.dataset.ready = "true";
+    return session.start();
   }
 
   document.addEventListener("DOMContentLoaded", start);
