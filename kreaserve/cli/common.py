@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -146,16 +148,26 @@ def open_checked_storage(settings: Settings) -> Storage:
     return storage
 
 
-def connect(url: str, api_key: str | None) -> Client:
-    """An SDK client for a running server; no key stops the command with what to do."""
-    from kreaserve.client import Client
+@contextmanager
+def connect(url: str, api_key: str | None) -> Iterator[Client]:
+    """An SDK client for a running server, for `generate` and `tasks`: no key, an API
+    error or an unreachable server ends the command in one line that says why."""
+    import httpx
+
+    from kreaserve.client import Client, KreaserveError
 
     if not api_key:
         raise fail(
             "no API key: pass --api-key or set KREASERVE_API_KEY "
             "(create one with `kreaserve keys create`)"
         )
-    return Client(url, api_key)
+    with Client(url, api_key) as client:
+        try:
+            yield client
+        except KreaserveError as exc:
+            raise fail(reason(exc)) from None
+        except httpx.HTTPError as exc:
+            raise fail(f"cannot reach {url}: {reason(exc)}") from None
 
 
 def reason(exc: BaseException) -> str:

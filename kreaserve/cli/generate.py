@@ -57,12 +57,7 @@ def generate(
     if output_quality is not None:
         options["output_quality"] = output_quality
     with connect(url, api_key) as client:
-        try:
-            task = client.create(prompt, size=size, quality=quality, seed=seed, **options)
-        except KreaserveError as exc:
-            raise fail(reason(exc)) from None
-        except httpx.HTTPError as exc:
-            raise fail(f"cannot reach {url}: {reason(exc)}") from None
+        task = client.create(prompt, size=size, quality=quality, seed=seed, **options)
         task_id = task.id
         try:
             task = with_progress(client, task, reconnect_for, to_stderr=as_json)

@@ -1,11 +1,9 @@
 """`kreaserve tasks`: list, show, wait for and cancel one's tasks on a running server,
-through the SDK (`kreaserve.client`) with an API key, as `generate` does."""
+through the SDK (`kreaserve.client`) with an API key, as `generate` does (`connect`)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -17,9 +15,7 @@ from kreaserve.cli.common import (
     ServerUrl,
     app,
     connect,
-    fail,
     print_json,
-    reason,
 )
 from kreaserve.cli.follow import follow
 
@@ -29,22 +25,6 @@ tasks_app = typer.Typer(
 app.add_typer(tasks_app, name="tasks")
 
 TaskId = Annotated[str, typer.Argument(help="The task's id (task-unified-...).")]
-
-
-@contextmanager
-def remote(url: str, api_key: str | None) -> Iterator[Any]:
-    """An SDK client; an API error or an unreachable server ends the command in one line."""
-    import httpx
-
-    from kreaserve.client import KreaserveError
-
-    with connect(url, api_key) as client:
-        try:
-            yield client
-        except KreaserveError as exc:
-            raise fail(reason(exc)) from None
-        except httpx.HTTPError as exc:
-            raise fail(f"cannot reach {url}: {reason(exc)}") from None
 
 
 def line(task: Any) -> str:
@@ -80,7 +60,7 @@ def tasks_list(
     as_json: AsJson = False,
 ) -> None:
     """One page of your tasks, newest first (the next page's cursor goes to stderr)."""
-    with remote(url, api_key) as client:
+    with connect(url, api_key) as client:
         page = client.list_tasks(limit=limit, status=status, cursor=cursor)
     if as_json:
         print_json(page.model_dump(mode="json"))
@@ -96,7 +76,7 @@ def tasks_get(
     task_id: TaskId, url: ServerUrl = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False
 ) -> None:
     """One task as it is now."""
-    with remote(url, api_key) as client:
+    with connect(url, api_key) as client:
         task = client.get(task_id)
     output(task, as_json)
 
@@ -115,7 +95,7 @@ def tasks_wait(
 ) -> None:
     """Wait until the task ends; exit status 0 when it completed, 1 when it failed or was
     cancelled, 3 on the time-out."""
-    with remote(url, api_key) as client:
+    with connect(url, api_key) as client:
         try:
             task = follow(client, task_id, timeout=timeout, reconnect_for=reconnect_for)
         except TimeoutError:
@@ -131,6 +111,6 @@ def tasks_cancel(
     task_id: TaskId, url: ServerUrl = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False
 ) -> None:
     """Ask the server to cancel the task (its credits are released); prints it after."""
-    with remote(url, api_key) as client:
+    with connect(url, api_key) as client:
         task = client.cancel(task_id)
     output(task, as_json)
