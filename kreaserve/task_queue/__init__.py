@@ -39,6 +39,7 @@ from kreaserve.task_queue.submit import (
     cancel,
     create,
     get,
+    get_many,
 )
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "end_cancelled",
     "fail",
     "get",
+    "get_many",
     "reap",
     "renew",
     "requeue",

@@ -108,6 +108,16 @@ _GET = select(Task.__table__).where(
 )
 
 
+def get_many(db: Database, account_id: int, task_ids: list[str]) -> dict[str, Task]:
+    """The account's tasks among these ids, by id (another account's are left out): one
+    read of them all, as `get` reads one."""
+    with db.reading() as connection:
+        rows = connection.execute(
+            select(Task.__table__).where(Task.id.in_(task_ids), Task.account_id == account_id)
+        ).all()
+    return {row.id: Task(**row._mapping) for row in rows}
+
+
 def cancel(db: Database, account_id: int, task_id: str) -> Task | None:
     """Cancel a pending task at once; ask the worker to stop a processing one.
 

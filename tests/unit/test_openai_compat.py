@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from kreaserve import contract
+from kreaserve import contract, task_queue
 from kreaserve.api.app import create_app
 from kreaserve.api.errors import APIError
 from kreaserve.api.routes.openai import images_of
@@ -198,3 +198,21 @@ def test_a_task_that_did_not_complete_is_an_error_naming_the_tasks(
     assert caught.value.status == status and caught.value.code == code
     assert caught.value.headers == {"x-should-retry": "false"}
     assert done.id in caught.value.message and failed.id in caught.value.message
+
+
+def test_the_tasks_are_read_as_the_account_sees_them(app_and_key: tuple[object, str]) -> None:
+    """The wait reads all n tasks in one read through task_queue, as GET /v1/tasks/{id}
+    does: another account's task among the ids is not found."""
+    app, _ = app_and_key
+    db = app.state.services.db  # type: ignore[attr-defined]
+    params = task_queue.NewTask(
+        prompt="a fox", size="1:1", quality="1K", seed=1, nsfw_check=False, callback_url=None
+    )
+    mine, _ = new_account(db, credits=10, name="mine")
+    theirs, _ = new_account(db, credits=10, name="theirs")
+    first, second = (task_queue.create(db, mine, None, "default", params, 1).id for _ in "ab")
+    other = task_queue.create(db, theirs, None, "default", params, 1).id
+    found = task_queue.get_many(db, mine, [second, other, first])
+    assert set(found) == {first, second}
+    assert found[first].status == contract.PENDING and found[first].account_id == mine
+    assert task_queue.get_many(db, theirs, [first]) == {}
