@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 #: Waits between tries while the server cannot be reached: doubling, at most this long.
 FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS = 0.5, 5.0
+
+#: The commands' --reconnect-for option (follow's `reconnect_for`).
+ReconnectFor = Annotated[
+    float,
+    typer.Option(min=0, help="Keep following the task this long while the server is away."),
+]
 
 
 def follow(

@@ -19,7 +19,7 @@ from kreaserve.cli.common import (
     print_json,
     reason,
 )
-from kreaserve.cli.follow import follow
+from kreaserve.cli.follow import ReconnectFor, follow
 
 #: The output file's extension -> the `output_format` asked of the server.
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
@@ -39,10 +39,7 @@ def generate(
         int | None,
         typer.Option(min=1, max=100, help="JPEG/WebP quality, 1-100 (the server's default: 90)."),
     ] = None,
-    reconnect_for: Annotated[
-        float,
-        typer.Option(min=0, help="Keep following the task this long while the server is away."),
-    ] = 120,
+    reconnect_for: ReconnectFor = 120,
     url: ServerUrl = DEFAULT_URL,
     api_key: ApiKey = None,
     as_json: AsJson = False,

@@ -17,7 +17,7 @@ from kreaserve.cli.common import (
     connect,
     print_json,
 )
-from kreaserve.cli.follow import follow
+from kreaserve.cli.follow import ReconnectFor, follow
 
 tasks_app = typer.Typer(
     help="List, show, wait for and cancel your tasks on a running server.", no_args_is_help=True
@@ -85,10 +85,7 @@ def tasks_get(
 def tasks_wait(
     task_id: TaskId,
     timeout: Annotated[float, typer.Option(min=0, help="Give up after this many seconds.")] = 3600,
-    reconnect_for: Annotated[
-        float,
-        typer.Option(min=0, help="Keep trying this long while the server cannot be reached."),
-    ] = 120,
+    reconnect_for: ReconnectFor = 120,
     url: ServerUrl = DEFAULT_URL,
     api_key: ApiKey = None,
     as_json: AsJson = False,
