@@ -57,6 +57,9 @@ def serve(
     ] = True,
 ) -> None:
     """Run the API (and, by default, a worker with its engine) on one machine."""
+    from kreaserve.malloc_arenas import limit_arenas
+
+    limit_arenas()  # before any thread starts
     import uvicorn
 
     from kreaserve.api.app import create_app
