@@ -152,3 +152,26 @@ def test_does_not_import_torch_transformers_or_diffusers() -> None:
         cwd=Path(__file__).resolve().parents[2],
     ).stdout.strip()
     assert out == "2 []"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_the_encoding_keeps_no_python_copy_of_the_vocabulary() -> None:
+    # tiktoken's Rust core holds the 151,643 ranks; the Python dict it also keeps (only to
+    # pickle the encoding) was about 18 MB of the API process's RSS (BENCHMARKS.md, issue 12).
+    code = (
+        "import re, tiktoken, kreaserve.tokens as t\n"
+        "def rss():\n"
+        "    return int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read())[1])\n"
+        "before = rss(); t.count_tokens('hello world')\n"
+        "print((rss() - before) // 1024)\n"
+    )
+    grown = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.strip()
+    # Measured: 37 MB for the Rust core's maps; 55 MB with the Python copy kept.
+    assert int(grown) < 46
