@@ -23,7 +23,7 @@ from kreaserve import contract
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = ["MAX_PROMPT_TOKENS", "count_tokens"]
+__all__ = ["MAX_PROMPT_TOKENS", "count_tokens", "warm"]
 
 #: The most tokens a prompt may have (the public contract of krea-2-turbo), from the contract.
 MAX_PROMPT_TOKENS = contract.MAX_PROMPT_TOKENS
@@ -76,6 +76,11 @@ def _get_encoding() -> tiktoken.Encoding:
                 _encoding = _build_encoding()
             encoding = _encoding
     return encoding
+
+
+def warm() -> None:
+    """Build the encoding now (the API does it at start-up, not on the first create)."""
+    _get_encoding()
 
 
 def count_tokens(prompt: str) -> int:
