@@ -5,7 +5,6 @@ other). tests/integration/test_sizes.py then renders every aspect ratio for real
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
