@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,9 @@ import pytest
 from kreaserve import accounts, ledger
 from kreaserve.db import Database, upgrade
 from kreaserve.moderation import encoder
+from tests import shared_servers
 from tests.s3util import MotoServer, moto_server
+from tests.shared_servers import Adopted
 
 POSTGRES_URL = os.environ.get(
     "KREASERVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -69,12 +71,12 @@ def make_postgres_database(admin_url: str) -> tuple[str, callable]:
     with _admin_connect() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = admin_url.rsplit("/", 1)[0]
+    return f"{base}/{name}", lambda: drop_postgres_database(name)
 
-    def drop() -> None:
-        with _admin_connect() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    return f"{base}/{name}", drop
+def drop_postgres_database(name: str) -> None:
+    with _admin_connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
@@ -313,15 +315,78 @@ def backend(
     drop()
 
 
-@pytest.fixture(scope="session")
-def api_server(backend: tuple[str, Path], weights_cache: Path) -> Iterator[Server]:
-    """The API alone (no worker): tasks stay pending, so queue states are deterministic."""
-    url, tmp = backend
-    server = start_server(
-        tmp / "api-only", url, weights_cache, embedded_worker=False, extra_env=API_SERVER_ENV
+def _describe(server: Server) -> dict:
+    return {
+        "url": server.url,
+        "database_url": server.database_url,
+        "data_dir": str(server.data_dir),
+        "env": server.env,
+        "api_pid": server.api.popen.pid,
+        "api_log": str(server.api.log),
+        "worker_pids": [w.popen.pid for w in server.workers],
+        "worker_logs": [str(w.log) for w in server.workers],
+    }
+
+
+def _adopt(described: dict) -> Server:
+    return Server(
+        url=described["url"],
+        database_url=described["database_url"],
+        data_dir=Path(described["data_dir"]),
+        env=described["env"],
+        api=Proc(Adopted(described["api_pid"]), Path(described["api_log"])),
+        workers=[
+            Proc(Adopted(pid), Path(log))
+            for pid, log in zip(described["worker_pids"], described["worker_logs"], strict=True)
+        ],
     )
+
+
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    start: Callable[[Path], tuple[Server, str | None]],
+) -> Iterator[Server]:
+    """One server `name` for the whole run, shared by every xdist worker
+    (tests/shared_servers.py); stopped by pytest_sessionfinish, not here."""
+    folder = shared_dir(tmp_path_factory, shared_servers.FOLDER)
+    server = shared_servers.shared(folder, name, start, _adopt, _describe)
+    assert isinstance(server, Server)
     yield server
-    server.stop()
+    if server.db is not None:
+        server.db.dispose()
+
+
+def _postgres_or_sqlite(
+    backend: tuple[str, Path], folder: Path, file: str
+) -> tuple[str, str | None]:
+    """A new database for a shared server: (URL, PostgreSQL database to drop or None)."""
+    if backend[0].startswith("sqlite"):
+        return f"sqlite:///{folder / file}", None
+    url, _drop = make_postgres_database(POSTGRES_URL)
+    return url, url.rsplit("/", 1)[1]
+
+
+def _backend_name(backend: tuple[str, Path]) -> str:
+    return "sqlite" if backend[0].startswith("sqlite") else "postgres"
+
+
+@pytest.fixture(scope="session")
+def api_server(
+    backend: tuple[str, Path], weights_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The API alone (no worker): tasks stay pending, so queue states are deterministic.
+    One per backend for the whole run."""
+
+    def start(folder: Path) -> tuple[Server, str | None]:
+        folder.mkdir(parents=True, exist_ok=True)
+        url, drop = _postgres_or_sqlite(backend, folder, "api.db")
+        server = start_server(
+            folder, url, weights_cache, embedded_worker=False, extra_env=API_SERVER_ENV
+        )
+        return server, drop
+
+    yield from shared_server(tmp_path_factory, f"api-{_backend_name(backend)}", start)
 
 
 ADMIN_TOKEN = "test-admin-token"
@@ -333,24 +398,27 @@ API_SERVER_ENV = {
 
 
 @pytest.fixture(scope="session")
-def full_server(backend: tuple[str, Path], weights_cache: Path) -> Iterator[Server]:
+def full_server(
+    backend: tuple[str, Path], weights_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     """A server that generates: embedded worker on SQLite; API plus a separate
-    `kreaserve worker` process on PostgreSQL (the distributed layout)."""
-    url, tmp = backend
-    if url.startswith("sqlite"):
+    `kreaserve worker` process on PostgreSQL (the distributed layout). One per backend for
+    the whole run."""
+
+    def start(folder: Path) -> tuple[Server, str | None]:
+        folder.mkdir(parents=True, exist_ok=True)
+        url, drop = _postgres_or_sqlite(backend, folder, "full.db")
+        sqlite = drop is None
         server = start_server(
-            tmp / "full", f"sqlite:///{tmp / 'full.db'}", weights_cache, embedded_worker=True
+            folder,
+            url,
+            weights_cache,
+            embedded_worker=sqlite,
+            separate_workers=0 if sqlite else 1,
         )
-    else:
-        admin = POSTGRES_URL
-        full_url, drop = make_postgres_database(admin)
-        server = start_server(
-            tmp / "full", full_url, weights_cache, embedded_worker=False, separate_workers=1
-        )
-    yield server
-    server.stop()
-    if not url.startswith("sqlite"):
-        drop()
+        return server, drop
+
+    yield from shared_server(tmp_path_factory, f"full-{_backend_name(backend)}", start)
 
 
 # --- test tiers ----------------------------------------------------------------------------
@@ -419,7 +487,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Under KREASERVE_REQUIRE_POSTGRES=1 (CI), any skipped test fails the run."""
+    """Stop the run's shared servers (in the process that owns the run); under
+    KREASERVE_REQUIRE_POSTGRES=1 (CI), any skipped test fails the run."""
+    if not hasattr(session.config, "workerinput"):
+        factory = session.config._tmp_path_factory  # type: ignore[attr-defined]  # as xdist does
+        shared_servers.stop_all(shared_dir(factory, shared_servers.FOLDER), drop_postgres_database)
     if not REQUIRE_POSTGRES or hasattr(session.config, "workerinput"):
         return  # xdist workers report to the controller, which counts every skip
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
