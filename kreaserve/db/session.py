@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,6 +39,8 @@ RECYCLE_SECONDS = 1800
 
 #: Set while a read-only transaction is being opened (SQLite then skips the write lock).
 _read_only: ContextVar[bool] = ContextVar("kreaserve_read_only", default=False)
+#: Set while a lone statement is being read (SQLite then sends no BEGIN at all).
+_lone_read: ContextVar[bool] = ContextVar("kreaserve_lone_read", default=False)
 
 
 def normalize_url(url: str) -> str:
@@ -66,7 +69,8 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN" if _read_only.get() else "BEGIN IMMEDIATE")
+        if not _lone_read.get():
+            conn.exec_driver_sql("BEGIN" if _read_only.get() else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -161,6 +165,24 @@ class Database:
         finally:
             if pending:
                 _read_only.reset(token)
+
+    def read_row(self, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
+        """The first row of one read-only statement, or None: for the hottest read (a
+        poll). On SQLite the statement runs alone, without BEGIN and COMMIT: a lone
+        statement is a transaction of its own (in WAL mode it reads one snapshot and takes
+        no write lock), and the two statements cost a poll about 15 % of its CPU.
+        Elsewhere it is `reading()`'s one transaction."""
+        if self._writers is None:
+            with self.reading() as connection:
+                return connection.execute(statement, params).first()
+        token = _lone_read.set(True)
+        try:
+            with self.engine.connect() as connection:
+                # The connection's autobegin runs the begin listener now, flag set; its
+                # rollback on close is the driver's no-op (no transaction is open).
+                return connection.execute(statement, params).first()
+        finally:
+            _lone_read.reset(token)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -12,6 +12,7 @@ from kreaserve import contract, idempotency, images, ledger, limits, metrics
 from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from kreaserve.db.models import Task
+from kreaserve.db.rows import detached
 from kreaserve.states import BillingState
 from kreaserve.task_queue.endings import CANCELLED_ERROR
 
@@ -103,10 +104,9 @@ _INSERT_TASK = insert(Task)
 
 def get(db: Database, account_id: int, task_id: str) -> Task | None:
     """The account's task, or None (also for another account's task): one read."""
-    with db.reading() as connection:
-        row = connection.execute(_GET, {"task_id": task_id, "account_id": account_id}).one_or_none()
+    row = db.read_row(_GET, {"task_id": task_id, "account_id": account_id})
     # Core and a detached Task: the ORM's load of the same row costs three times as much.
-    return None if row is None else Task(**row._mapping)
+    return None if row is None else detached(Task, row._mapping)
 
 
 _GET = select(Task.__table__).where(
