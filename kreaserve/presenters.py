@@ -37,11 +37,14 @@ def task_object(task: Task, *, links: ResultLinks, estimated_time: int | None) -
     )
 
 
+#: Starlette's JSONResponse encoding, made once (`json.dumps` with arguments builds an
+#: encoder on every call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+
+
 def render_json(body: dict[str, Any]) -> bytes:
     """JSON bytes exactly as the API sends them (Starlette's JSONResponse encoding)."""
-    return json.dumps(
-        body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
-    ).encode("utf-8")
+    return _ENCODER.encode(body).encode("utf-8")
 
 
 def key_object(key: ApiKey, current_key_id: int | None = None) -> dict[str, Any]:

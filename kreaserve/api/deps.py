@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import json
-from dataclasses import dataclass
-from typing import Annotated, Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
@@ -33,6 +38,24 @@ class Services:
     keys: KeyCache
     quotas: limits.QuotaLeases
     estimates: QueueEstimates
+    #: the threads of `in_thread` (as many as anyio's threadpool has)
+    threads: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(40, thread_name_prefix="kreaserve-api")
+    )
+
+
+T = TypeVar("T")
+
+
+async def in_thread(services: Services, call: Callable[[], T]) -> T:
+    """`call()` in a worker thread, for the hottest routes (a poll).
+
+    `run_in_threadpool` (anyio) pays for a capacity limiter, a cancel scope and its own
+    worker queue: 55 us of CPU per call here, against 19 for asyncio's executor hand-off.
+    The request's context variables go along, as with anyio."""
+    context = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(services.threads, functools.partial(context.run, call))
 
 
 def services_of(request: Request) -> Services:
