@@ -4,22 +4,49 @@ from `X-Request-ID` or made, and echoed), the access log line and the HTTP metri
 Plain ASGI rather than Starlette's BaseHTTPMiddleware: it is on every request's path, and
 this costs one wrapper of `send` and a log call. It logs the route template, never the
 path (which may be a signed result URL), the query, a header or a body.
+
+Per request it avoids what it can: the metric children are looked up once per (method,
+route, status) and kept (prometheus-client's `labels()` checks and joins its arguments on
+every call), a made request id is `secrets.token_hex` rather than a `uuid.UUID` object, and
+the log record is made directly, without `Logger.info`'s walk up the stack for the caller
+(always this function).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 from kreaserve import metrics
 
 log = logging.getLogger("kreaserve.access")
 
+#: The metric children of each (method, route template, status) seen, up to a bound
+#: (the method is the client's word).
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_MAX_CHILDREN = 1024
+
+
+def _metrics_of(method: str, template: str, status: int) -> tuple[Any, Any]:
+    key = (method, template, status)
+    found = _children.get(key)
+    if found is None:
+        found = (
+            metrics.HTTP_REQUESTS.labels(method, template, str(status)),
+            metrics.HTTP_SECONDS.labels(method, template),
+        )
+        if len(_children) < _MAX_CHILDREN:
+            _children[key] = found
+    return found
+
+
 #: An incoming X-Request-ID is kept only if it is short and plain (it is logged).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+#: The access line (its arguments: method, route, status, ms, request id, account, task).
+_LINE = "%s %s %d %.1f ms request_id=%s account=%s%s"
 #: A task id from the path is logged only if it looks like one (it is user input).
 _TASK_ID = re.compile(r"[A-Za-z0-9_\-]{1,80}")
 
@@ -39,7 +66,7 @@ class ObserveMiddleware:
                 candidate = value.decode("latin-1")
                 request_id = candidate if _REQUEST_ID.fullmatch(candidate) else None
                 break
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or secrets.token_hex(16)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
@@ -59,29 +86,40 @@ class ObserveMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            metrics.HTTP_SECONDS.labels(method, template).observe(seconds)
-            fields = {
-                "request_id": request_id,
-                "method": method,
-                "route": template,
-                "status": status,
-                "duration_ms": round(seconds * 1000, 2),
-                "account_id": state.get("account_id"),
-            }
-            task_id = (scope.get("path_params") or {}).get("task_id") or state.get("task_id")
-            if task_id and not _TASK_ID.fullmatch(task_id):
-                task_id = None
-            if task_id:
-                fields["task_id"] = task_id
-            log.info(
-                "%s %s %d %.1f ms request_id=%s account=%s%s",
-                method,
-                template,
-                status,
-                seconds * 1000,
-                request_id,
-                fields["account_id"] or "-",
-                f" task={task_id}" if task_id else "",
-                extra={"fields": fields},
-            )
+            requests, durations = _metrics_of(method, template, status)
+            requests.inc()
+            durations.observe(seconds)
+            if log.isEnabledFor(logging.INFO):
+                _log_access(scope, method, template, status, seconds, request_id)
+
+
+def _log_access(
+    scope: dict, method: str, template: str, status: int, seconds: float, request_id: str
+) -> None:
+    state = scope["state"]
+    fields = {
+        "request_id": request_id,
+        "method": method,
+        "route": template,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 2),
+        "account_id": state.get("account_id"),
+    }
+    task_id = (scope.get("path_params") or {}).get("task_id") or state.get("task_id")
+    if task_id and not _TASK_ID.fullmatch(task_id):
+        task_id = None
+    if task_id:
+        fields["task_id"] = task_id
+    args = (
+        method,
+        template,
+        status,
+        seconds * 1000,
+        request_id,
+        fields["account_id"] or "-",
+        f" task={task_id}" if task_id else "",
+    )
+    record = log.makeRecord(
+        log.name, logging.INFO, __file__, 0, _LINE, args, None, "__call__", {"fields": fields}
+    )
+    log.handle(record)
