@@ -170,6 +170,44 @@ def run_task(server: Server, key: str, callback_url: str, **extra: object) -> di
         return wait_until_done(client, created.json()["id"])[-1]
 
 
+@pytest.fixture(scope="module")
+def sender(
+    backend: tuple[str, Path],
+    tls: tuple[Path, Path, Path],
+    weights_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    """An API without a worker: its tasks end by being cancelled, and its callbacks go
+    out from the same outbox and sender as a generated task's. For the tests about
+    sending (retries, time-outs, refusals, redelivery, secrets), where no image is needed."""
+    url, _ = backend
+    tmp = tmp_path_factory.mktemp("callbacks-sender")
+    drop = None
+    if not url.startswith("sqlite"):
+        url, drop = make_postgres_database(POSTGRES_URL)
+    else:
+        url = f"sqlite:///{tmp / 'sender.db'}"
+    running = start_server(
+        tmp, url, weights_cache, embedded_worker=False, extra_env=callback_env(tls)
+    )
+    yield running
+    running.stop()
+    if drop:
+        drop()
+
+
+def end_task(server: Server, key: str, callback_url: str) -> dict:
+    """Create a task on a server without a worker and cancel it: the task's end, and so
+    its callback, without generating an image. Returns the ended task."""
+    with server.client(key) as client:
+        created = client.post("/v1/images/generations", json={**GOOD, "callback_url": callback_url})
+        assert created.status_code == 200, created.text
+        cancelled = client.post(f"/v1/tasks/{created.json()['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        return cancelled.json()
+
+
 def attempts(server: Server, key: str, task_id: str, settled: bool = True) -> list[dict]:
     with server.client(key) as client:
         deadline = time.monotonic() + 60
@@ -212,11 +250,11 @@ def test_body_is_the_query_body_byte_for_byte_and_the_signature_verifies(
 
 
 def test_a_receiver_failing_twice_gets_three_attempts_1s_and_2s_apart(
-    server: Server, receiver: Receiver
+    sender: Server, receiver: Receiver
 ) -> None:
-    key = server.key()
+    key = sender.key()
     url = receiver.url([500, 502, 200])
-    done = run_task(server, key, url)
+    done = end_task(sender, key, url)
     hits = receiver.wait_hits(url, 3)
     time.sleep(1.5)
     assert len(receiver.hits_for(url)) == 3
@@ -225,23 +263,23 @@ def test_a_receiver_failing_twice_gets_three_attempts_1s_and_2s_apart(
     assert 0.9 <= gaps[0] <= 1.8 and 1.9 <= gaps[1] <= 2.8, gaps
     assert len({hit.headers["webhook-id"] for hit in hits}) == 1
     assert len({hit.body for hit in hits}) == 1
-    [delivery] = attempts(server, key, done["id"])
+    [delivery] = attempts(sender, key, done["id"])
     assert delivery["status"] == "succeeded"
     assert [a["status_code"] for a in delivery["attempts"]] == [500, 502, 200]
     assert [a["error"] for a in delivery["attempts"]] == ["HTTP 500", "HTTP 502", None]
 
 
 def test_a_receiver_that_always_fails_gets_four_attempts_then_none(
-    server: Server, receiver: Receiver
+    sender: Server, receiver: Receiver
 ) -> None:
-    key = server.key()
+    key = sender.key()
     url = receiver.url([503])
-    done = run_task(server, key, url)
+    done = end_task(sender, key, url)
     hits = receiver.wait_hits(url, 4, timeout=30)
     gaps = [round(b.at - a.at, 2) for a, b in zip(hits, hits[1:], strict=False)]
     print(f"retry gaps of a receiver that always fails: {gaps} s")
     assert [1.0, 2.0, 4.0] == pytest.approx(gaps, abs=0.7), gaps
-    [delivery] = attempts(server, key, done["id"])
+    [delivery] = attempts(sender, key, done["id"])
     assert delivery["status"] == "failed" and delivery["next_attempt_at"] is None
     assert [a["number"] for a in delivery["attempts"]] == [1, 2, 3, 4]
     assert all(a["duration_ms"] >= 0 and a["started_at"] > 0 for a in delivery["attempts"])
@@ -249,23 +287,23 @@ def test_a_receiver_that_always_fails_gets_four_attempts_then_none(
     assert len(receiver.hits_for(url)) == 4
 
 
-def test_nobody_listening_gets_four_recorded_connection_errors(server: Server) -> None:
-    key = server.key()
+def test_nobody_listening_gets_four_recorded_connection_errors(sender: Server) -> None:
+    key = sender.key()
     url = f"https://localhost:{free_port()}/hook"  # nothing listens there
-    done = run_task(server, key, url)
-    [delivery] = attempts(server, key, done["id"])
+    done = end_task(sender, key, url)
+    [delivery] = attempts(sender, key, done["id"])
     assert delivery["status"] == "failed"
     assert len(delivery["attempts"]) == 4
     assert all(a["status_code"] is None and "Connect" in a["error"] for a in delivery["attempts"])
 
 
-def test_a_receiver_that_hangs_is_cut_at_10_seconds(server: Server, receiver: Receiver) -> None:
-    key = server.key()
+def test_a_receiver_that_hangs_is_cut_at_10_seconds(sender: Server, receiver: Receiver) -> None:
+    key = sender.key()
     url = receiver.url(["hang", 200])
-    done = run_task(server, key, url)
+    done = end_task(sender, key, url)
     hits = receiver.wait_hits(url, 2, timeout=40)
     assert 10.5 <= hits[1].at - hits[0].at <= 12.5  # 10 s timeout, then 1 s wait
-    [delivery] = attempts(server, key, done["id"])
+    [delivery] = attempts(sender, key, done["id"])
     first, second = delivery["attempts"]
     print(f"hanging receiver cut after {first['duration_ms'] / 1000:.2f} s")
     assert first["status_code"] is None and "timed out" in first["error"]
@@ -273,11 +311,11 @@ def test_a_receiver_that_hangs_is_cut_at_10_seconds(server: Server, receiver: Re
     assert second["status_code"] == 200 and delivery["status"] == "succeeded"
 
 
-def test_a_redirect_is_not_followed(server: Server, receiver: Receiver) -> None:
-    key = server.key()
+def test_a_redirect_is_not_followed(sender: Server, receiver: Receiver) -> None:
+    key = sender.key()
     url = receiver.url([302])
-    done = run_task(server, key, url)
-    [delivery] = attempts(server, key, done["id"])
+    done = end_task(sender, key, url)
+    [delivery] = attempts(sender, key, done["id"])
     assert [a["status_code"] for a in delivery["attempts"]] == [302] * 4
     assert not [hit for hit in receiver.hits if hit.path == "/elsewhere"]
 
@@ -303,32 +341,32 @@ def server_secret(server: Server, key: str) -> str:
         return client.get("/v1/callbacks/secret").json()["secret"]
 
 
-def test_redelivery_sends_the_same_message_again(server: Server, receiver: Receiver) -> None:
-    key = server.key()
+def test_redelivery_sends_the_same_message_again(sender: Server, receiver: Receiver) -> None:
+    key = sender.key()
     url = receiver.url([200])
-    done = run_task(server, key, url)
+    done = end_task(sender, key, url)
     receiver.wait_hits(url, 1)
-    attempts(server, key, done["id"])
-    with server.client(key) as client:
+    attempts(sender, key, done["id"])
+    with sender.client(key) as client:
         again = client.post(f"/v1/tasks/{done['id']}/callbacks/redeliver")
         assert again.status_code == 202, again.text
         assert again.json()["status"] == "pending"
     first, second = receiver.wait_hits(url, 2)
     assert first.body == second.body
     assert first.headers["webhook-id"] == second.headers["webhook-id"]
-    deliveries = attempts(server, key, done["id"])
+    deliveries = attempts(sender, key, done["id"])
     assert [d["status"] for d in deliveries] == ["succeeded", "succeeded"]
 
 
-def test_rotated_secret_signs_from_then_on(server: Server, receiver: Receiver) -> None:
-    key = server.key()
-    old = server_secret(server, key)
-    assert server_secret(server, key) == old
-    with server.client(key) as client:
+def test_rotated_secret_signs_from_then_on(sender: Server, receiver: Receiver) -> None:
+    key = sender.key()
+    old = server_secret(sender, key)
+    assert server_secret(sender, key) == old
+    with sender.client(key) as client:
         new = client.post("/v1/callbacks/secret/rotate").json()["secret"]
     assert new != old and new.startswith("whsec_")
     url = receiver.url([200])
-    run_task(server, key, url)
+    end_task(sender, key, url)
     [hit] = receiver.wait_hits(url, 1)
     verify_callback(new, hit.headers, hit.body)
     with pytest.raises(WebhookVerificationError):
@@ -336,17 +374,17 @@ def test_rotated_secret_signs_from_then_on(server: Server, receiver: Receiver) -
 
 
 def test_a_host_name_resolving_to_an_internal_address_is_refused_at_send_time(
-    server: Server, receiver: Receiver
+    sender: Server, receiver: Receiver
 ) -> None:
     """This machine's own name is not a literal address, so creation accepts it; at send
     time it resolves to an internal address and every attempt is refused, unsent."""
     name = socket.gethostname()
     resolved = {info[4][0] for info in socket.getaddrinfo(name, 443)}
     assert all(is_internal_address(ipaddress.ip_address(a.split("%")[0])) for a in resolved)
-    key = server.key()
+    key = sender.key()
     url = f"https://{name}:{receiver.port}/hook/rebind"
-    done = run_task(server, key, url)
-    [delivery] = attempts(server, key, done["id"])
+    done = end_task(sender, key, url)
+    [delivery] = attempts(sender, key, done["id"])
     assert delivery["status"] == "failed"
     assert all(
         a["status_code"] is None and a["error"].startswith("refused") for a in delivery["attempts"]
@@ -392,25 +430,29 @@ def test_a_crash_between_the_end_and_the_callback_still_delivers_exactly_once(
     if not backend_url.startswith("sqlite"):
         database, drop = make_postgres_database(POSTGRES_URL)
     env = callback_env(tls)
-    first = start(
-        backend_url,
+    first = start_server(
         tmp_path / "a",
+        database,
         weights_cache,
-        {**env, "KREASERVE_CALLBACK_DISPATCH": "false"},
-        database=database,
+        embedded_worker=False,
+        extra_env={**env, "KREASERVE_CALLBACK_DISPATCH": "false"},
     )
     try:
         key = first.key()
         url = receiver.url([200])
-        done = run_task(first, key, url)
+        done = end_task(first, key, url)
         time.sleep(0.5)
         assert receiver.hits_for(url) == []
-        for proc in [first.api, *first.workers]:
-            proc.stop(signal.SIGKILL)
+        first.api.stop(signal.SIGKILL)
     finally:
         first.stop()
-    second = start(
-        backend_url, tmp_path / "b", weights_cache, env, data_dir=first.data_dir, database=database
+    second = start_server(
+        tmp_path / "b",
+        database,
+        weights_cache,
+        embedded_worker=False,
+        extra_env=env,
+        data_dir=first.data_dir,
     )
     try:
         [hit] = receiver.wait_hits(url, 1)
@@ -432,43 +474,26 @@ def test_two_api_processes_on_one_database_send_each_callback_once(
     weights_cache: Path,
     tmp_path: Path,
 ) -> None:
+    """Twelve tasks end, half through each of two API processes on one database; both
+    processes' senders claim from the one outbox, and each callback is sent once."""
     database, drop = make_postgres_database(POSTGRES_URL)
     env = callback_env(tls)
-    first = start_server(
-        tmp_path / "a",
-        database,
-        weights_cache,
-        embedded_worker=False,
-        separate_workers=1,
-        extra_env=env,
-    )
-    second = start_server(
-        tmp_path / "b",
-        database,
-        weights_cache,
-        embedded_worker=False,
-        extra_env=env,
-        data_dir=first.data_dir,
-    )
+    servers = [
+        start_server(tmp_path / name, database, weights_cache, embedded_worker=False, extra_env=env)
+        for name in ("a", "b")
+    ]
     try:
-        key = first.key()
+        key = servers[0].key()
         urls = [receiver.url([200]) for _ in range(12)]
-        with first.client(key) as client:
-            ids = [
-                client.post("/v1/images/generations", json={**GOOD, "callback_url": url}).json()[
-                    "id"
-                ]
-                for url in urls
-            ]
-            for task_id in ids:
-                assert wait_until_done(client, task_id)[-1]["status"] == "completed"
+        for number, url in enumerate(urls):
+            end_task(servers[number % 2], key, url)
         for url in urls:
             receiver.wait_hits(url, 1)
         time.sleep(2)
         assert [len(receiver.hits_for(url)) for url in urls] == [1] * len(urls)
     finally:
-        second.stop()
-        first.stop()
+        for server in servers:
+            server.stop()
         drop()
 
 
