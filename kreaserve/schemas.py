@@ -13,7 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from kreaserve import contract, images
 from kreaserve.outbound import ssrf
-from kreaserve.tokens import count_tokens
+from kreaserve.tokens import count_if_over
 
 #: The longest token of the Qwen vocabulary, in bytes (so also in characters).
 _MAX_TOKEN_CHARS = 128
@@ -79,10 +79,11 @@ class CreateTaskRequest(BaseModel):
         if not value.strip():
             raise PydanticCustomError("invalid_prompt", "prompt must not be blank")
         # No Qwen token spans more than 128 bytes, so a longer text is surely too long:
-        # refuse it without running BPE over an attacker-sized string.
+        # refuse it without running BPE over an attacker-sized string. One of at most 640
+        # bytes is within the limit without a count (and without building the encoding).
         too_long = len(value) > _MAX_TOKEN_CHARS * contract.MAX_PROMPT_TOKENS
-        tokens = None if too_long else count_tokens(value)
-        if tokens is None or tokens > contract.MAX_PROMPT_TOKENS:
+        tokens = None if too_long else count_if_over(value, contract.MAX_PROMPT_TOKENS)
+        if too_long or tokens is not None:
             shown = f"{tokens} tokens" if tokens is not None else f"{len(value)} characters"
             raise PydanticCustomError(
                 "prompt_too_long",

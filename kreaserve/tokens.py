@@ -8,6 +8,11 @@ chat template's prefix and suffix): both sides tokenize the prompt as plain text
 spells a special token (e.g. ``<|im_end|>``) is its several ordinary tokens here and there
 (`kreaserve.engine.tokenizer.prompt_text_ids`; tests/unit/test_control_tokens.py holds the two
 to the same ids).
+
+The encoding costs the process about 37 MB (three copies of the vocabulary in tiktoken's Rust
+core), so the API builds it only for a prompt that could be over the limit: the BPE is
+byte-level and no token is empty, so a prompt has at most as many tokens as its NFC-normalised
+UTF-8 text has bytes, and a prompt of at most 640 such bytes needs no count (`count_if_over`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from kreaserve import contract
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = ["MAX_PROMPT_TOKENS", "count_tokens", "warm"]
+__all__ = ["MAX_PROMPT_TOKENS", "count_if_over", "count_tokens"]
 
 #: The most tokens a prompt may have (the public contract of krea-2-turbo), from the contract.
 MAX_PROMPT_TOKENS = contract.MAX_PROMPT_TOKENS
@@ -78,11 +83,6 @@ def _get_encoding() -> tiktoken.Encoding:
     return encoding
 
 
-def warm() -> None:
-    """Build the encoding now (the API does it at start-up, not on the first create)."""
-    _get_encoding()
-
-
 def count_tokens(prompt: str) -> int:
     """Return how many Qwen tokens `prompt` has (no template; special-token text is plain text).
 
@@ -94,3 +94,22 @@ def count_tokens(prompt: str) -> int:
     if not prompt:
         return 0
     return len(_get_encoding().encode_ordinary(unicodedata.normalize("NFC", prompt)))
+
+
+def count_if_over(prompt: str, limit: int = MAX_PROMPT_TOKENS) -> int | None:
+    """Return None if `prompt` has at most `limit` tokens, else its exact count.
+
+    A prompt whose NFC-normalised UTF-8 text is at most `limit` bytes is decided without the
+    encoding (every token is at least one byte); only a longer one is counted, building the
+    encoding on first use. Lone surrogates (which tiktoken replaces) are always counted.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+    try:
+        size = len(unicodedata.normalize("NFC", prompt).encode("utf-8"))
+    except UnicodeEncodeError:
+        size = None
+    if size is not None and size <= limit:
+        return None
+    count = count_tokens(prompt)
+    return count if count > limit else None

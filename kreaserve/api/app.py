@@ -12,7 +12,7 @@ from typing import Protocol
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import auth, limits, tokens
+from kreaserve import auth, limits
 from kreaserve.api import errors, openapi
 from kreaserve.api.deps import Services
 from kreaserve.api.observe import ObserveMiddleware
@@ -85,11 +85,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # Build the token counter's encoding (about 0.3 s) and load the prompt classifier
-        # (the first start on a machine also exports it, about 15 s) now, not on the first
-        # request. The encoding first: built after the classifier, or on the first create,
-        # it left the process 12-17 MB larger after the API bench (BENCHMARKS.md, issue 12).
-        await run_in_threadpool(tokens.warm)
+        # Load the prompt classifier (the first start on a machine also exports it, about
+        # 15 s) now, not on the first request. The token counter's encoding (37 MB) is not
+        # built here: only a prompt over 640 bytes needs it (kreaserve.tokens.count_if_over).
         await run_in_threadpool(services.moderator.warm)
         for item in background:
             await run_in_threadpool(item.start)

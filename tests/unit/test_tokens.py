@@ -6,13 +6,16 @@ import random
 import subprocess
 import sys
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kreaserve import tokens
-from kreaserve.tokens import MAX_PROMPT_TOKENS, count_tokens
+from kreaserve.tokens import MAX_PROMPT_TOKENS, count_if_over, count_tokens
 
 _POOL = (
     "abc XYZ 0123456789 ,.;:!?'\"()[]{}<>|/\\-_=+*&^%$#@~` \n\t\r  café naïve Straße ÆØÅ "
@@ -175,3 +178,82 @@ def test_the_encoding_keeps_no_python_copy_of_the_vocabulary() -> None:
     ).stdout.strip()
     # Measured: 37 MB for the Rust core's maps; 55 MB with the Python copy kept.
     assert int(grown) < 46
+
+
+# --- the byte bound: a prompt of at most 640 bytes is never counted (the API's 37 MB saved) ------
+
+# Unicode text that stresses the bound: ASCII, accents and combining marks (NFC composes
+# them), CJK, Hangul jamo, emoji with joiners and variation selectors, code points that NFC
+# expands (U+0958 to two, U+1D160 to three), and anything else the strategy draws.
+_BOUND_ALPHABET = st.one_of(
+    st.sampled_from(list("abc XYZ 019 .,!?\n\t'\"<|>")),
+    st.sampled_from(
+        ["e\u0301", "\u00e9", "u\u0308\u0301", "\u1100\u1161", "\u0958", "\U0001d160", "\u2adc"]
+    ),
+    st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF),
+    st.characters(min_codepoint=0x1F300, max_codepoint=0x1FAFF),
+    st.sampled_from(["\u200d", "\ufe0f", "\u3000", "\u00a0", "\U0001f1ef\U0001f1f5"]),
+    st.characters(blacklist_categories=("Cs",)),
+)
+
+
+def _nfc_bytes(text: str) -> bytes:
+    return unicodedata.normalize("NFC", text).encode("utf-8")
+
+
+def test_every_token_of_the_vocabulary_is_at_least_one_byte() -> None:
+    ranks = tokens._load_ranks()
+    assert len(ranks) == 151643
+    assert min(len(token) for token in ranks) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_BOUND_ALPHABET, max_size=400).map("".join))
+def test_a_prompt_has_at_most_as_many_tokens_as_nfc_utf8_bytes(text: str) -> None:
+    data = _nfc_bytes(text)
+    ids = tokens._get_encoding().encode_ordinary(unicodedata.normalize("NFC", text))
+    # The tokens spell the normalised text byte for byte, so none can be empty.
+    assert b"".join(tokens._get_encoding().decode_single_token_bytes(i) for i in ids) == data
+    assert count_tokens(text) == len(ids) <= len(data)
+    if len(data) <= MAX_PROMPT_TOKENS:
+        assert count_if_over(text) is None
+
+
+def test_count_if_over_counts_exactly_above_640_bytes() -> None:
+    at_limit = "fox" + " fox" * (MAX_PROMPT_TOKENS - 1)  # 2,559 bytes, 640 tokens
+    assert count_if_over(at_limit) is None
+    assert count_if_over(at_limit + " fox") == MAX_PROMPT_TOKENS + 1
+    # NFC can grow a text threefold: 214 U+1D160 are 856 bytes before and 2,568 after.
+    expanding = "\U0001d160" * 214
+    assert count_if_over(expanding) == count_tokens(expanding) > MAX_PROMPT_TOKENS
+    assert count_if_over("a\ud800b") is None  # a lone surrogate is counted, not measured
+    assert count_if_over("\ud800" + " fox" * 640) == count_tokens("\ud800" + " fox" * 640) > 640
+    with pytest.raises(TypeError):
+        count_if_over(b"bytes")  # type: ignore[arg-type]
+
+
+def test_a_short_prompt_does_not_build_the_encoding_in_a_fresh_api_process() -> None:
+    # The API's create validates prompts with count_if_over: a prompt of at most 640 bytes
+    # must not load tiktoken or the vocabulary (37 MB); a longer one builds it and is counted.
+    code = (
+        "import sys, kreaserve.api.app\n"
+        "from kreaserve.schemas import RequestError, parse_create_request as parse\n"
+        "short = 'a fox in the snow, \\u65e5\\u672c \\U0001f98a ' * 20\n"
+        "parse({'model': 'krea-2-turbo', 'prompt': short})\n"
+        "before = 'tiktoken' in sys.modules\n"
+        "try:\n"
+        "    parse({'model': 'krea-2-turbo', 'prompt': 'fox' + ' fox' * 640})\n"
+        "except RequestError as exc:\n"
+        "    print(before, 'tiktoken' in sys.modules, exc.code, exc.message)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.strip()
+    assert out == (
+        "False True prompt_too_long prompt is 641 tokens; at most 640 tokens are allowed"
+    )
