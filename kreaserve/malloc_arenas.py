@@ -37,3 +37,21 @@ def limit_arenas(arenas: int = API_ARENAS) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_ARENA_MAX, arenas))
+
+
+def trim() -> bool:
+    """Hand the free memory at the top of glibc's heaps back to the system (``malloc_trim``).
+
+    For after a large one-off build whose temporaries are freed while long-lived allocations
+    sit above them (the token counter's encoding: about 6 MB less RSS after it). False off glibc.
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    return bool(malloc_trim(0))

@@ -23,7 +23,7 @@ import unicodedata
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from kreaserve import contract
+from kreaserve import contract, malloc_arenas
 
 if TYPE_CHECKING:
     import tiktoken
@@ -69,6 +69,9 @@ def _build_encoding() -> tiktoken.Encoding:
     # pickle the encoding, which this process never does. Dropping it frees about 17 MB of
     # the API process (151,643 bytes objects and their ints); pickling now fails loudly.
     encoding._mergeable_ranks = None  # type: ignore[assignment]
+    # Built on a long prompt in a server that has run a while, the freed ranks leave holes in
+    # glibc's heaps: trimming them left the API 225-229 MB, not 232-235 (BENCHMARKS.md, issue 12).
+    malloc_arenas.trim()
     return encoding
 
 
