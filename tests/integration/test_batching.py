@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from kreaserve import contract
 from tests.conftest import Server, start_server
 from tests.integration.test_generation import fetch_image, wait_until_done
 
@@ -112,6 +113,8 @@ def test_cancelling_one_task_of_a_batch_leaves_the_others_to_finish(
         others = [wait_until_done(client, t["id"])[-1] for t in (tasks[0], tasks[2])]
         credits = client.get("/v1/credits").json()
     assert "batch of 3" in running.api.output()
+    # The 2K images of the contract's table come out at its pixels (test_sizes: all at 1K).
+    assert fetch_image(others[0]["results"][0]).size == contract.PIXELS[("1:1", "2K")]
     assert final["status"] == "cancelled", final
     assert ended_after < 10  # a 2K batch of 3 takes far longer: it left the batch at once
     assert [t["status"] for t in others] == ["completed", "completed"]
