@@ -16,4 +16,7 @@ def test_start_up_says_each_thing_once(full_server: Server) -> None:
     assert len(ready) == 1 and "weights tiny-random" in ready[0]
     assert "{" not in ready[0], ready[0]  # no raw dict
     assert "\r" not in logs and "it/s]" not in logs and "%|" not in logs  # no tqdm bars
-    assert "moderation decision" not in logs  # allowed prompts are logged at DEBUG
+    # Allowed prompts are logged at DEBUG only (refusals at WARNING: the run's other tests
+    # share this server and send some).
+    decisions = [line for line in logs.splitlines() if "moderation decision" in line]
+    assert not [line for line in decisions if "allowed=False" not in line], decisions
