@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 
-# One compute thread per torch (OpenMP) and MKL pool, in this process and in every server
-# and engine it starts (they inherit the environment), unless the caller sets its own. The
-# suite runs several servers and engines at once on few cores; with a pool per core each,
-# their threads spin-wait for one another. Measured on the 2-core CI machine under the
-# suite's load: one tiny-random 1K image 13.3 s of CPU with the default pool, 2.7 s with one
-# thread; an engine start 12.5 s against 8.1 s.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Under xdist (the parallel part of scripts/test), one compute thread per torch (OpenMP) and
+# MKL pool, in this process and in every server and engine it starts (they inherit the
+# environment), unless the caller sets its own. Several servers and engines then run at once
+# on few cores; with a pool per core each, their threads spin-wait for one another. Measured
+# on the 2-core CI machine under the suite's load: one tiny-random 1K image 13.3 s of CPU
+# with the default pool, 2.7 s with one thread; an engine start 12.5 s against 8.1 s. The
+# `timing` tests run alone afterwards, with the default pool their bounds were set with.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 import secrets
 import signal
 import socket
