@@ -140,20 +140,25 @@ def test_encoding_is_built_once_across_threads(monkeypatch: pytest.MonkeyPatch) 
     assert len(results) == 8 and len(set(results)) == 1
 
 
+def in_fresh_python(code: str, timeout: float = 60) -> str:
+    """What `code` prints, run in a new interpreter from the checkout (stripped)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.strip()
+
+
 def test_does_not_import_torch_transformers_or_diffusers() -> None:
     code = (
         "import sys, kreaserve.tokens as t; n = t.count_tokens('hello world'); "
         "bad = sorted(m for m in ('torch', 'transformers', 'diffusers', 'tokenizers') "
         "if m in sys.modules); print(n, bad)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
-    ).stdout.strip()
+    out = in_fresh_python(code)
     assert out == "2 []"
 
 
@@ -168,14 +173,7 @@ def test_the_encoding_keeps_no_python_copy_of_the_vocabulary() -> None:
         "before = rss(); t.count_tokens('hello world')\n"
         "print((rss() - before) // 1024)\n"
     )
-    grown = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
-    ).stdout.strip()
+    grown = in_fresh_python(code)
     # Measured: 37 MB for the Rust core's maps; 55 MB with the Python copy kept.
     assert int(grown) < 46
 
@@ -246,14 +244,7 @@ def test_a_short_prompt_does_not_build_the_encoding_in_a_fresh_api_process() -> 
         "except RequestError as exc:\n"
         "    print(before, 'tiktoken' in sys.modules, exc.code, exc.message)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
-    ).stdout.strip()
+    out = in_fresh_python(code, timeout=120)
     assert out == (
         "False True prompt_too_long prompt is 641 tokens; at most 640 tokens are allowed"
     )
