@@ -477,3 +477,25 @@ def test_sign_out_forgets_the_key(ui: Ui, api_server: Server) -> None:
     page.wait_for_selector("body[data-ready='true']")
     expect(page.locator("#signed-out")).to_be_visible()
     assert page.evaluate("window.localStorage.length") == 0
+
+
+def test_blank_fields_are_named_in_the_alert_and_focused(ui: Ui, api_server: Server) -> None:
+    """A key or a key name of spaces only is not sent: the alert says what is missing and
+    the field gets the focus (app.js `required`)."""
+    from playwright.sync_api import expect
+
+    page, alert = ui.page, ui.page.get_by_role("alert")
+    ui.open()
+    page.get_by_label("API key", exact=True).fill("   ")
+    page.get_by_role("button", name="Sign in").click()  # nothing is sent: no busy state
+    expect(alert).to_contain_text("Paste an API key to sign in.")
+    expect(page.locator("#sign-in-key")).to_be_focused()
+    assert ui.stored_key() is None
+
+    ui.sign_in(api_server.key())
+    expect(alert).to_be_hidden()
+    page.get_by_label("New key name").fill("   ")
+    page.get_by_role("button", name="Create key").click()
+    expect(alert).to_contain_text("Give the new key a name.")
+    expect(page.locator("#create-name")).to_be_focused()
+    expect(page.locator("#secret-box")).to_be_hidden()

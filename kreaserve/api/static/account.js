@@ -3,7 +3,7 @@
 "use strict";
 
 (function () {
-  const { $, ApiError, storeKey, api, showAlert, clearAlert } = window.kreaserve;
+  const { $, ApiError, storeKey, api, showAlert, clearAlert, required } = window.kreaserve;
   const USAGE_DAYS = 30;
   const session = window.kreaserve.signing({
     busy,
@@ -253,12 +253,8 @@
   async function createKey(event) {
     event.preventDefault();
     clearAlert();
-    const name = $("create-name").value.trim();
-    if (!name) {
-      showAlert("Give the new key a name.");
-      $("create-name").focus();
-      return;
-    }
+    const name = required("create-name", "Give the new key a name.");
+    if (!name) return;
     await busy(async () => {
       try {
         const created = await api("POST", "/v1/keys", { body: { name } });

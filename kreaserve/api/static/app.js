@@ -97,6 +97,17 @@ window.kreaserve = (function () {
     $("alert").hidden = true;
   }
 
+  // The trimmed value of a form field that must not be empty; when it is, says `message`
+  // in the alert, moves the focus there and returns null.
+  function required(id, message) {
+    const input = $(id);
+    const value = input.value.trim();
+    if (value) return value;
+    showAlert(message);
+    input.focus();
+    return null;
+  }
+
   // --- signing in and out --------------------------------------------------------------
 
   // A page's sign-in: the form #sign-in-form with #sign-in-key, the sections #signed-out
@@ -124,13 +135,9 @@ window.kreaserve = (function () {
     async function signIn(event) {
       event.preventDefault();
       clearAlert();
+      const key = required("sign-in-key", "Paste an API key to sign in.");
+      if (!key) return;
       const input = $("sign-in-key");
-      const key = input.value.trim();
-      if (!key) {
-        showAlert("Paste an API key to sign in.");
-        input.focus();
-        return;
-      }
       await busy(async () => {
         try {
           await api("GET", "/v1/credits", { key });
@@ -177,5 +184,5 @@ window.kreaserve = (function () {
   }
 
   return { $, ApiError, INVALID_KEY, storeKey, request, errorOf, api, showAlert, clearAlert,
-    signing };
+    required, signing };
 })();

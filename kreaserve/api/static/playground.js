@@ -5,7 +5,7 @@
 "use strict";
 
 (function () {
-  const { $, ApiError, INVALID_KEY, request, errorOf, api, showAlert, clearAlert } =
+  const { $, ApiError, INVALID_KEY, request, errorOf, api, showAlert, clearAlert, required } =
     window.kreaserve;
   const RECENT = 10;
   const RETRIES = 3;
@@ -141,12 +141,8 @@
   async function generate(event) {
     event.preventDefault();
     clearAlert();
-    const prompt = $("prompt").value.trim();
-    if (!prompt) {
-      showAlert("Type a prompt first.");
-      $("prompt").focus();
-      return;
-    }
+    const prompt = required("prompt", "Type a prompt first.");
+    if (!prompt) return;
     const body = {
       model: "krea-2-turbo",
       prompt,
