@@ -359,14 +359,23 @@ def shared_server(
         server.db.dispose()
 
 
+def new_database(
+    backend: tuple[str, Path], folder: Path, file: str
+) -> tuple[str, Callable[[], None] | None]:
+    """An empty database of the backend under test, for a server of a test's own: the
+    SQLite file `folder / file`, or a new PostgreSQL database. Returns its URL and the
+    function that drops it (None for SQLite: the file goes with its folder)."""
+    if backend[0].startswith("sqlite"):
+        return f"sqlite:///{folder / file}", None
+    return make_postgres_database(POSTGRES_URL)
+
+
 def _postgres_or_sqlite(
     backend: tuple[str, Path], folder: Path, file: str
 ) -> tuple[str, str | None]:
     """A new database for a shared server: (URL, PostgreSQL database to drop or None)."""
-    if backend[0].startswith("sqlite"):
-        return f"sqlite:///{folder / file}", None
-    url, _drop = make_postgres_database(POSTGRES_URL)
-    return url, url.rsplit("/", 1)[1]
+    url, drop = new_database(backend, folder, file)
+    return url, None if drop is None else url.rsplit("/", 1)[1]
 
 
 def _backend_name(backend: tuple[str, Path]) -> str:

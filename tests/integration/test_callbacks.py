@@ -22,7 +22,14 @@ import pytest
 
 from kreaserve.client import WebhookVerificationError, verify_callback
 from kreaserve.outbound.ssrf import is_internal_address
-from tests.conftest import POSTGRES_URL, Server, free_port, make_postgres_database, start_server
+from tests.conftest import (
+    POSTGRES_URL,
+    Server,
+    free_port,
+    make_postgres_database,
+    new_database,
+    start_server,
+)
 from tests.integration.test_generation import GOOD, wait_until_done
 from tests.tlsutil import https_server, make_ca_and_cert
 
@@ -149,12 +156,9 @@ def server(
     weights_cache: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
-    url, _ = backend
     tmp = tmp_path_factory.mktemp("callbacks")
-    drop = None
-    if not url.startswith("sqlite"):
-        url, drop = make_postgres_database(POSTGRES_URL)
-    running = start(url, tmp, weights_cache, callback_env(tls))
+    url, drop = new_database(backend, tmp, "callbacks.db")
+    running = start(url, tmp, weights_cache, callback_env(tls), database=url)
     yield running
     running.stop()
     if drop:
@@ -180,13 +184,8 @@ def sender(
     """An API without a worker: its tasks end by being cancelled, and its callbacks go
     out from the same outbox and sender as a generated task's. For the tests about
     sending (retries, time-outs, refusals, redelivery, secrets), where no image is needed."""
-    url, _ = backend
     tmp = tmp_path_factory.mktemp("callbacks-sender")
-    drop = None
-    if not url.startswith("sqlite"):
-        url, drop = make_postgres_database(POSTGRES_URL)
-    else:
-        url = f"sqlite:///{tmp / 'sender.db'}"
+    url, drop = new_database(backend, tmp, "sender.db")
     running = start_server(
         tmp, url, weights_cache, embedded_worker=False, extra_env=callback_env(tls)
     )
@@ -425,10 +424,7 @@ def test_a_crash_between_the_end_and_the_callback_still_delivers_exactly_once(
 ) -> None:
     """The task ends while no sender runs (dispatch off), the process is killed, and the
     restarted one finds the delivery in the outbox."""
-    backend_url, _ = backend
-    database, drop = (f"sqlite:///{tmp_path / 'crash.db'}", None)
-    if not backend_url.startswith("sqlite"):
-        database, drop = make_postgres_database(POSTGRES_URL)
+    database, drop = new_database(backend, tmp_path, "crash.db")
     env = callback_env(tls)
     first = start_server(
         tmp_path / "a",

@@ -17,20 +17,17 @@ from sqlalchemy import func, select
 
 from kreaserve import ledger
 from kreaserve.db.models import LedgerEntry, Task
-from tests.conftest import POSTGRES_URL, free_port, make_postgres_database, start_server
+from tests.conftest import POSTGRES_URL, free_port, new_database, start_server
 from tests.integration.test_generation import GOOD, wait_until_done
 
 
 @pytest.fixture
 def fresh_database(backend: tuple[str, Path], tmp_path: Path) -> Iterator[str]:
     """An empty database of the backend under test, for a server of the test's own."""
-    url, _ = backend
-    if url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'lifecycle.db'}"
-        return
-    new_url, drop = make_postgres_database(POSTGRES_URL)
-    yield new_url
-    drop()
+    url, drop = new_database(backend, tmp_path, "lifecycle.db")
+    yield url
+    if drop:
+        drop()
 
 
 def test_task_of_a_killed_server_is_finished_after_restart_and_charged_once(
