@@ -37,6 +37,8 @@ _BPE_OPTIONS = (
     "byte_fallback",
     "ignore_merges",
 )
+#: How much of tokenizer.json is read first to find the added tokens (Qwen's take 4 KB).
+HEAD_CHARS = 1 << 16
 _ADDED_TOKEN_FIELDS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
 _SPACE = re.compile(r"\s*")
 
@@ -45,11 +47,23 @@ def read_added_tokens(tokenizer_json: Path) -> list[dict[str, Any]] | None:
     """The top-level `added_tokens` list of a `tokenizer.json`, decoded without the rest.
 
     The `tokenizers` library writes it before the normalizer and the model, so only the small
-    values in front of it are decoded. None if it does not come before `model`.
+    values in front of it are decoded, and only the file's head is read when it holds them.
+    None if it does not come before `model`.
     """
+    with tokenizer_json.open(encoding="utf-8") as handle:
+        text = handle.read(HEAD_CHARS)
+        if len(text) == HEAD_CHARS:
+            tokens = _added_tokens_or_none(text)
+            if tokens is not None:
+                return tokens
+            text += handle.read()  # cut short inside or before the list
+    return _added_tokens_or_none(text)
+
+
+def _added_tokens_or_none(text: str) -> list[dict[str, Any]] | None:
     try:
-        return _added_tokens(tokenizer_json.read_text(encoding="utf-8"))
-    except ValueError:  # not JSON: left to from_pretrained, which says so
+        return _added_tokens(text)
+    except ValueError:  # not JSON (or cut short): left to from_pretrained, which says so
         return None
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kreaserve.engine import loading
+from kreaserve.engine import loading, tokenizer_files
 from kreaserve.engine.presets import ensure_tiny_random
 from kreaserve.engine.tokenizer import (
     PROMPT_TEMPLATE_PREFIX,
@@ -171,7 +171,12 @@ def test_a_tokenizer_laid_out_like_the_hubs_is_the_one_transformers_builds(
     _assert_same_tokenizer(fast, _official(hub_layout_dir))
 
 
-def test_added_tokens_are_read_from_the_head_of_tokenizer_json(preset_dir: Path) -> None:
+@pytest.mark.parametrize("head", [tokenizer_files.HEAD_CHARS, 100, 2000])
+def test_added_tokens_are_read_from_the_head_of_tokenizer_json(
+    preset_dir: Path, head: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 100 and 2000 characters end before and inside the list: the whole file is read then.
+    monkeypatch.setattr(tokenizer_files, "HEAD_CHARS", head)
     path = preset_dir / "tokenizer" / "tokenizer.json"
     assert read_added_tokens(path) == json.loads(path.read_text(encoding="utf-8"))["added_tokens"]
 
