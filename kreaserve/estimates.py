@@ -148,6 +148,13 @@ class QueueEstimates:
         finally:
             self._reading.release()
 
+    def fresh(self) -> Snapshot | None:
+        """The snapshot if it needs no read (callable on the event loop), else None."""
+        snapshot = self._snapshot
+        if snapshot is not None and self.clock() - self._read_at < self.max_age:
+            return snapshot
+        return None
+
     def estimate(self, task: Task) -> int:
         if task.status in contract.TERMINAL:
             return 0

@@ -34,6 +34,7 @@ from kreaserve.api.routes import (
 )
 from kreaserve.config import Settings
 from kreaserve.db import Database
+from kreaserve.db.task_read import loop_read
 from kreaserve.estimates import QueueEstimates
 from kreaserve.moderation import PromptModerator
 from kreaserve.service_secrets import url_signing_key
@@ -81,6 +82,7 @@ def create_app(
         keys=auth.KeyCache(db, settings.auth_cache_seconds),
         quotas=limits.QuotaLeases(db),
         estimates=QueueEstimates(db),
+        task_read=loop_read(db.engine),
     )
 
     @asynccontextmanager
@@ -105,6 +107,7 @@ def create_app(
             for item in reversed(background):
                 await run_in_threadpool(item.stop)
             services.threads.shutdown(wait=False)
+            services.task_read.close()
 
     app = FastAPI(
         title="kreaserve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None

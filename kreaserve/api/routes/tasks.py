@@ -11,6 +11,7 @@ from kreaserve import contract, task_queue
 from kreaserve.api.deps import PrincipalDep, ServicesDep, get_principal, in_thread, services_of
 from kreaserve.api.errors import APIError
 from kreaserve.api.presenters import task_answer
+from kreaserve.db.models import Task
 from kreaserve.presenters import render_json
 
 router = APIRouter()
@@ -36,10 +37,28 @@ async def get_task(task_id: str, request: Request) -> Response:
 
     The busiest route (clients poll it): no dependency for FastAPI to solve (the
     caller is authenticated by a direct call) and the answer rendered once, by the
-    renderer callbacks use, rather than through FastAPI's `jsonable_encoder`."""
+    renderer callbacks use, rather than through FastAPI's `jsonable_encoder`. Where the
+    database allows it (a SQLite file) the task is read on the event loop
+    (`kreaserve.db.task_read`) and, unless it needs the queue snapshot read again or
+    links to its images (a store may be asked for them), answered there too: a thread
+    hop cost a poll more CPU than the rest of its work."""
     services = services_of(request)
     principal = await get_principal(request)
     check_task_id(task_id)
+    found = services.task_read.get(principal.account_id, task_id)
+    if found is None:
+        raise not_found(task_id)
+    if isinstance(found, Task):
+        task = found
+        snapshot = services.estimates.fresh()
+        if task.status != contract.COMPLETED and (snapshot or task.status in contract.TERMINAL):
+            body = render_json(task_answer(services, task, snapshot=snapshot))
+            return Response(body, media_type="application/json")
+
+        def answer() -> bytes:
+            return render_json(task_answer(services, task))
+
+        return Response(await in_thread(services, answer), media_type="application/json")
 
     def load() -> bytes:
         task = task_queue.get(services.db, principal.account_id, task_id)
