@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from kreaserve import auth, limits
 from kreaserve.api import errors, openapi
 from kreaserve.api.deps import Services
+from kreaserve.api.direct import DirectRoute
 from kreaserve.api.observe import ObserveMiddleware
 from kreaserve.api.routes import (
     admin,
@@ -117,8 +118,11 @@ def create_app(
     # Routers are matched one after another: the busiest first (a health probe passing
     # nine routers cost 60 us more than one passing none). The poll, the busiest of all,
     # is a route of the app itself: FastAPI matches a route of an included router twice
-    # (the router, then its route) through a layer of its own.
-    app.add_api_route("/v1/tasks/{task_id}", tasks.get_task, methods=["GET"])
+    # (the router, then its route) through a layer of its own; and served directly
+    # (kreaserve.api.direct).
+    app.router.add_api_route(
+        "/v1/tasks/{task_id}", tasks.get_task, methods=["GET"], route_class_override=DirectRoute
+    )
     for module in (
         health,
         tasks,
