@@ -108,7 +108,7 @@ def create_app(
             for item in reversed(background):
                 await run_in_threadpool(item.stop)
             services.threads.shutdown(wait=False)
-            services.task_read.close()
+            await services.task_read.aclose()
 
     app = FastAPI(
         title="kreaserve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None

@@ -20,7 +20,7 @@ from kreaserve.api.errors import APIError
 from kreaserve.auth import KeyCache
 from kreaserve.config import Settings
 from kreaserve.db import Database
-from kreaserve.db.task_read import NoLoopRead, SQLiteTaskRead
+from kreaserve.db.task_read import LoopRead
 from kreaserve.estimates import QueueEstimates
 from kreaserve.moderation import PromptModerator
 from kreaserve.storage import ResultLinks, Storage
@@ -40,7 +40,7 @@ class Services:
     quotas: limits.QuotaLeases
     estimates: QueueEstimates
     #: the poll's read on the event loop (`kreaserve.db.task_read`)
-    task_read: SQLiteTaskRead | NoLoopRead
+    task_read: LoopRead
     #: the threads of `in_thread` (as many as anyio's threadpool has)
     threads: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(40, thread_name_prefix="kreaserve-api")

@@ -16,58 +16,31 @@ so (`ON_THREAD`) and the caller reads the usual way, in a thread, where failures
 the API's 503. The statement is stepped to its end, so no read transaction outlives it
 (an open one would hold back checkpoints).
 
-Other databases: `ON_THREAD` always (see `kreaserve.db.pg_read` for PostgreSQL's own).
+PostgreSQL: psycopg's own async connections (`kreaserve.db.pg_read`). A SQLite database
+in memory: `ON_THREAD` always.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any, Final
 
-from sqlalchemy import Engine, Table, bindparam, select
+from sqlalchemy import Engine
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import Dialect
 
 from kreaserve.db.models import Task
-from kreaserve.db.rows import detached
+from kreaserve.db.pg_read import PostgresTaskRead
+from kreaserve.db.task_row import ON_THREAD, listeners, row_converter, task_statement
 
-#: `get`'s answer when this read must be made in a thread instead.
-ON_THREAD: Final = "on_thread"
-
-#: Called with the SQL of each statement sent here (tests count a poll's statements).
-listeners: list[Callable[[str], None]] = []
-
-
-def task_statement(dialect: Dialect) -> str:
-    """SELECT every column of the task, with `:task_id` and `:account_id` (named) or
-    `%(task_id)s` (pyformat) parameters, as `dialect`'s driver takes them."""
-    table: Table = Task.__table__  # type: ignore[assignment]
-    statement = select(table).where(
-        table.c.id == bindparam("task_id"), table.c.account_id == bindparam("account_id")
-    )
-    return str(statement.compile(dialect=dialect))
-
-
-def row_converter(dialect: Dialect) -> Callable[[Sequence[Any]], Task]:
-    """A driver row (the statement's columns, in order) -> a detached `Task`, through each
-    column type's result processor for `dialect` (booleans and JSON on SQLite)."""
-    table: Table = Task.__table__  # type: ignore[assignment]
-    names = [column.key for column in table.columns]
-    processors = [
-        (index, processor)
-        for index, column in enumerate(table.columns)
-        if (processor := column.type.dialect_impl(dialect).result_processor(dialect, None))
-    ]
-
-    def convert(row: Sequence[Any]) -> Task:
-        values = list(row)
-        for index, processor in processors:
-            values[index] = processor(values[index])
-        return detached(Task, dict(zip(names, values, strict=True)))
-
-    return convert
+__all__ = [
+    "ON_THREAD",
+    "LoopRead",
+    "NoLoopRead",
+    "PostgresTaskRead",
+    "SQLiteTaskRead",
+    "listeners",
+    "loop_read",
+]
 
 
 class SQLiteTaskRead:
@@ -95,8 +68,9 @@ class SQLiteTaskRead:
                 self._all.append(connection)
         return connection
 
-    def get(self, account_id: int, task_id: str) -> Task | None | str:
-        """The account's task, None, or `ON_THREAD` when SQLite did not answer with rows."""
+    async def get(self, account_id: int, task_id: str) -> Task | None | str:
+        """The account's task, None, or `ON_THREAD` when SQLite did not answer with rows
+        (a coroutine only to match `PostgresTaskRead`: it never waits)."""
         params = {"task_id": task_id, "account_id": account_id}
         try:
             rows = self._connection().execute(self.sql, params).fetchall()
@@ -105,6 +79,9 @@ class SQLiteTaskRead:
         for listener in listeners:
             listener(self.sql)
         return self.convert(rows[0]) if rows else None
+
+    async def aclose(self) -> None:
+        self.close()
 
     def close(self) -> None:
         with self._lock:
@@ -117,16 +94,21 @@ class SQLiteTaskRead:
 class NoLoopRead:
     """Databases read in a thread only (SQLite in memory)."""
 
-    def get(self, account_id: int, task_id: str) -> Task | None | str:
+    async def get(self, account_id: int, task_id: str) -> Task | None | str:
         return ON_THREAD
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         pass
 
 
-def loop_read(engine: Engine) -> SQLiteTaskRead | NoLoopRead:
+LoopRead = SQLiteTaskRead | PostgresTaskRead | NoLoopRead
+
+
+def loop_read(engine: Engine) -> LoopRead:
     """The loop read for `engine`'s database."""
     url = engine.url
+    if url.get_backend_name() == "postgresql":
+        return PostgresTaskRead(engine)
     if (
         url.get_backend_name() == "sqlite"
         and url.database

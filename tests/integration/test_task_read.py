@@ -56,10 +56,11 @@ def make_tasks(db: Database, account_id: int) -> dict[str, str]:
 
 
 @pytest.fixture
-def reader(db: Database) -> Iterator[task_read.SQLiteTaskRead | task_read.NoLoopRead]:
+def reader(db: Database) -> Iterator[task_read.LoopRead]:
     read = task_read.loop_read(db.engine)
     yield read
-    read.close()
+    if isinstance(read, task_read.SQLiteTaskRead):
+        read.close()
 
 
 def test_the_loop_read_is_the_core_read(db: Database, reader) -> None:  # type: ignore[no-untyped-def]
@@ -67,20 +68,25 @@ def test_the_loop_read_is_the_core_read(db: Database, reader) -> None:  # type: 
     other, _ = new_account(db, name="other")
     ids = make_tasks(db, account_id)
     columns = [column.key for column in Task.__table__.columns]
+
+    async def read(account: int, task_id: str) -> Task | None | str:
+        try:
+            return await reader.get(account, task_id)
+        finally:
+            if not isinstance(reader, task_read.SQLiteTaskRead):
+                await reader.aclose()
+
     for name, task_id in ids.items():
         core = task_queue.get(db, account_id, task_id)
-        found = reader.get(account_id, task_id)
-        if db.is_postgres:
-            assert found == task_read.ON_THREAD
-            continue
+        found = asyncio.run(read(account_id, task_id))
         assert isinstance(found, Task), name
         assert core is not None
         for column in columns:
             mine, theirs = getattr(found, column), getattr(core, column)
             assert (mine, type(mine)) == (theirs, type(theirs)), (name, column)
         # Another account's task is not found, like an unknown id.
-        assert reader.get(other, task_id) is None
-    assert reader.get(account_id, "task-unified-0-nothere") in (None, task_read.ON_THREAD)
+        assert asyncio.run(read(other, task_id)) is None
+    assert asyncio.run(read(account_id, "task-unified-0-nothere")) is None
 
 
 def test_no_read_transaction_outlives_the_read(tmp_path: Path) -> None:
@@ -94,13 +100,13 @@ def test_no_read_transaction_outlives_the_read(tmp_path: Path) -> None:
     try:
         account_id, _ = new_account(db)
         task_id = make_tasks(db, account_id)["pending"]
-        assert isinstance(reader.get(account_id, task_id), Task)
+        assert isinstance(asyncio.run(reader.get(account_id, task_id)), Task)
         with sqlite3.connect(tmp_path / "wal.db") as other:
             busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         assert busy == 0
         assert (tmp_path / "wal.db-wal").stat().st_size == 0
     finally:
-        reader.close()
+        asyncio.run(reader.aclose())
         db.dispose()
 
 
@@ -122,11 +128,11 @@ def test_a_busy_database_is_read_in_a_thread(tmp_path: Path) -> None:
         holder.execute("PRAGMA locking_mode=EXCLUSIVE")
         holder.execute("BEGIN EXCLUSIVE")
         holder.execute("UPDATE tasks SET progress = 1")
-        assert reader.get(account_id, task_id) == task_read.ON_THREAD
+        assert asyncio.run(reader.get(account_id, task_id)) == task_read.ON_THREAD
         holder.execute("COMMIT")
     finally:
         holder.close()
-        reader.close()
+        asyncio.run(reader.aclose())
         db.dispose()
 
 
@@ -157,7 +163,54 @@ def test_the_poll_answers_the_same_bytes_either_way(db: Database, tmp_path: Path
         services.task_read = task_read.NoLoopRead()
         second = asyncio.run(answers())
     finally:
-        on_loop.close()
+        asyncio.run(on_loop.aclose())
     assert first == second
     assert b'"status":"pending"' in first["pending"]
     assert b"task_not_found" in first["unknown"]
+
+
+@pytest.mark.postgres
+def test_postgres_reads_again_on_a_new_connection_after_one_died(
+    postgres_server: str, tmp_path: Path
+) -> None:
+    """A connection that died while idle (a server restart, an idle timeout) costs the
+    read a retry on a new one, not an error; a server that cannot be reached at all
+    answers ON_THREAD (the thread read then gives the API's 503)."""
+    import psycopg
+
+    from kreaserve.db import upgrade
+    from tests.conftest import make_postgres_database
+
+    url, drop = make_postgres_database(postgres_server)
+    upgrade(url)
+    db = Database(url)
+    try:
+        account_id, _ = new_account(db)
+        task_id = make_tasks(db, account_id)["pending"]
+        reader = task_read.loop_read(db.engine)
+        assert isinstance(reader, task_read.PostgresTaskRead)
+
+        async def run() -> list[Task | None | str]:
+            got = [await reader.get(account_id, task_id)]
+            name = db.engine.url.database
+            async with await psycopg.AsyncConnection.connect(
+                postgres_server, autocommit=True
+            ) as admin:
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+            got.append(await reader.get(account_id, task_id))
+            reader.conninfo = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
+            await reader.aclose()
+            got.append(await reader.get(account_id, task_id))
+            return got
+
+        before, after, unreachable = asyncio.run(run())
+    finally:
+        db.dispose()
+        drop()
+    assert isinstance(before, Task) and isinstance(after, Task)
+    assert after.id == task_id
+    assert unreachable == task_read.ON_THREAD
