@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -122,6 +122,14 @@ def create_app(
     # (kreaserve.api.direct).
     app.router.add_api_route(
         "/v1/tasks/{task_id}", tasks.get_task, methods=["GET"], route_class_override=DirectRoute
+    )
+    # So is GET /v1/credits (FastAPI builds a route of an included router its own handler).
+    app.router.add_api_route(
+        "/v1/credits",
+        credits.get_credits,
+        methods=["GET"],
+        response_model=dict[str, Any],
+        route_class_override=DirectRoute,
     )
     for module in (
         health,

@@ -5,7 +5,9 @@ FastAPI's handler solves the endpoint's parameters (path values through pydantic
 `Request`), opens two exit stacks per request and wraps the endpoint's answer: about a
 fifth of a poll's CPU once its read ran on the event loop. A `DirectRoute` endpoint takes
 the `Request` and its path parameters as strings, checks them itself and returns its
-`Response`; its errors reach the app's exception handlers as any route's do.
+`Response`; its errors reach the app's exception handlers as any route's do. Only for
+routes of the app itself: FastAPI serves a route of an included router through a handler
+it builds from the route's endpoint.
 """
 
 from __future__ import annotations

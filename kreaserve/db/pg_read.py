@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from sqlalchemy import Engine, event
 
-from kreaserve.db.models import Task
-from kreaserve.db.task_row import ON_THREAD, listeners, row_converter, task_statement
+from kreaserve.db.task_row import ON_THREAD, LoopReads, listeners
 
 #: Connections are not kept longer than this (seconds), as the engine's pool does.
 RECYCLE_SECONDS = 1800
@@ -42,14 +43,13 @@ class _Pool:
     freed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
 
-class PostgresTaskRead:
-    """The read on PostgreSQL: up to `size` autocommit connections per event loop."""
+class PostgresTaskRead(LoopReads):
+    """The reads on PostgreSQL: up to `size` autocommit connections per event loop."""
 
     def __init__(self, engine: Engine, size: int = 8) -> None:
+        super().__init__(engine.dialect)
         url = engine.url.set(drivername="postgresql")
         self.conninfo = url.render_as_string(hide_password=False)
-        self.sql = task_statement(engine.dialect)
-        self.convert = row_converter(engine.dialect)
         self.size = size
         self._pool: _Pool | None = None
         #: every connection open, closed without a loop when the engine is disposed, when
@@ -94,17 +94,16 @@ class PostgresTaskRead:
             pool.open -= 1
             pool.freed.notify()
 
-    async def get(self, account_id: int, task_id: str) -> Task | None | str:
-        """The account's task, None, or `ON_THREAD` when PostgreSQL did not answer."""
+    async def _row(self, sql: str, params: dict[str, Any]) -> Sequence[Any] | None | str:
+        """The first row, None, or `ON_THREAD` when PostgreSQL did not answer."""
         pool = self._current()
-        params = {"task_id": task_id, "account_id": account_id}
         for _ in range(2):
             try:
                 held = await self._take(pool)
             except psycopg.Error:
                 return ON_THREAD
             try:
-                cursor = await held[0].execute(self.sql, params)
+                cursor = await held[0].execute(sql, params)
                 row = await cursor.fetchone()
             except psycopg.Error:
                 await self._close(pool, held[0])
@@ -114,8 +113,8 @@ class PostgresTaskRead:
                 raise
             await self._give_back(pool, held)
             for listener in listeners:
-                listener(self.sql)
-            return None if row is None else self.convert(row)
+                listener(sql)
+            return row
         return ON_THREAD
 
     async def _close(self, pool: _Pool, connection: psycopg.AsyncConnection) -> None:

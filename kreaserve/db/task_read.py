@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from kreaserve.db.models import Task
 from kreaserve.db.pg_read import PostgresTaskRead
-from kreaserve.db.task_row import ON_THREAD, listeners, row_converter, task_statement
+from kreaserve.db.task_row import ON_THREAD, LoopReads, listeners
 
 __all__ = [
     "ON_THREAD",
@@ -43,14 +44,12 @@ __all__ = [
 ]
 
 
-class SQLiteTaskRead:
-    """The read on a SQLite file: one `query_only` connection per reading thread."""
+class SQLiteTaskRead(LoopReads):
+    """The reads on a SQLite file: one `query_only` connection per reading thread."""
 
     def __init__(self, path: str) -> None:
+        super().__init__(sqlite_dialect.dialect(paramstyle="named"))
         self.path = path
-        dialect = sqlite_dialect.dialect(paramstyle="named")
-        self.sql = task_statement(dialect)
-        self.convert = row_converter(dialect)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -68,17 +67,16 @@ class SQLiteTaskRead:
                 self._all.append(connection)
         return connection
 
-    async def get(self, account_id: int, task_id: str) -> Task | None | str:
-        """The account's task, None, or `ON_THREAD` when SQLite did not answer with rows
-        (a coroutine only to match `PostgresTaskRead`: it never waits)."""
-        params = {"task_id": task_id, "account_id": account_id}
+    async def _row(self, sql: str, params: dict[str, Any]) -> Sequence[Any] | None | str:
+        """The first row, None, or `ON_THREAD` when SQLite did not answer with rows (a
+        coroutine only to match `PostgresTaskRead`: it never waits)."""
         try:
-            rows = self._connection().execute(self.sql, params).fetchall()
+            rows = self._connection().execute(sql, params).fetchall()
         except sqlite3.Error:
             return ON_THREAD
         for listener in listeners:
-            listener(self.sql)
-        return self.convert(rows[0]) if rows else None
+            listener(sql)
+        return rows[0] if rows else None
 
     async def aclose(self) -> None:
         self.close()
@@ -91,10 +89,13 @@ class SQLiteTaskRead:
         self._local = threading.local()
 
 
-class NoLoopRead:
+class NoLoopRead(LoopReads):
     """Databases read in a thread only (SQLite in memory)."""
 
-    async def get(self, account_id: int, task_id: str) -> Task | None | str:
+    def __init__(self) -> None:
+        super().__init__(sqlite_dialect.dialect(paramstyle="named"))
+
+    async def _row(self, sql: str, params: dict[str, Any]) -> Sequence[Any] | None | str:
         return ON_THREAD
 
     async def aclose(self) -> None:

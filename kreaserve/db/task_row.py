@@ -1,6 +1,8 @@
-"""The poll's read of one task as a raw DB-API statement: its SQL, compiled once from the
-table (every column, so the task is the one `task_queue.get` returns), and the driver row
-turned into a detached `Task`. Used by `task_read` (SQLite) and `pg_read` (PostgreSQL).
+"""The reads made on the event loop as raw DB-API statements (the poll's task, the
+credits' balance): their SQL, compiled once from the tables (a task's every column, so it
+is the one `task_queue.get` returns), the driver row turned into a detached `Task`, and
+`LoopReads`, the two reads over a backend's one-row read (`task_read` for SQLite,
+`pg_read` for PostgreSQL).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any, Final
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.engine import Dialect
 
-from kreaserve.db.models import Task
+from kreaserve.db.models import Account, Task
 from kreaserve.db.rows import detached
 
 #: A loop read's answer when this read must be made in a thread instead.
@@ -52,3 +54,37 @@ def row_converter(dialect: Dialect) -> Callable[[Sequence[Any]], Task]:
         return detached(Task, dict(zip(names, values, strict=True)))
 
     return convert
+
+
+def balance_statement(dialect: Dialect) -> str:
+    """SELECT an account's balance and reservations (`ledger.balance`'s columns)."""
+    table: Table = Account.__table__  # type: ignore[assignment]
+    statement = select(table.c.balance_units, table.c.reserved_units).where(
+        table.c.id == bindparam("account_id")
+    )
+    return str(statement.compile(dialect=dialect))
+
+
+class LoopReads:
+    """The reads, over `_row` (a backend's one-row read: the row, None, or `ON_THREAD`
+    when the caller must read in a thread instead)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.sql = task_statement(dialect)
+        self.balance_sql = balance_statement(dialect)
+        self.convert = row_converter(dialect)
+
+    async def _row(self, sql: str, params: dict[str, Any]) -> Sequence[Any] | None | str:
+        raise NotImplementedError
+
+    async def get(self, account_id: int, task_id: str) -> Task | None | str:
+        """The account's task, None, or `ON_THREAD`."""
+        row = await self._row(self.sql, {"task_id": task_id, "account_id": account_id})
+        return row if row is None or isinstance(row, str) else self.convert(row)
+
+    async def balance(self, account_id: int) -> tuple[int, int] | None | str:
+        """(balance_units, reserved_units) of the account, None, or `ON_THREAD`."""
+        row = await self._row(self.balance_sql, {"account_id": account_id})
+        if row is None or isinstance(row, str):
+            return row
+        return int(row[0]), int(row[1])

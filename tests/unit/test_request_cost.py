@@ -216,7 +216,7 @@ def test_hot_paths_cost_what_they_should(app_db: tuple[Settings, Database]) -> N
     if app_db[1].engine.dialect.name == "sqlite":  # reads never take the write lock
         # A poll's lone statement is a transaction of its own: no BEGIN, no COMMIT.
         assert poll.begins == set()
-        assert credits.begins == {"BEGIN"}
+        assert credits.begins == set()
         assert create.begins == {"BEGIN IMMEDIATE"}
     # A create: one transaction, three statements (reserve + limits, ledger, task), three
     # row writes.
@@ -243,18 +243,19 @@ def test_hot_paths_cost_what_they_should(app_db: tuple[Settings, Database]) -> N
         2 * RUNS,
         RUNS,
     ), replayed.sql
-    # Credits: one read.
+    # Credits: one read, sent to the driver on the event loop as the poll's is.
     assert (credits.transactions, credits.statements, credits.row_writes) == (RUNS, RUNS, 0), (
         credits.sql
     )
+    assert credits.raw == RUNS, credits.sql
 
 
-def test_the_poll_skips_fastapis_request_handler(
+def test_the_poll_and_credits_skip_fastapis_request_handler(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The poll is a DirectRoute (kreaserve.api.direct): FastAPI's handler (its parameter
-    solving, two exit stacks per request) cost it a fifth of its CPU. It still answers
-    with the contract's errors, and stays in the OpenAPI document."""
+    """The poll and the credits are DirectRoutes (kreaserve.api.direct): FastAPI's handler
+    (its parameter solving, two exit stacks per request) cost a poll a fifth of its CPU.
+    They still answer with the contract's errors, and stay in the OpenAPI document."""
     import fastapi.routing
 
     from kreaserve.db import upgrade
@@ -281,12 +282,13 @@ def test_the_poll_skips_fastapis_request_handler(
                 await client.get("/v1/tasks/task-unified-0-unknown"),
                 await client.get("/v1/tasks/nope"),
                 await client.get("/v1/tasks/x", headers={"Authorization": "Bearer wrong"}),
-                await client.get("/v1/credits"),  # a FastAPI route: the handler runs
+                await client.get("/v1/credits"),
+                await client.get("/v1/usage"),  # a FastAPI route: the handler runs
             ]
 
     app.state.services.moderator = AllowAll()
     try:
-        poll, unknown, malformed, unauthorized, credits = asyncio.run(run())
+        poll, unknown, malformed, unauthorized, credits, used = asyncio.run(run())
     finally:
         db.dispose()
     assert poll.status_code == 200, poll.text
@@ -297,5 +299,8 @@ def test_the_poll_skips_fastapis_request_handler(
         401,
         "invalid_api_key",
     )
-    assert credits.status_code == 500
-    assert "/v1/tasks/{task_id}" in app.openapi()["paths"]
+    assert credits.status_code == 200, credits.text
+    assert credits.json()["object"] == "credit_balance"
+    assert credits.json()["reserved"] == 0.45  # the task's price, read on the loop
+    assert used.status_code == 500
+    assert {"/v1/tasks/{task_id}", "/v1/credits"} <= set(app.openapi()["paths"])

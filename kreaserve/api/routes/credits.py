@@ -2,31 +2,43 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from kreaserve import ledger, usage
-from kreaserve.api.deps import PrincipalDep, ServicesDep
+from kreaserve.api.deps import PrincipalDep, ServicesDep, get_principal, in_thread, services_of
 from kreaserve.api.errors import APIError
+from kreaserve.presenters import render_json
 
 router = APIRouter()
 
 
-@router.get("/v1/credits")
-async def get_credits(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+async def get_credits(request: Request) -> Response:
     """`balance`: held by the account; `reserved`: held for unfinished tasks;
     `available`: what new tasks may spend (balance - reserved)."""
-    standing = await run_in_threadpool(usage.standing, services.db, principal.account_id)
-    return {
+    # Served as the poll is (a DirectRoute of the app itself, kreaserve.api.app; the
+    # balance read on the event loop where the database allows it): clients check it often.
+    services = services_of(request)
+    principal = await get_principal(request)
+    found = await services.task_read.balance(principal.account_id)
+    if isinstance(found, tuple):
+        standing = ledger.Balance(*found)
+    else:
+        standing = await in_thread(
+            services, functools.partial(usage.standing, services.db, principal.account_id)
+        )
+    body = {
         "object": "credit_balance",
         "balance": ledger.to_credits(standing.balance_units),
         "reserved": ledger.to_credits(standing.reserved_units),
         "available": ledger.to_credits(standing.available_units),
         "user_group": principal.user_group,
     }
+    return Response(render_json(body), media_type="application/json")
 
 
 MAX_USAGE_DAYS = 366

@@ -37,11 +37,11 @@ async def get_task(task_id: str, request: Request) -> Response:
 
     The busiest route (clients poll it): no dependency for FastAPI to solve (the
     caller is authenticated by a direct call) and the answer rendered once, by the
-    renderer callbacks use, rather than through FastAPI's `jsonable_encoder`. The task is
-    read on the event loop (`kreaserve.db.task_read`: a SQLite file, PostgreSQL) and,
-    unless it needs the queue snapshot read again or links to its images (a store may be
-    asked for them), answered there too: a thread hop cost a poll more CPU than the rest
-    of its work."""
+    renderer callbacks use, rather than through FastAPI's `jsonable_encoder`."""
+    # The task is read on the event loop (kreaserve.db.task_read: a SQLite file,
+    # PostgreSQL) and, unless it needs the queue snapshot read again or links to its
+    # images (a store may be asked for them), answered there too: a thread hop cost a
+    # poll more CPU than the rest of its work.
     services = services_of(request)
     principal = await get_principal(request)
     check_task_id(task_id)
