@@ -14,9 +14,26 @@ import logging
 import os
 import re
 import sys
+import time
 from datetime import UTC, datetime
 
 _TASK_ID = re.compile(r"\btask-[A-Za-z0-9_-]+")
+
+
+class TextFormatter(logging.Formatter):
+    """logging's own Formatter, with the date and time of the record's second formatted
+    once per second (`time.localtime` and `strftime` were a tenth of an access line)."""
+
+    _second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        msec_format = self.default_msec_format
+        if datefmt is not None or msec_format is None or self.converter is not time.localtime:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if self._second[0] != second:
+            self._second = (second, time.strftime(self.default_time_format, time.localtime(second)))
+        return msec_format % (self._second[1], record.msecs)
 
 
 class JSONFormatter(logging.Formatter):
@@ -53,7 +70,7 @@ def setup(
     if log_format == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix} %(levelname)s %(message)s"))
+        handler.setFormatter(TextFormatter(f"%(asctime)s {prefix} %(levelname)s %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
