@@ -1,20 +1,23 @@
-"""The poll's read on PostgreSQL, on the event loop: psycopg's async connections, in
-autocommit, a few per process.
+"""The poll's and the credits' reads on PostgreSQL, on the event loop: psycopg's async
+connections, in autocommit, a few per process, and the reads of the same moment together.
 
 Through SQLAlchemy a poll's read was a worker thread's BEGIN, SELECT and COMMIT: three
 round trips, and the thread hop cost more CPU than the rest of the poll. In autocommit
 the lone SELECT is a transaction of its own (one round trip, one snapshot, as before
-under READ COMMITTED) and the loop awaits it. psycopg prepares the statement on each
-connection after its fifth use.
+under READ COMMITTED) and the loop awaits it. Even so a round trip was most of a poll's
+CPU, so reads that arrive while two statements are out wait for the next one, which
+reads all their rows at once (`kreaserve.db.coalesce`; `id = ANY(...)`, each row then
+given only to a read of its own account). psycopg prepares the statements on each
+connection after their fifth use.
 
 The connections belong to the event loop that opened them (a test client may run the
 app on several loops, one after another: each gets its own). At most `size` are open;
 a read waits for one past that. A connection that fails is closed and the read, which
 changes nothing, is tried once more on a new one; a read that fails again, or cannot
 connect, answers `ON_THREAD` so that the caller reads the usual way (where a database
-that is down answers the API's 503). A read cancelled midway (the client went away)
-closes its connection, whose state is then unknown; connections older than
-`RECYCLE_SECONDS` are closed when handed back, as the engine's are.
+that is down answers the API's 503). A statement cancelled midway closes its
+connection, whose state is then unknown; connections older than `RECYCLE_SECONDS` are
+closed when handed back, as the engine's are.
 """
 
 from __future__ import annotations
@@ -27,8 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, Table, any_, bindparam, event, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
 
+from kreaserve.db.coalesce import Coalescer
+from kreaserve.db.models import Account, Task
 from kreaserve.db.task_row import ON_THREAD, LoopReads, listeners
 
 #: Connections are not kept longer than this (seconds), as the engine's pool does.
@@ -38,9 +45,18 @@ RECYCLE_SECONDS = 1800
 @dataclass
 class _Pool:
     loop: asyncio.AbstractEventLoop
+    tasks: Coalescer[str, Sequence[Any]]
+    balances: Coalescer[int, Sequence[Any]]
     idle: list[tuple[psycopg.AsyncConnection, float]] = field(default_factory=list)
     open: int = 0
     freed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
+def _many(dialect: Dialect, table: Table, *columns: Any) -> str:
+    """SELECT `columns` (all when none) of the rows whose id is in the list `ids`."""
+    chosen = select(*columns) if columns else select(table)
+    ids = bindparam("ids", type_=ARRAY(table.c.id.type))
+    return str(chosen.where(table.c.id == any_(ids)).compile(dialect=dialect))
 
 
 class PostgresTaskRead(LoopReads):
@@ -48,6 +64,18 @@ class PostgresTaskRead(LoopReads):
 
     def __init__(self, engine: Engine, size: int = 8) -> None:
         super().__init__(engine.dialect)
+        tasks: Table = Task.__table__  # type: ignore[assignment]
+        accounts: Table = Account.__table__  # type: ignore[assignment]
+        self.tasks_sql = _many(engine.dialect, tasks)
+        self.balances_sql = _many(
+            engine.dialect,
+            accounts,
+            accounts.c.id,
+            accounts.c.balance_units,
+            accounts.c.reserved_units,
+        )
+        self._id = list(tasks.columns).index(tasks.c.id)
+        self._account = list(tasks.columns).index(tasks.c.account_id)
         url = engine.url.set(drivername="postgresql")
         self.conninfo = url.render_as_string(hide_password=False)
         self.size = size
@@ -63,8 +91,31 @@ class PostgresTaskRead(LoopReads):
         loop = asyncio.get_running_loop()
         if self._pool is None or self._pool.loop is not loop:
             _finish(self._open)  # another loop's connections are of no use here
-            self._pool = _Pool(loop)
+            pool = _Pool(loop, Coalescer(self._tasks), Coalescer(self._balances))
+            self._pool = pool
         return self._pool
+
+    async def get(self, account_id: int, task_id: str) -> Task | None | str:
+        """The account's task, None, or `ON_THREAD` (read with the polls of the moment)."""
+        row = await self._current().tasks.one(task_id)
+        if row is None or isinstance(row, str):
+            return row
+        return self.convert(row) if row[self._account] == account_id else None
+
+    async def balance(self, account_id: int) -> tuple[int, int] | None | str:
+        """(balance_units, reserved_units), None, or `ON_THREAD`."""
+        row = await self._current().balances.one(account_id)
+        if row is None or isinstance(row, str):
+            return row
+        return int(row[1]), int(row[2])
+
+    async def _tasks(self, ids: list[str]) -> dict[str, Sequence[Any]] | str:
+        rows = await self._rows(self.tasks_sql, {"ids": ids})
+        return rows if isinstance(rows, str) else {row[self._id]: row for row in rows}
+
+    async def _balances(self, ids: list[int]) -> dict[int, Sequence[Any]] | str:
+        rows = await self._rows(self.balances_sql, {"ids": ids})
+        return rows if isinstance(rows, str) else {row[0]: row for row in rows}
 
     async def _take(self, pool: _Pool) -> tuple[psycopg.AsyncConnection, float]:
         async with pool.freed:
@@ -95,7 +146,11 @@ class PostgresTaskRead(LoopReads):
             pool.freed.notify()
 
     async def _row(self, sql: str, params: dict[str, Any]) -> Sequence[Any] | None | str:
-        """The first row, None, or `ON_THREAD` when PostgreSQL did not answer."""
+        rows = await self._rows(sql, params)
+        return rows if isinstance(rows, str) else (rows[0] if rows else None)
+
+    async def _rows(self, sql: str, params: dict[str, Any]) -> list[Any] | str:
+        """The rows, or `ON_THREAD` when PostgreSQL did not answer."""
         pool = self._current()
         for _ in range(2):
             try:
@@ -104,7 +159,7 @@ class PostgresTaskRead(LoopReads):
                 return ON_THREAD
             try:
                 cursor = await held[0].execute(sql, params)
-                row = await cursor.fetchone()
+                rows = await cursor.fetchall()
             except psycopg.Error:
                 await self._close(pool, held[0])
                 continue  # a connection that died while idle: once more, on a new one
@@ -114,7 +169,7 @@ class PostgresTaskRead(LoopReads):
             await self._give_back(pool, held)
             for listener in listeners:
                 listener(sql)
-            return row
+            return rows
         return ON_THREAD
 
     async def _close(self, pool: _Pool, connection: psycopg.AsyncConnection) -> None:

@@ -214,3 +214,59 @@ def test_postgres_reads_again_on_a_new_connection_after_one_died(
     assert isinstance(before, Task) and isinstance(after, Task)
     assert after.id == task_id
     assert unreachable == task_read.ON_THREAD
+
+
+@pytest.mark.postgres
+def test_postgres_answers_concurrent_reads_in_fewer_statements(
+    postgres_server: str,
+) -> None:
+    """Polls of the same moment share a statement (kreaserve.db.coalesce); each still gets
+    its own account's task only, and the balances theirs."""
+    from kreaserve import ledger
+    from kreaserve.db import upgrade
+    from tests.conftest import make_postgres_database
+
+    url, drop = make_postgres_database(postgres_server)
+    upgrade(url)
+    db = Database(url)
+    sent: list[str] = []
+    task_read.listeners.append(sent.append)
+    try:
+        account_id, _ = new_account(db, credits=10)
+        other, _ = new_account(db, credits=3, name="other")
+        ids = make_tasks(db, account_id)
+        theirs = make_tasks(db, other)["pending"]
+        reader = task_read.loop_read(db.engine)
+        assert isinstance(reader, task_read.PostgresTaskRead)
+        asks = [*((account_id, task_id) for task_id in ids.values())] * 5
+        asks += [(account_id, theirs), (other, theirs), (account_id, "task-unified-0-nothere")]
+
+        async def run() -> tuple[list[Task | None | str], list[object]]:
+            try:
+                tasks = await asyncio.gather(*(reader.get(a, t) for a, t in asks))
+                balances = await asyncio.gather(
+                    *(reader.balance(a) for a in (account_id, other, account_id, 999999))
+                )
+                return tasks, balances
+            finally:
+                await reader.aclose()
+
+        tasks, balances = asyncio.run(run())
+    finally:
+        task_read.listeners.remove(sent.append)
+        db.dispose()
+        drop()
+    for (account, task_id), found in zip(asks, tasks, strict=True):
+        if task_id == theirs:
+            assert (found.id if isinstance(found, Task) else found) == (
+                theirs if account == other else None
+            )
+        elif task_id in ids.values():
+            assert isinstance(found, Task) and found.id == task_id
+        else:
+            assert found is None
+    units = ledger.to_units
+    # Each account: its credits, and the reserved prices of its four tasks.
+    assert balances[0] == balances[2] == (units(10), 4 * 4500)
+    assert balances[1] == (units(3), 4 * 4500) and balances[3] is None
+    assert len(sent) < len(asks) + len(balances), sent
