@@ -10,6 +10,10 @@ written to /dev/null.
 
     PYTHONPATH=. .venv/bin/python bench/request_cpu.py [--requests 3000] [--rounds 5]
         [--concurrency 16] [--endpoints poll,healthz,credits] [--backend sqlite|postgres]
+        [--depth 0]
+
+`--depth` puts that many pending tasks of another account in the queue first (as
+bench/api_throughput.py does): the queue snapshot read once a second then reads them.
 
 Under valgrind the same runs count machine instructions instead (user space, all
 threads; kernel work such as thread wake-ups is not in them; the once-a-second queue
@@ -167,6 +171,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--endpoints", default="poll,healthz,credits")
     parser.add_argument("--backend", default="sqlite", choices=["sqlite", "postgres"])
+    parser.add_argument("--depth", type=int, default=0, help="pending tasks ahead")
     parser.add_argument(
         "--callgrind", metavar="OUT", help="count instructions (run under callgrind, with OUT)"
     )
@@ -183,7 +188,7 @@ def main() -> None:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         url = admin.rsplit("/", 1)[0] + f"/{name}"
-    account_id, key = seed_database(url, 0)
+    account_id, key = seed_database(url, args.depth)
     add_polled_task(url, account_id)
 
     settings = Settings(data_dir=work, cache_dir=work / "cache", database_url=url)
@@ -207,6 +212,7 @@ def main() -> None:
     load = os.getloadavg()
     print(
         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC · {args.backend} · "
+        f"{args.depth} pending ahead · "
         f"{args.requests} requests x {args.rounds} rounds, {args.concurrency} at a time · "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )

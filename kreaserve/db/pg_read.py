@@ -11,8 +11,9 @@ given only to a read of its own account). psycopg prepares the statements on eac
 connection after their fifth use.
 
 The connections belong to the event loop that opened them (a test client may run the
-app on several loops, one after another: each gets its own). At most `size` are open;
-a read waits for one past that. A connection that fails is closed and the read, which
+app on several loops, one after another: each gets its own). At most `size` are open
+(four: at most two statements of each read are out at a time); a read waits for one
+past that. A connection that fails is closed and the read, which
 changes nothing, is tried once more on a new one; a read that fails again, or cannot
 connect, answers `ON_THREAD` so that the caller reads the usual way (where a database
 that is down answers the API's 503). A statement cancelled midway closes its
@@ -62,7 +63,7 @@ def _many(dialect: Dialect, table: Table, *columns: Any) -> str:
 class PostgresTaskRead(LoopReads):
     """The reads on PostgreSQL: up to `size` autocommit connections per event loop."""
 
-    def __init__(self, engine: Engine, size: int = 8) -> None:
+    def __init__(self, engine: Engine, size: int = 4) -> None:
         super().__init__(engine.dialect)
         tasks: Table = Task.__table__  # type: ignore[assignment]
         accounts: Table = Account.__table__  # type: ignore[assignment]
