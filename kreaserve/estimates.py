@@ -228,9 +228,12 @@ class QueueEstimates:
             self._reading.release()
 
     def fresh(self) -> Snapshot | None:
-        """The snapshot if it needs no read (callable on the event loop), else None."""
+        """The snapshot if it needs no read (callable on the event loop), else None: the
+        one `current()` would give, also while another thread reads the next."""
         snapshot = self._snapshot
-        if snapshot is not None and self.clock() - self._read_at < self.max_age:
+        if snapshot is not None and (
+            self.clock() - self._read_at < self.max_age or self._reading.locked()
+        ):
             return snapshot
         return None
 
