@@ -18,6 +18,7 @@ at most part of one bucket's tasks, interpolated.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import threading
 import time
@@ -57,6 +58,12 @@ class Pending:
     end: float = 0.0
     counts: list[int] = field(default_factory=list)
     noted: list[float] = field(default_factory=list)
+    #: sums of the counts before each bucket, and of all (made by `summed`): a poll's
+    #: estimate is then a few lookups, not a sum over the buckets
+    _before: list[int] = field(default_factory=list)
+
+    def summed(self) -> None:
+        self._before = [0, *itertools.accumulate(self.counts)]
 
     def before(self, created_at: float) -> int:
         """How many of these tasks were created strictly before `created_at`."""
@@ -65,14 +72,16 @@ class Pending:
         )
         if not self.counts or created_at <= self.start:
             return ahead
-        total = sum(self.counts)
+        if len(self._before) != len(self.counts) + 1:
+            self.summed()
+        total = self._before[-1]
         if created_at > self.end:
             return ahead + total
         where = (created_at - self.start) / (self.end - self.start) * len(self.counts)
         whole = min(len(self.counts) - 1, math.floor(where))
         part = math.floor(self.counts[whole] * min(1.0, where - whole))
         # The newest (at `end`) is never before a time up to `end`.
-        return ahead + min(total - 1, sum(self.counts[:whole]) + part)
+        return ahead + min(total - 1, self._before[whole] + part)
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,7 @@ def _read_pending(session: Session, postgres: bool) -> dict[str, Pending]:
             counts[min(BUCKETS - 1, int(index))] += count
             tier.end = end
         tier.counts = counts
+        tier.summed()
     return pending
 
 
