@@ -13,12 +13,12 @@ connection after their fifth use.
 The connections belong to the event loop that opened them (a test client may run the
 app on several loops, one after another: each gets its own). At most `size` are open
 (four: at most two statements of each read are out at a time); a read waits for one
-past that. A connection that fails is closed and the read, which
-changes nothing, is tried once more on a new one; a read that fails again, or cannot
-connect, answers `ON_THREAD` so that the caller reads the usual way (where a database
-that is down answers the API's 503). A statement cancelled midway closes its
-connection, whose state is then unknown; connections older than `RECYCLE_SECONDS` are
-closed when handed back, as the engine's are.
+past that. A connection that fails is closed, with the idle ones (a server restart
+kills them all), and the read, which changes nothing, is tried once more on a new one;
+a read that fails again, or cannot connect, answers `ON_THREAD` so that the caller
+reads the usual way (where a database that is down answers the API's 503). A statement
+cancelled midway closes its connection, whose state is then unknown; connections older
+than `RECYCLE_SECONDS` are closed when handed back, as the engine's are.
 """
 
 from __future__ import annotations
@@ -163,6 +163,9 @@ class PostgresTaskRead(LoopReads):
                 rows = await cursor.fetchall()
             except psycopg.Error:
                 await self._close(pool, held[0])
+                # The idle ones most likely died with it (a server restart, a failover):
+                # closed too, so that the retry runs on a new connection.
+                await self._close_idle(pool)
                 continue  # a connection that died while idle: once more, on a new one
             except BaseException:
                 await asyncio.shield(self._close(pool, held[0]))
@@ -172,6 +175,12 @@ class PostgresTaskRead(LoopReads):
                 listener(sql)
             return rows
         return ON_THREAD
+
+    async def _close_idle(self, pool: _Pool) -> None:
+        async with pool.freed:
+            idle, pool.idle = pool.idle, []
+        for connection, _ in idle:
+            await self._close(pool, connection)
 
     async def _close(self, pool: _Pool, connection: psycopg.AsyncConnection) -> None:
         self._open.discard(connection)

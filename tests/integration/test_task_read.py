@@ -270,3 +270,51 @@ def test_postgres_answers_concurrent_reads_in_fewer_statements(
     assert balances[0] == balances[2] == (units(10), 4 * 4500)
     assert balances[1] == (units(3), 4 * 4500) and balances[3] is None
     assert len(sent) < len(asks) + len(balances), sent
+
+
+@pytest.mark.postgres
+def test_postgres_retries_on_a_new_connection_when_every_idle_one_died(
+    postgres_server: str,
+) -> None:
+    """A server restart kills every idle connection at once: the retry after the first
+    dead one must run on a new connection, not on the next dead idle one (it then gave
+    up with ON_THREAD, and the poll fell to the thread read, which a pool of dead
+    connections answers with a 503)."""
+    import psycopg
+
+    from kreaserve.db import upgrade
+    from tests.conftest import make_postgres_database
+
+    url, drop = make_postgres_database(postgres_server)
+    upgrade(url)
+    db = Database(url)
+    try:
+        account_id, _ = new_account(db)
+        task_id = make_tasks(db, account_id)["pending"]
+        reader = task_read.loop_read(db.engine)
+        assert isinstance(reader, task_read.PostgresTaskRead)
+
+        async def run() -> tuple[int, Task | None | str]:
+            try:
+                # Concurrent reads: two statements out at once, so two connections.
+                await asyncio.gather(*(reader.get(account_id, task_id) for _ in range(8)))
+                assert reader._pool is not None
+                idle = len(reader._pool.idle)
+                async with await psycopg.AsyncConnection.connect(
+                    postgres_server, autocommit=True
+                ) as admin:
+                    await admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()",
+                        (db.engine.url.database,),
+                    )
+                return idle, await reader.get(account_id, task_id)
+            finally:
+                await reader.aclose()
+
+        idle, after = asyncio.run(run())
+    finally:
+        db.dispose()
+        drop()
+    assert idle >= 2
+    assert isinstance(after, Task) and after.id == task_id
