@@ -122,21 +122,21 @@ def test_a_job_cancelled_before_it_starts_is_answered_without_running(
     assert isinstance(answers[sent.jobs[1]], m.Result)
 
 
-@pytest.mark.timing
 def test_a_real_out_of_memory_fails_the_job_and_the_child_serves_on(
-    weights_cache: Path,
+    engine: EngineProcess, weights_cache: Path
 ) -> None:
-    """The cap is real (RLIMIT_DATA): a 2K image needs about a gigabyte more than the loaded
-    tiny engine; 256 MiB of headroom is plenty for 256x256 and far too little for 2K."""
-    probe = start(weights_cache, warmup=True)
-    loaded = probe.ready.info["memory_mb"]  # type: ignore[union-attr]
-    probe.stop()
-    capped = start(weights_cache, memory_limit_mb=loaded + 256)
+    """The cap is real (RLIMIT_DATA): 128 MiB of headroom is plenty for 256x256 and far too
+    little for 1536x1536, which fails within seconds (measured with one thread: a 2K image
+    needed 28 s of CPU to run out, through a whole denoise and a tiled retry). The module's
+    engine (loaded and warmed up the same way) tells what a loaded engine uses; loads vary
+    by about 40 MiB."""
+    loaded = engine.ready.info["memory_mb"]  # type: ignore[union-attr]
+    capped = start(weights_cache, memory_limit_mb=loaded + 128)
     try:
         pid = capped.pid
-        big = batch(capped, [("a fox", 1)], size=(2048, 2048))
+        big = batch(capped, [("a fox", 1)], size=(1536, 1536))
         capped.submit(big)
-        answers, _ = collect(capped, big)
+        answers, _ = collect(capped, big, timeout=240)
         failure = answers[big.jobs[0]]
         assert isinstance(failure, m.Failed) and failure.code == "resource_exhausted", failure
         assert "memory" in failure.message.lower() and not failure.retryable
@@ -149,7 +149,7 @@ def test_a_real_out_of_memory_fails_the_job_and_the_child_serves_on(
         # A batch that does not fit is split and each image made alone.
         pair = batch(capped, [("a fox", 1), ("a cat", 2)], size=(1024, 1024))
         capped.submit(pair)
-        answers, _ = collect(capped, pair)
+        answers, _ = collect(capped, pair, timeout=240)
         assert all(isinstance(answers[job], m.Result | m.Failed) for job in pair.jobs)
     finally:
         capped.stop()
