@@ -29,11 +29,13 @@ import httpx
 import pytest
 
 from kreaserve import accounts, ledger
+from kreaserve.cachedir import locked
 from kreaserve.db import Database, upgrade
 from kreaserve.moderation import encoder
 from tests import shared_servers
 from tests.s3util import MotoServer, moto_server
 from tests.shared_servers import Adopted
+from tests.tlsutil import make_ca_and_cert
 
 POSTGRES_URL = os.environ.get(
     "KREASERVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -409,12 +411,42 @@ API_SERVER_ENV = {
 
 
 @pytest.fixture(scope="session")
+def callback_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(CA, certificate, key) for `localhost`, one set per run (every xdist worker reads the
+    same files): the callback receivers of tests/integration/test_callbacks.py serve this
+    certificate, and the servers that call them back trust the CA."""
+    folder = shared_dir(tmp_path_factory, "tls")
+    files = (folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+    with locked(folder / ".lock"):
+        if not all(path.is_file() for path in files):
+            made = make_ca_and_cert(folder / "made", ["localhost"])
+            for source, target in zip(made, files, strict=True):
+                source.replace(target)
+    return files
+
+
+def callback_env(tls: tuple[Path, Path, Path]) -> dict[str, str]:
+    """What a server needs to call back a test's HTTPS receiver on `localhost`."""
+    return {"SSL_CERT_FILE": str(tls[0]), "KREASERVE_CALLBACK_ALLOW_HOSTS": "localhost"}
+
+
+#: The generating server withholds every image of an `nsfw_check` task: its image threshold is
+#: below what noise images score (tests/integration/test_moderation_api.py); without
+#: `nsfw_check` no image is classified.
+FULL_SERVER_ENV = {"KREASERVE_MODERATION_IMAGE_THRESHOLD": "0.00001"}
+
+
+@pytest.fixture(scope="session")
 def full_server(
-    backend: tuple[str, Path], weights_cache: Path, tmp_path_factory: pytest.TempPathFactory
+    backend: tuple[str, Path],
+    weights_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    callback_tls: tuple[Path, Path, Path],
 ) -> Iterator[Server]:
     """A server that generates: embedded worker on SQLite; API plus a separate
     `kreaserve worker` process on PostgreSQL (the distributed layout). One per backend for
-    the whole run."""
+    the whole run. It calls back the receivers of `callback_tls` and withholds the images
+    of `nsfw_check` tasks (FULL_SERVER_ENV)."""
 
     def start(folder: Path) -> tuple[Server, str | None]:
         folder.mkdir(parents=True, exist_ok=True)
@@ -426,6 +458,7 @@ def full_server(
             weights_cache,
             embedded_worker=sqlite,
             separate_workers=0 if sqlite else 1,
+            extra_env={**FULL_SERVER_ENV, **callback_env(callback_tls)},
         )
         return server, drop
 

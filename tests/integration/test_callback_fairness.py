@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import POSTGRES_URL, Server, make_postgres_database, start_server
-from tests.integration.test_callbacks import Receiver, attempts, callback_env
+from tests.conftest import POSTGRES_URL, Server, callback_env, make_postgres_database, start_server
+from tests.integration.test_callbacks import Receiver, attempts
 from tests.integration.test_generation import GOOD
 from tests.tlsutil import https_server, make_ca_and_cert
 

@@ -25,13 +25,14 @@ from kreaserve.outbound.ssrf import is_internal_address
 from tests.conftest import (
     POSTGRES_URL,
     Server,
+    callback_env,
     free_port,
     make_postgres_database,
     new_database,
     start_server,
 )
 from tests.integration.test_generation import GOOD, wait_until_done
-from tests.tlsutil import https_server, make_ca_and_cert
+from tests.tlsutil import https_server
 
 
 @dataclass
@@ -102,8 +103,9 @@ class Receiver:
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    return make_ca_and_cert(tmp_path_factory.mktemp("tls"), ["localhost"])
+def tls(callback_tls: tuple[Path, Path, Path]) -> tuple[Path, Path, Path]:
+    """The run's CA and `localhost` certificate, which `full_server` trusts."""
+    return callback_tls
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +116,6 @@ def receiver(tls: tuple[Path, Path, Path]) -> Iterator[Receiver]:
         receiver.port = port
         yield receiver
         receiver.release.set()
-
-
-def callback_env(tls: tuple[Path, Path, Path]) -> dict[str, str]:
-    return {"SSL_CERT_FILE": str(tls[0]), "KREASERVE_CALLBACK_ALLOW_HOSTS": "localhost"}
 
 
 def start(
@@ -150,19 +148,9 @@ def start(
 
 
 @pytest.fixture(scope="module")
-def server(
-    backend: tuple[str, Path],
-    tls: tuple[Path, Path, Path],
-    weights_cache: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("callbacks")
-    url, drop = new_database(backend, tmp, "callbacks.db")
-    running = start(url, tmp, weights_cache, callback_env(tls), database=url)
-    yield running
-    running.stop()
-    if drop:
-        drop()
+def server(full_server: Server) -> Server:
+    """The run's shared generating server: it trusts the receiver's CA (`callback_tls`)."""
+    return full_server
 
 
 def run_task(server: Server, key: str, callback_url: str, **extra: object) -> dict:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kreaserve.moderation import category_text
-from tests.conftest import POSTGRES_URL, Server, make_postgres_database, start_server
+from tests.conftest import Server
 from tests.integration.test_api_contract import GOOD, assert_error
 from tests.integration.test_generation import wait_until_done
 
@@ -107,42 +106,10 @@ def test_decisions_are_logged_with_category_and_score_never_the_prompt(api_serve
     assert prompt not in logs
 
 
-@pytest.fixture
-def strict_image_server(
-    backend: tuple[str, Path], weights_cache: Path, tmp_path: Path
-) -> Iterator[Server]:
-    """A generating server whose image threshold is below what noise images score."""
-    url, _ = backend
-    drop = None
-    if url.startswith("sqlite"):
-        url = f"sqlite:///{tmp_path / 'strict.db'}"
-        server = start_server(
-            tmp_path,
-            url,
-            weights_cache,
-            embedded_worker=True,
-            extra_env={"KREASERVE_MODERATION_IMAGE_THRESHOLD": "0.00001"},
-        )
-    else:
-        url, drop = make_postgres_database(POSTGRES_URL)
-        server = start_server(
-            tmp_path,
-            url,
-            weights_cache,
-            embedded_worker=False,
-            separate_workers=1,
-            extra_env={"KREASERVE_MODERATION_IMAGE_THRESHOLD": "0.00001"},
-        )
-    yield server
-    server.stop()
-    if drop:
-        drop()
-
-
-def test_an_image_over_the_threshold_is_withheld_and_the_task_fails(
-    strict_image_server: Server,
-) -> None:
-    server = strict_image_server
+def test_an_image_over_the_threshold_is_withheld_and_the_task_fails(full_server: Server) -> None:
+    """The shared generating server's image threshold is below what noise images score
+    (FULL_SERVER_ENV)."""
+    server = full_server
     with server.client(server.key(credits=2)) as client:
         checked = client.post("/v1/images/generations", json={**GOOD, "nsfw_check": True}).json()
         unchecked = client.post("/v1/images/generations", json=GOOD).json()

@@ -15,8 +15,8 @@ import pytest
 
 from kreaserve import ledger
 from kreaserve.db.models import Task
-from tests.conftest import Server, start_server
-from tests.integration.test_callbacks import Receiver, callback_env
+from tests.conftest import Server, callback_env, start_server
+from tests.integration.test_callbacks import Receiver
 from tests.integration.test_generation import GOOD, fetch_image, wait_until_done
 from tests.integration.test_s3_storage import signed_end
 from tests.s3util import MotoServer, moto_server
