@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from kreaserve import ledger
 from kreaserve.db.models import LedgerEntry, Task
-from tests.conftest import POSTGRES_URL, free_port, new_database, start_server
+from tests.conftest import POSTGRES_URL, Server, free_port, new_database, start_server
 from tests.integration.test_generation import GOOD, wait_until_done
 
 
@@ -33,6 +33,8 @@ def fresh_database(backend: tuple[str, Path], tmp_path: Path) -> Iterator[str]:
 def test_task_of_a_killed_server_is_finished_after_restart_and_charged_once(
     fresh_database: str, tmp_path: Path, weights_cache: Path
 ) -> None:
+    """Also result expiry, on the restarted server (a generating server of its own costs a
+    start and an image): its results live 5 s, and the sweep runs every second."""
     env = {"KREASERVE_LEASE_SECONDS": "3"}
     server = start_server(
         tmp_path / "a", fresh_database, weights_cache, embedded_worker=True, extra_env=env
@@ -53,20 +55,29 @@ def test_task_of_a_killed_server_is_finished_after_restart_and_charged_once(
     finally:
         server.stop()
 
+    port = free_port()
     restarted = start_server(
         tmp_path / "b",
         fresh_database,
         weights_cache,
         embedded_worker=True,
-        extra_env=env,
+        port=port,
+        extra_env={
+            **env,
+            "KREASERVE_RESULT_TTL_SECONDS": "5",
+            "KREASERVE_SWEEP_INTERVAL_SECONDS": "1",
+            "KREASERVE_PUBLIC_URL": f"http://localhost:{port}/",
+        },
         data_dir=server.data_dir,
     )
     try:
         with restarted.client(key) as client:
             final = wait_until_done(client, task["id"], timeout=300)[-1]
             credits = client.get("/v1/credits").json()
+        url = final["results"][0]
         assert final["status"] == "completed", final
-        assert httpx.get(final["results"][0]).status_code == 200
+        assert url.startswith(f"http://localhost:{port}/files/{task['id']}/2-0.png?expires=")
+        assert httpx.get(url).status_code == 200
         assert credits["balance"] == 9.55 and credits["reserved"] == 0  # one 1K task, charged once
         with restarted.database().transaction() as session:
             row = session.get(Task, task["id"])
@@ -80,46 +91,23 @@ def test_task_of_a_killed_server_is_finished_after_restart_and_charged_once(
             assert ledger.balance_from_entries(session, account_id) == ledger.balance(
                 session, account_id
             )
+        assert_result_expires(restarted, task["id"], url)
     finally:
         restarted.stop()
 
 
-def test_results_expire_with_410_and_the_sweep_deletes_the_file(
-    fresh_database: str, tmp_path: Path, weights_cache: Path
-) -> None:
-    port = free_port()
-    server = start_server(
-        tmp_path,
-        fresh_database,
-        weights_cache,
-        embedded_worker=True,
-        port=port,
-        extra_env={
-            "KREASERVE_RESULT_TTL_SECONDS": "3",
-            "KREASERVE_SWEEP_INTERVAL_SECONDS": "1",
-            "KREASERVE_PUBLIC_URL": f"http://localhost:{port}/",
-        },
-    )
-    try:
-        with server.client(server.key()) as client:
-            task = client.post("/v1/images/generations", json=GOOD).json()
-            done = wait_until_done(client, task["id"])[-1]
-        url = done["results"][0]
-        assert url.startswith(f"http://localhost:{port}/files/{task['id']}/1-0.png?expires=")
-        assert httpx.get(url).status_code == 200
-        image = server.data_dir / "images" / task["id"] / "1-0.png"
-        assert image.is_file()
-        deadline = time.monotonic() + 30
-        while image.exists():
-            assert time.monotonic() < deadline, "the sweep did not delete the expired file"
-            time.sleep(0.2)
-        response = httpx.get(url)
-        assert response.status_code == 410
-        assert response.json()["error"]["code"] == "url_expired"
-        with server.database().transaction() as session:
-            assert session.get(Task, task["id"]).results_purged is True
-    finally:
-        server.stop()
+def assert_result_expires(server: Server, task_id: str, url: str) -> None:
+    """Past its lifetime the URL answers 410 and the sweep deletes the file."""
+    [image] = (server.data_dir / "images" / task_id).iterdir()
+    deadline = time.monotonic() + 30
+    while image.exists():
+        assert time.monotonic() < deadline, "the sweep did not delete the expired file"
+        time.sleep(0.2)
+    response = httpx.get(url)
+    assert response.status_code == 410
+    assert response.json()["error"]["code"] == "url_expired"
+    with server.database().transaction() as session:
+        assert session.get(Task, task_id).results_purged is True
 
 
 @pytest.mark.parametrize("weights", ["/nonexistent/krea-weights", "some-org/not-a-model"])
