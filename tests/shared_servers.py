@@ -31,11 +31,15 @@ class Adopted:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
-        self._process = psutil.Process(pid)
+        try:
+            self._process: psutil.Process | None = psutil.Process(pid)
+        except psutil.NoSuchProcess:  # it died (a test or a person killed it): exited
+            self._process = None
+            self.returncode = -1
 
     def poll(self) -> int | None:
         try:
-            alive = self._process.status() != psutil.STATUS_ZOMBIE
+            alive = self._process is not None and self._process.status() != psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
             alive = False
         if not alive and self.returncode is None:
@@ -43,6 +47,8 @@ class Adopted:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
+        if self._process is None:
+            return
         try:
             self._process.send_signal(sig)
         except psutil.NoSuchProcess:
@@ -52,6 +58,8 @@ class Adopted:
         self.send_signal(signal.SIGKILL)
 
     def wait(self, timeout: float | None = None) -> int | None:
+        if self._process is None:
+            return self.returncode
         try:
             self._process.wait(timeout)
         except psutil.TimeoutExpired:
