@@ -122,21 +122,21 @@ def test_a_job_cancelled_before_it_starts_is_answered_without_running(
     assert isinstance(answers[sent.jobs[1]], m.Result)
 
 
+@pytest.mark.timing
 def test_a_real_out_of_memory_fails_the_job_and_the_child_serves_on(
-    engine: EngineProcess, weights_cache: Path
+    weights_cache: Path,
 ) -> None:
     """The cap is real (RLIMIT_DATA): a 2K image needs about a gigabyte more than the loaded
-    tiny engine to decode (measured: it runs out even tiled); 256 MiB of headroom is
-    plenty for 256x256 and far too little for 2K. The module's engine (loaded and warmed up
-    the same way) tells what a loaded engine uses. (1536x1536 under 128 MiB was tried: its
-    tiled decode fitted on one CI run.)"""
-    loaded = engine.ready.info["memory_mb"]  # type: ignore[union-attr]
+    tiny engine; 256 MiB of headroom is plenty for 256x256 and far too little for 2K."""
+    probe = start(weights_cache, warmup=True)
+    loaded = probe.ready.info["memory_mb"]  # type: ignore[union-attr]
+    probe.stop()
     capped = start(weights_cache, memory_limit_mb=loaded + 256)
     try:
         pid = capped.pid
         big = batch(capped, [("a fox", 1)], size=(2048, 2048))
         capped.submit(big)
-        answers, _ = collect(capped, big, timeout=240)
+        answers, _ = collect(capped, big)
         failure = answers[big.jobs[0]]
         assert isinstance(failure, m.Failed) and failure.code == "resource_exhausted", failure
         assert "memory" in failure.message.lower() and not failure.retryable
@@ -149,7 +149,7 @@ def test_a_real_out_of_memory_fails_the_job_and_the_child_serves_on(
         # A batch that does not fit is split and each image made alone.
         pair = batch(capped, [("a fox", 1), ("a cat", 2)], size=(1024, 1024))
         capped.submit(pair)
-        answers, _ = collect(capped, pair, timeout=240)
+        answers, _ = collect(capped, pair)
         assert all(isinstance(answers[job], m.Result | m.Failed) for job in pair.jobs)
     finally:
         capped.stop()
