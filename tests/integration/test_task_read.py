@@ -5,21 +5,23 @@ bytes from the API whichever way the task was read."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from sqlalchemy import update
 
-from kreaserve import task_queue
+from kreaserve import ledger, task_queue
 from kreaserve.api.app import create_app
 from kreaserve.config import Settings
-from kreaserve.db import Database, task_read
+from kreaserve.db import Database, task_read, upgrade
 from kreaserve.db.models import Task
 from kreaserve.storage import LocalStorage
-from tests.conftest import new_account
+from tests.conftest import make_postgres_database, new_account
 
 NEW = task_queue.NewTask(
     prompt="a lighthouse at dawn",
@@ -63,6 +65,29 @@ def reader(db: Database) -> Iterator[task_read.LoopRead]:
         read.close()
 
 
+@contextlib.contextmanager
+def postgres_database(admin_url: str) -> Iterator[Database]:
+    """A new, migrated PostgreSQL database for one test, dropped after it."""
+    url, drop = make_postgres_database(admin_url)
+    upgrade(url)
+    db = Database(url)
+    try:
+        yield db
+    finally:
+        db.dispose()
+        drop()
+
+
+async def terminate_connections(admin_url: str, database: str | None) -> None:
+    """End every server process of `database`, as a PostgreSQL restart does."""
+    async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
+
+
 def test_the_loop_read_is_the_core_read(db: Database, reader) -> None:  # type: ignore[no-untyped-def]
     account_id, _ = new_account(db)
     other, _ = new_account(db, name="other")
@@ -91,8 +116,6 @@ def test_the_loop_read_is_the_core_read(db: Database, reader) -> None:  # type: 
 
 def test_no_read_transaction_outlives_the_read(tmp_path: Path) -> None:
     """An open read would hold back checkpoints: the WAL would grow without end."""
-    from kreaserve.db import upgrade
-
     url = f"sqlite:///{tmp_path / 'wal.db'}"
     upgrade(url)
     db = Database(url)
@@ -113,8 +136,6 @@ def test_no_read_transaction_outlives_the_read(tmp_path: Path) -> None:
 def test_a_busy_database_is_read_in_a_thread(tmp_path: Path) -> None:
     """SQLite answering busy (here: another connection holds it in exclusive locking
     mode) never makes the event loop wait: the read says to read in a thread."""
-    from kreaserve.db import upgrade
-
     path = tmp_path / "busy.db"
     url = f"sqlite:///{path}"
     upgrade(url)
@@ -176,15 +197,7 @@ def test_postgres_reads_again_on_a_new_connection_after_one_died(
     """A connection that died while idle (a server restart, an idle timeout) costs the
     read a retry on a new one, not an error; a server that cannot be reached at all
     answers ON_THREAD (the thread read then gives the API's 503)."""
-    import psycopg
-
-    from kreaserve.db import upgrade
-    from tests.conftest import make_postgres_database
-
-    url, drop = make_postgres_database(postgres_server)
-    upgrade(url)
-    db = Database(url)
-    try:
+    with postgres_database(postgres_server) as db:
         account_id, _ = new_account(db)
         task_id = make_tasks(db, account_id)["pending"]
         reader = task_read.loop_read(db.engine)
@@ -192,15 +205,7 @@ def test_postgres_reads_again_on_a_new_connection_after_one_died(
 
         async def run() -> list[Task | None | str]:
             got = [await reader.get(account_id, task_id)]
-            name = db.engine.url.database
-            async with await psycopg.AsyncConnection.connect(
-                postgres_server, autocommit=True
-            ) as admin:
-                await admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = %s AND pid <> pg_backend_pid()",
-                    (name,),
-                )
+            await terminate_connections(postgres_server, db.engine.url.database)
             got.append(await reader.get(account_id, task_id))
             reader.conninfo = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
             await reader.aclose()
@@ -208,9 +213,6 @@ def test_postgres_reads_again_on_a_new_connection_after_one_died(
             return got
 
         before, after, unreachable = asyncio.run(run())
-    finally:
-        db.dispose()
-        drop()
     assert isinstance(before, Task) and isinstance(after, Task)
     assert after.id == task_id
     assert unreachable == task_read.ON_THREAD
@@ -222,40 +224,32 @@ def test_postgres_answers_concurrent_reads_in_fewer_statements(
 ) -> None:
     """Polls of the same moment share a statement (kreaserve.db.coalesce); each still gets
     its own account's task only, and the balances theirs."""
-    from kreaserve import ledger
-    from kreaserve.db import upgrade
-    from tests.conftest import make_postgres_database
-
-    url, drop = make_postgres_database(postgres_server)
-    upgrade(url)
-    db = Database(url)
     sent: list[str] = []
     task_read.listeners.append(sent.append)
     try:
-        account_id, _ = new_account(db, credits=10)
-        other, _ = new_account(db, credits=3, name="other")
-        ids = make_tasks(db, account_id)
-        theirs = make_tasks(db, other)["pending"]
-        reader = task_read.loop_read(db.engine)
-        assert isinstance(reader, task_read.PostgresTaskRead)
-        asks = [*((account_id, task_id) for task_id in ids.values())] * 5
-        asks += [(account_id, theirs), (other, theirs), (account_id, "task-unified-0-nothere")]
+        with postgres_database(postgres_server) as db:
+            account_id, _ = new_account(db, credits=10)
+            other, _ = new_account(db, credits=3, name="other")
+            ids = make_tasks(db, account_id)
+            theirs = make_tasks(db, other)["pending"]
+            reader = task_read.loop_read(db.engine)
+            assert isinstance(reader, task_read.PostgresTaskRead)
+            asks = [*((account_id, task_id) for task_id in ids.values())] * 5
+            asks += [(account_id, theirs), (other, theirs), (account_id, "task-unified-0-nothere")]
 
-        async def run() -> tuple[list[Task | None | str], list[object]]:
-            try:
-                tasks = await asyncio.gather(*(reader.get(a, t) for a, t in asks))
-                balances = await asyncio.gather(
-                    *(reader.balance(a) for a in (account_id, other, account_id, 999999))
-                )
-                return tasks, balances
-            finally:
-                await reader.aclose()
+            async def run() -> tuple[list[Task | None | str], list[object]]:
+                try:
+                    tasks = await asyncio.gather(*(reader.get(a, t) for a, t in asks))
+                    balances = await asyncio.gather(
+                        *(reader.balance(a) for a in (account_id, other, account_id, 999999))
+                    )
+                    return tasks, balances
+                finally:
+                    await reader.aclose()
 
-        tasks, balances = asyncio.run(run())
+            tasks, balances = asyncio.run(run())
     finally:
         task_read.listeners.remove(sent.append)
-        db.dispose()
-        drop()
     for (account, task_id), found in zip(asks, tasks, strict=True):
         if task_id == theirs:
             assert (found.id if isinstance(found, Task) else found) == (
@@ -280,15 +274,7 @@ def test_postgres_retries_on_a_new_connection_when_every_idle_one_died(
     dead one must run on a new connection, not on the next dead idle one (it then gave
     up with ON_THREAD, and the poll fell to the thread read, which a pool of dead
     connections answers with a 503)."""
-    import psycopg
-
-    from kreaserve.db import upgrade
-    from tests.conftest import make_postgres_database
-
-    url, drop = make_postgres_database(postgres_server)
-    upgrade(url)
-    db = Database(url)
-    try:
+    with postgres_database(postgres_server) as db:
         account_id, _ = new_account(db)
         task_id = make_tasks(db, account_id)["pending"]
         reader = task_read.loop_read(db.engine)
@@ -300,21 +286,11 @@ def test_postgres_retries_on_a_new_connection_when_every_idle_one_died(
                 await asyncio.gather(*(reader.get(account_id, task_id) for _ in range(8)))
                 assert reader._pool is not None
                 idle = len(reader._pool.idle)
-                async with await psycopg.AsyncConnection.connect(
-                    postgres_server, autocommit=True
-                ) as admin:
-                    await admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = %s AND pid <> pg_backend_pid()",
-                        (db.engine.url.database,),
-                    )
+                await terminate_connections(postgres_server, db.engine.url.database)
                 return idle, await reader.get(account_id, task_id)
             finally:
                 await reader.aclose()
 
         idle, after = asyncio.run(run())
-    finally:
-        db.dispose()
-        drop()
     assert idle >= 2
     assert isinstance(after, Task) and after.id == task_id
