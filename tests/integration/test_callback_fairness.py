@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import POSTGRES_URL, Server, callback_env, make_postgres_database, start_server
 from tests.integration.test_callbacks import Receiver, attempts
 from tests.integration.test_generation import GOOD
-from tests.tlsutil import https_server, make_ca_and_cert
+from tests.tlsutil import https_server
 
 #: Asserts wall-clock bounds: runs alone, after the parallel part of the suite.
 pytestmark = pytest.mark.timing
@@ -24,15 +24,10 @@ PER_ACCOUNT = 2
 REDELIVERIES_PER_MINUTE = 3
 
 
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    return make_ca_and_cert(tmp_path_factory.mktemp("tls"), ["localhost"])
-
-
 @pytest.fixture
-def receiver(tls: tuple[Path, Path, Path]) -> Iterator[Receiver]:
+def receiver(callback_tls: tuple[Path, Path, Path]) -> Iterator[Receiver]:
     receiver = Receiver()
-    with https_server(receiver.handler(), tls[1], tls[2]) as port:
+    with https_server(receiver.handler(), callback_tls[1], callback_tls[2]) as port:
         receiver.port = port
         yield receiver
         receiver.release.set()
@@ -40,13 +35,16 @@ def receiver(tls: tuple[Path, Path, Path]) -> Iterator[Receiver]:
 
 @pytest.fixture
 def server(
-    backend: tuple[str, Path], tls: tuple[Path, Path, Path], weights_cache: Path, tmp_path: Path
+    backend: tuple[str, Path],
+    callback_tls: tuple[Path, Path, Path],
+    weights_cache: Path,
+    tmp_path: Path,
 ) -> Iterator[Server]:
     url, drop = f"sqlite:///{tmp_path / 'fair.db'}", None
     if not backend[0].startswith("sqlite"):
         url, drop = make_postgres_database(POSTGRES_URL)
     env = {
-        **callback_env(tls),
+        **callback_env(callback_tls),
         "KREASERVE_CALLBACK_ACCOUNT_CONCURRENCY": str(PER_ACCOUNT),
         "KREASERVE_CALLBACK_REDELIVERIES_PER_MINUTE": str(REDELIVERIES_PER_MINUTE),
     }

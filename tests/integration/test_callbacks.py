@@ -103,14 +103,8 @@ class Receiver:
 
 
 @pytest.fixture(scope="module")
-def tls(callback_tls: tuple[Path, Path, Path]) -> tuple[Path, Path, Path]:
-    """The run's CA and `localhost` certificate, which `full_server` trusts."""
-    return callback_tls
-
-
-@pytest.fixture(scope="module")
-def receiver(tls: tuple[Path, Path, Path]) -> Iterator[Receiver]:
-    _ca, cert, key = tls
+def receiver(callback_tls: tuple[Path, Path, Path]) -> Iterator[Receiver]:
+    _ca, cert, key = callback_tls
     receiver = Receiver()
     with https_server(receiver.handler(), cert, key) as port:
         receiver.port = port
@@ -165,7 +159,7 @@ def run_task(server: Server, key: str, callback_url: str, **extra: object) -> di
 @pytest.fixture(scope="module")
 def sender(
     backend: tuple[str, Path],
-    tls: tuple[Path, Path, Path],
+    callback_tls: tuple[Path, Path, Path],
     weights_cache: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
@@ -175,7 +169,7 @@ def sender(
     tmp = tmp_path_factory.mktemp("callbacks-sender")
     url, drop = new_database(backend, tmp, "sender.db")
     running = start_server(
-        tmp, url, weights_cache, embedded_worker=False, extra_env=callback_env(tls)
+        tmp, url, weights_cache, embedded_worker=False, extra_env=callback_env(callback_tls)
     )
     yield running
     running.stop()
@@ -405,7 +399,7 @@ def test_redeliver_and_callbacks_answer_errors_in_the_contract_shape(api_server:
 
 def test_a_crash_between_the_end_and_the_callback_still_delivers_exactly_once(
     backend: tuple[str, Path],
-    tls: tuple[Path, Path, Path],
+    callback_tls: tuple[Path, Path, Path],
     receiver: Receiver,
     weights_cache: Path,
     tmp_path: Path,
@@ -413,7 +407,7 @@ def test_a_crash_between_the_end_and_the_callback_still_delivers_exactly_once(
     """The task ends while no sender runs (dispatch off), the process is killed, and the
     restarted one finds the delivery in the outbox."""
     database, drop = new_database(backend, tmp_path, "crash.db")
-    env = callback_env(tls)
+    env = callback_env(callback_tls)
     first = start_server(
         tmp_path / "a",
         database,
@@ -453,7 +447,7 @@ def test_a_crash_between_the_end_and_the_callback_still_delivers_exactly_once(
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_two_api_processes_on_one_database_send_each_callback_once(
     backend: tuple[str, Path],
-    tls: tuple[Path, Path, Path],
+    callback_tls: tuple[Path, Path, Path],
     receiver: Receiver,
     weights_cache: Path,
     tmp_path: Path,
@@ -461,7 +455,7 @@ def test_two_api_processes_on_one_database_send_each_callback_once(
     """Twelve tasks end, half through each of two API processes on one database; both
     processes' senders claim from the one outbox, and each callback is sent once."""
     database, drop = make_postgres_database(POSTGRES_URL)
-    env = callback_env(tls)
+    env = callback_env(callback_tls)
     servers = [
         start_server(tmp_path / name, database, weights_cache, embedded_worker=False, extra_env=env)
         for name in ("a", "b")

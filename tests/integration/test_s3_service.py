@@ -20,7 +20,7 @@ from tests.integration.test_callbacks import Receiver
 from tests.integration.test_generation import GOOD, fetch_image, wait_until_done
 from tests.integration.test_s3_storage import signed_end
 from tests.s3util import MotoServer, moto_server
-from tests.tlsutil import https_server, make_ca_and_cert
+from tests.tlsutil import https_server
 
 #: The smallest 1K pixel count of the contract (1152x896; 1344x768 ties).
 SMALL = {**GOOD, "size": "4:3"}
@@ -34,14 +34,9 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    return make_ca_and_cert(tmp_path_factory.mktemp("tls"), ["localhost"])
-
-
-@pytest.fixture(scope="module")
-def receiver(tls: tuple[Path, Path, Path]) -> Iterator[Receiver]:
+def receiver(callback_tls: tuple[Path, Path, Path]) -> Iterator[Receiver]:
     receiver = Receiver()
-    with https_server(receiver.handler(), tls[1], tls[2]) as port:
+    with https_server(receiver.handler(), callback_tls[1], callback_tls[2]) as port:
         receiver.port = port
         yield receiver
         receiver.release.set()
@@ -50,7 +45,7 @@ def receiver(tls: tuple[Path, Path, Path]) -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def server(
     s3: MotoServer,
-    tls: tuple[Path, Path, Path],
+    callback_tls: tuple[Path, Path, Path],
     weights_cache: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
@@ -58,7 +53,7 @@ def server(
     bucket = s3.new_bucket()
     env = {
         **s3.env,
-        **callback_env(tls),
+        **callback_env(callback_tls),
         "KREASERVE_S3_BUCKET": bucket,
         "KREASERVE_WEIGHTS": "tiny-random",
     }
