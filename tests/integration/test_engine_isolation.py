@@ -25,11 +25,14 @@ pytestmark = pytest.mark.timing
 TIMEOUT_SECONDS = 15
 
 
-@pytest.fixture
-def server(tmp_path: Path, weights_cache: Path) -> Iterator[Server]:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, weights_cache: Path) -> Iterator[Server]:
+    """One server for both faults: each test uses its own account, and a fault leaves the
+    server with a new engine child, which is what each test checks for."""
+    folder = tmp_path_factory.mktemp("isolation")
     running = start_server(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'iso.db'}",
+        folder,
+        f"sqlite:///{folder / 'iso.db'}",
         weights_cache,
         embedded_worker=True,
         extra_env={"KREASERVE_TASK_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS)},
