@@ -25,6 +25,12 @@ class EngineSettings(BaseSettings):
         default=True, description="`serve` also runs a worker in the same process."
     )
     worker_poll_seconds: float = Field(default=0.2, gt=0, description="Idle queue poll interval.")
+    worker_idle_poll_max_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Ceiling of the idle poll interval, which doubles after each empty poll "
+        "(SQLite; new work in the same process wakes the loop at once).",
+    )
     lease_seconds: float = Field(
         default=30.0,
         gt=0,

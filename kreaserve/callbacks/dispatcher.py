@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from sqlalchemy import select
 
-from kreaserve import accounts, contract, metrics, presenters, tracing
+from kreaserve import accounts, contract, metrics, presenters, tracing, wakeups
 from kreaserve.callbacks import outbox
 from kreaserve.config import Settings
 from kreaserve.db import Database
@@ -50,6 +50,8 @@ class CallbackDispatcher:
         self._busy = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        ceiling = poll_seconds if db.is_postgres else settings.worker_idle_poll_max_seconds
+        self._idle = wakeups.Idle(wakeups.CALLBACKS, poll_seconds, ceiling)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -58,6 +60,7 @@ class CallbackDispatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._idle.wake()
         if self._thread:
             self._thread.join(timeout=5)
         # Attempts under way finish (at most the 10 s timeout); the rest wait in the outbox.
@@ -78,8 +81,16 @@ class CallbackDispatcher:
                 with self._lock:
                     self._busy += 1
                 self._pool.submit(self._attempt_and_release, delivery)
-            if not due:
-                self._stop.wait(self._poll)
+            if due:
+                self._idle.reset()
+            else:
+                self._idle.wait(until=self._next_due())
+
+    def _next_due(self) -> float | None:
+        try:
+            return outbox.next_due(self.db)
+        except Exception:  # noqa: BLE001 - the next claim reports the database's trouble
+            return None
 
     def _attempt_and_release(self, delivery: outbox.Due) -> None:
         try:
@@ -89,6 +100,7 @@ class CallbackDispatcher:
         finally:
             with self._lock:
                 self._busy -= 1
+            self._idle.wake()  # a retry may now be due sooner, and a slot is free
 
     def render(self, task_id: str) -> bytes:
         """The task's query body, exactly the bytes GET /v1/tasks/{id} answers."""

@@ -11,10 +11,10 @@ import math
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from kreaserve import contract
+from kreaserve import contract, wakeups
 from kreaserve.db import Database
 from kreaserve.db.models import CallbackAttempt, CallbackDelivery, Task
 from kreaserve.db.rows import changed_rows
@@ -254,3 +254,18 @@ def redeliver(db: Database, task: Task, per_minute: int) -> None:
             oldest = recent[len(recent) - per_minute]
             raise RedeliveryLimited(max(1, math.ceil(oldest + REDELIVERY_WINDOW_SECONDS - now)))
         enqueue(session, task)
+    wakeups.notify(wakeups.CALLBACKS)
+
+
+_NEXT_DUE = select(func.min(CallbackDelivery.next_attempt_at)).where(
+    CallbackDelivery.status == DeliveryState.PENDING,
+    CallbackDelivery.locked_until.is_(None) | (CallbackDelivery.locked_until < bindparam("now")),
+)
+
+
+def next_due(db: Database) -> float | None:
+    """When the earliest pending delivery is next due (None: none pending), so that an
+    idle sender sleeps no later than a retry's time (a locked one is this or another
+    sender's: its release wakes this one, or the poll ceiling bounds the wait)."""
+    row = db.read_row(_NEXT_DUE, {"now": time.time()})
+    return None if row is None or row[0] is None else float(row[0])

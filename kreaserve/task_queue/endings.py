@@ -8,7 +8,7 @@ import time
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from kreaserve import contract, ledger, metrics
+from kreaserve import contract, ledger, metrics, wakeups
 from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from kreaserve.db.models import Task
@@ -64,6 +64,7 @@ def complete(
         if task is None:
             return False
         ledger.charge(session, task.account_id, task.price_units, task.id)
+    _ended(task)
     metrics.task_ended(task, batch=batch)
     return True
 
@@ -91,6 +92,7 @@ def fail(
         if task is None:
             return False
         ledger.release(session, task.account_id, task.price_units, task.id)
+    _ended(task)
     metrics.task_ended(task)
     return True
 
@@ -105,3 +107,9 @@ def end_cancelled(db: Database, task_id: str, worker_id: str) -> bool:
         CANCELLED_ERROR["error_message"],
         status=contract.CANCELLED,
     )
+
+
+def _ended(task: Task) -> None:
+    """After the commit: wake this process's callback sender if `end` queued a delivery."""
+    if task.callback_url:
+        wakeups.notify(wakeups.CALLBACKS)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import bindparam, insert, select, update
 
-from kreaserve import contract, idempotency, images, ledger, limits, metrics
+from kreaserve import contract, idempotency, images, ledger, limits, metrics, wakeups
 from kreaserve.callbacks import outbox
 from kreaserve.db import Database
 from kreaserve.db.models import Task
@@ -95,6 +95,7 @@ def create(
         # cost more CPU than the whole transaction's statements (issue 12).
         session.connection().execute(_INSERT_TASK, values)
     task = Task(**values)
+    wakeups.notify(wakeups.TASKS)
     metrics.task_created(task)
     return task
 

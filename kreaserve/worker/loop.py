@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import assert_never
 
-from kreaserve import contract, phases, task_queue
+from kreaserve import contract, phases, task_queue, wakeups
 from kreaserve.config import Settings
 from kreaserve.db import Database
 from kreaserve.engine import messages as m
@@ -39,7 +39,7 @@ from kreaserve.storage import Storage
 from kreaserve.worker.finish import Outcome, Running, TaskFinisher
 from kreaserve.worker.heartbeat import Heartbeat
 from kreaserve.worker.outage import Backoff, brief, is_outage
-from kreaserve.worker.setup import engine_load
+from kreaserve.worker.setup import engine_load, idle_poll
 
 log = logging.getLogger("kreaserve.worker")
 
@@ -74,6 +74,7 @@ class Worker:
         self._on_fatal = on_fatal
         self.finisher = TaskFinisher(settings, db, storage, self.id)
         self._stop = threading.Event()
+        self._idle = wakeups.Idle(wakeups.TASKS, *idle_poll(settings, db.is_postgres))
         self.heartbeat = Heartbeat(db, self.id, settings.weights)
         self._threads: list[threading.Thread] = []
         self._running: dict[int, Running] = {}
@@ -99,7 +100,7 @@ class Worker:
 
     def stop(self) -> None:
         """Stop claiming, hand running tasks back to the queue, stop the child."""
-        self._stop.set()  # the loop cancels its jobs and requeues them
+        self.request_stop()  # the loop cancels its jobs and requeues them
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=STOP_GRACE_SECONDS + 10)
@@ -112,6 +113,7 @@ class Worker:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._idle.wake()
 
     def _guarded(self, target: Callable[[], None], name: str) -> None:
         """Run a thread's body; if it dies, the whole worker is fatal (no zombie)."""
@@ -129,7 +131,7 @@ class Worker:
             self.heartbeat.beat()
         except Exception:  # noqa: BLE001 - being fatal must not depend on the database
             log.warning("could not record the failed state", exc_info=True)
-        self._stop.set()
+        self.request_stop()
         if self._on_fatal:
             self._on_fatal(message)
 
@@ -181,8 +183,9 @@ class Worker:
                     return
             elif not self._denoising and not self._outcomes and not self._submit_next():
                 if not self._running:
-                    self._stop.wait(self.settings.worker_poll_seconds)
+                    self._idle.wait()
                     continue
+            self._idle.reset()
             try:
                 self._step()
             except EngineDied as exc:

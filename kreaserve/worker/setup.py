@@ -76,3 +76,10 @@ def gpu_slots(setting: str) -> list[str | None]:
         return [None]
     count = sum(1 for line in listing.splitlines() if line.startswith("GPU "))
     return [str(index) for index in range(count)] if count > 1 else [None]
+
+
+def idle_poll(settings: Settings, is_postgres: bool) -> tuple[float, float]:
+    """The idle poll's base and ceiling in seconds. PostgreSQL keeps the base: its API
+    replicas and workers are separate processes, which in-process wake-ups do not reach."""
+    base = settings.worker_poll_seconds
+    return base, base if is_postgres else settings.worker_idle_poll_max_seconds

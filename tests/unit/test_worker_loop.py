@@ -20,6 +20,7 @@ from kreaserve.db import Database, upgrade
 from kreaserve.db.models import Task
 from kreaserve.engine import messages as m
 from kreaserve.engine.handle import EngineProtocolError, EngineStartError
+from kreaserve.states import WorkerState
 from kreaserve.storage import LocalStorage
 from kreaserve.worker import Worker
 from tests.conftest import new_account
@@ -453,3 +454,44 @@ def test_a_child_that_breaks_the_protocol_while_loading_does_not_start() -> None
     engine = ThreadEngine(serve=lambda conn: conn.send("hello"))
     with pytest.raises(EngineStartError, match="instead of Ready"):
         engine.start(5)
+
+
+# --- idle: back off, wake on work -----------------------------------------------------
+
+
+def _ready(run) -> None:  # noqa: ANN001
+    wait_for(lambda: run.worker.heartbeat.state == WorkerState.READY, 15, "the engine")
+
+
+def test_an_idle_worker_polls_the_queue_rarely(
+    start_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the 0.2 s base the old loop made ~20 claims in 4 idle seconds; backing off to
+    1 s it makes about 5 (0.2 + 0.4 + 0.8 + 1 + 1 ...)."""
+    calls = []
+    real = task_queue.claim_batch
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(time.monotonic())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(task_queue, "claim_batch", counting)
+    run = start_worker(worker_poll_seconds=0.2, worker_idle_poll_max_seconds=1.0)
+    _ready(run)
+    time.sleep(4)
+    assert 2 <= len(calls) <= 9, f"{len(calls)} claims in 4 idle seconds"
+
+
+def test_a_task_created_in_the_process_is_claimed_without_waiting_for_the_poll(
+    db: Database, start_worker
+) -> None:
+    """The poll is 3 s; a task created 0.3 s after the worker's first poll is claimed
+    well before the next one."""
+    account_id, _ = new_account(db)
+    run = start_worker(worker_poll_seconds=3.0, worker_idle_poll_max_seconds=3.0)
+    _ready(run)
+    time.sleep(0.3)
+    created = time.monotonic()
+    task_id = create_task(db, account_id)
+    wait_for(lambda: status(db, task_id) != contract.PENDING, 10, "the claim")
+    assert time.monotonic() - created < 1.5
