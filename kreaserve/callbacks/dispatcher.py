@@ -84,7 +84,10 @@ class CallbackDispatcher:
             if due:
                 self._idle.reset()
             else:
-                self._idle.wait(until=self._next_due())
+                # Where the wait never grows (PostgreSQL: other processes add work), the
+                # next poll comes as soon as a retry could: no read needed to know when.
+                backs_off = self._idle.ceiling > self._idle.base
+                self._idle.wait(until=self._next_due() if backs_off else None)
 
     def _next_due(self) -> float | None:
         try:
