@@ -5,6 +5,11 @@ this process (a created task, a queued callback) calls `notify(channel)`, which 
 every waiter of that channel. Polling stays the fallback (work from other processes,
 retries coming due): each empty poll doubles the wait up to a ceiling, and any claim or
 wake-up resets it to the base interval. Without this, idle pollers cost ~4 % of a core.
+
+Work committed by other processes (PostgreSQL: API replicas, separate workers) reaches
+the waiters through a listener (`kreaserve.db.pg_listen`) that calls `notify` too. A
+waiter that depends on one (`Idle(remote=...)`) keeps the base interval while that
+listener is not connected (`set_remote`), so no wake-up can be missed for long.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ CALLBACKS = "callbacks"
 
 _lock = threading.Lock()
 _waiters: dict[str, weakref.WeakSet[Idle]] = {}
+_connected: set[str] = set()
 
 
 def notify(channel: str) -> None:
@@ -28,15 +34,42 @@ def notify(channel: str) -> None:
         waiter.wake()
 
 
-class Idle:
-    """One loop's idle wait on a channel: backoff from `base` up to `ceiling` seconds."""
+def set_remote(source: str, connected: bool) -> None:
+    """The listener of `source` is (or is no longer) connected. Either way every waiter
+    is woken: wake-ups sent while it was down are lost, and a waiter that depends on it
+    must not sleep out a long wait."""
+    with _lock:
+        if connected:
+            _connected.add(source)
+        else:
+            _connected.discard(source)
+        waiters = [waiter for channel in _waiters.values() for waiter in channel]
+    for waiter in waiters:
+        if waiter.remote == source:
+            waiter.wake()
 
-    def __init__(self, channel: str, base: float, ceiling: float) -> None:
-        self.base, self.ceiling = base, max(base, ceiling)
+
+class Idle:
+    """One loop's idle wait on a channel: backoff from `base` up to `ceiling` seconds.
+
+    With `remote`, work also comes from other processes through that source's listener:
+    the ceiling applies only while it is connected, else the wait stays at the base."""
+
+    def __init__(
+        self, channel: str, base: float, ceiling: float, remote: str | None = None
+    ) -> None:
+        self.base, self._ceiling, self.remote = base, max(base, ceiling), remote
         self._delay = base
         self._event = threading.Event()
         with _lock:
             _waiters.setdefault(channel, weakref.WeakSet()).add(self)
+
+    @property
+    def ceiling(self) -> float:
+        """The longest wait now: the base while a needed listener is not connected."""
+        if self.remote is None or self.remote in _connected:
+            return self._ceiling
+        return self.base
 
     def wake(self) -> None:
         """End the current (or next) wait early; stop() calls it too."""
@@ -50,10 +83,11 @@ class Idle:
         """Sleep after an empty poll, True when woken: no later than the time.time()
         `until` but at least the base interval (work that is due but not claimable must
         not make a busy loop)."""
-        delay = self._delay
+        ceiling = self.ceiling
+        delay = current = min(self._delay, ceiling)
         if until is not None:
             delay = min(delay, max(self.base, until - time.time()))
         woken = self._event.wait(delay)
         self._event.clear()
-        self._delay = self.base if woken else min(self._delay * 2, self.ceiling)
+        self._delay = self.base if woken else min(current * 2, ceiling)
         return woken
