@@ -23,7 +23,7 @@ from sqlalchemy import select
 from kreaserve import accounts, contract, metrics, presenters, tracing, wakeups
 from kreaserve.callbacks import outbox
 from kreaserve.config import Settings
-from kreaserve.db import Database
+from kreaserve.db import Database, pg_listen
 from kreaserve.db.models import Task
 from kreaserve.outbound import pinned, signing, ssrf
 from kreaserve.storage import ResultLinks
@@ -50,11 +50,14 @@ class CallbackDispatcher:
         self._busy = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        ceiling = poll_seconds if db.is_postgres else settings.worker_idle_poll_max_seconds
-        self._idle = wakeups.Idle(wakeups.CALLBACKS, poll_seconds, ceiling)
+        # PostgreSQL: deliveries come from other processes too, and wake it through LISTEN.
+        remote = pg_listen.source(db.engine) if db.is_postgres else None
+        ceiling = settings.worker_idle_poll_max_seconds
+        self._idle = wakeups.Idle(wakeups.CALLBACKS, poll_seconds, ceiling, remote=remote)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        pg_listen.acquire(self._idle.remote, self)
         self._thread = threading.Thread(target=self._loop, name="kreaserve-callbacks", daemon=True)
         self._thread.start()
 
@@ -63,6 +66,7 @@ class CallbackDispatcher:
         self._idle.wake()
         if self._thread:
             self._thread.join(timeout=5)
+        pg_listen.release(self._idle.remote, self)
         # Attempts under way finish (at most the 10 s timeout); the rest wait in the outbox.
         self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -84,8 +88,8 @@ class CallbackDispatcher:
             if due:
                 self._idle.reset()
             else:
-                # Where the wait never grows (PostgreSQL: other processes add work), the
-                # next poll comes as soon as a retry could: no read needed to know when.
+                # Where the wait does not grow (PostgreSQL while its LISTEN connection is
+                # down), the next poll comes as soon as a retry could: no read needed.
                 backs_off = self._idle.ceiling > self._idle.base
                 self._idle.wait(until=self._next_due() if backs_off else None)
 

@@ -7,8 +7,8 @@ rides out an unreachable database.
 """
 
 from kreaserve.worker.group import WorkerGroup
-from kreaserve.worker.loop import Worker, progress_percent
-from kreaserve.worker.setup import engine_load, engine_options, gpu_slots
+from kreaserve.worker.loop import Worker
+from kreaserve.worker.setup import engine_load, engine_options, gpu_slots, progress_percent
 
 __all__ = [
     "Worker",

@@ -28,9 +28,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import assert_never
 
-from kreaserve import contract, phases, task_queue, wakeups
+from kreaserve import contract, phases, task_queue
 from kreaserve.config import Settings
-from kreaserve.db import Database
+from kreaserve.db import Database, pg_listen
 from kreaserve.engine import messages as m
 from kreaserve.engine.handle import EngineDied, EngineHandle, EngineStartError
 from kreaserve.engine.process import EngineProcess
@@ -39,7 +39,7 @@ from kreaserve.storage import Storage
 from kreaserve.worker.finish import Outcome, Running, TaskFinisher
 from kreaserve.worker.heartbeat import Heartbeat
 from kreaserve.worker.outage import Backoff, brief, is_outage
-from kreaserve.worker.setup import engine_load, idle_poll
+from kreaserve.worker.setup import engine_load, idle_wait, progress_percent
 
 log = logging.getLogger("kreaserve.worker")
 
@@ -47,12 +47,6 @@ log = logging.getLogger("kreaserve.worker")
 TICK_SECONDS = 0.25
 #: On stop, how long running jobs get to answer their cancel before they are abandoned.
 STOP_GRACE_SECONDS = 20.0
-
-
-def progress_percent(step: int, total: int) -> int:
-    """Denoising progress as the contract's 0-100; 100 is kept for 'completed'
-    (after the last step the image is still being decoded and stored)."""
-    return min(99, step * 100 // (total + 1))
 
 
 class Worker:
@@ -74,7 +68,7 @@ class Worker:
         self._on_fatal = on_fatal
         self.finisher = TaskFinisher(settings, db, storage, self.id)
         self._stop = threading.Event()
-        self._idle = wakeups.Idle(wakeups.TASKS, *idle_poll(settings, db.is_postgres))
+        self._idle = idle_wait(settings, db)
         self.heartbeat = Heartbeat(db, self.id, settings.weights)
         self._threads: list[threading.Thread] = []
         self._running: dict[int, Running] = {}
@@ -88,6 +82,7 @@ class Worker:
     def start(self) -> None:
         """Start the worker loop and its heartbeat in background threads."""
         self.heartbeat.beat()
+        pg_listen.acquire(self._idle.remote, self)
         for target, name in (
             (self._run, "kreaserve-worker"),
             (lambda: self.heartbeat.run(self._stop), "kreaserve-heartbeat"),
@@ -105,6 +100,7 @@ class Worker:
             if thread is not threading.current_thread():
                 thread.join(timeout=STOP_GRACE_SECONDS + 10)
         self.engine.stop()
+        pg_listen.release(self._idle.remote, self)
         self.heartbeat.state = WorkerState.STOPPED
         try:
             self.heartbeat.beat()

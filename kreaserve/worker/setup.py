@@ -6,8 +6,9 @@ import os
 import shutil
 import subprocess
 
-from kreaserve import contract
+from kreaserve import contract, wakeups
 from kreaserve.config import Settings
+from kreaserve.db import Database, pg_listen
 from kreaserve.engine import messages as m
 from kreaserve.engine.options import EngineOptions
 
@@ -78,8 +79,16 @@ def gpu_slots(setting: str) -> list[str | None]:
     return [str(index) for index in range(count)] if count > 1 else [None]
 
 
-def idle_poll(settings: Settings, is_postgres: bool) -> tuple[float, float]:
-    """The idle poll's base and ceiling in seconds. PostgreSQL keeps the base: its API
-    replicas and workers are separate processes, which in-process wake-ups do not reach."""
-    base = settings.worker_poll_seconds
-    return base, base if is_postgres else settings.worker_idle_poll_max_seconds
+def progress_percent(step: int, total: int) -> int:
+    """Denoising progress as the contract's 0-100; 100 is kept for 'completed'
+    (after the last step the image is still being decoded and stored)."""
+    return min(99, step * 100 // (total + 1))
+
+
+def idle_wait(settings: Settings, db: Database) -> wakeups.Idle:
+    """The idle poll's wait. On PostgreSQL, tasks created by other processes wake it
+    through LISTEN (`kreaserve.db.pg_listen`), and its ceiling applies only while that
+    connection is up."""
+    remote = pg_listen.source(db.engine) if db.is_postgres else None
+    base, ceiling = settings.worker_poll_seconds, settings.worker_idle_poll_max_seconds
+    return wakeups.Idle(wakeups.TASKS, base, ceiling, remote=remote)
