@@ -125,6 +125,23 @@ def test_a_task_back_to_pending_wakes_the_waiter_and_a_claim_does_not(
     assert woken_within(idle, lambda: set_status(contract.PENDING)) < 2.5
 
 
+def test_a_callback_delivery_inserted_by_another_connection_wakes_the_sender(
+    pg_url: str, db: Database, template: str, listening: pg_listen.Listener
+) -> None:
+    idle = wakeups.Idle(wakeups.CALLBACKS, 0.05, 5.0, remote=listening.conninfo)
+
+    def enqueue() -> None:
+        with psycopg.connect(pg_url, autocommit=True) as connection:
+            connection.execute(
+                "INSERT INTO callback_deliveries (task_id, account_id, url, webhook_id, status,"
+                " attempts, next_attempt_at, created_at) SELECT id, account_id, "
+                "'https://example.com/hook', %s, 'pending', 0, 0, 0 FROM tasks WHERE id = %s",
+                (secrets.token_hex(8), template),
+            )
+
+    assert woken_within(idle, enqueue) < 2.5
+
+
 def test_a_killed_listener_connection_falls_back_to_the_base_and_reconnects(
     pg_url: str,
     db: Database,
