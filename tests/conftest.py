@@ -479,23 +479,38 @@ def tier(item: pytest.Item) -> str:
     return Path(str(item.path)).resolve().relative_to(TESTS).parts[0]
 
 
-#: The longest test files (measured on CI), collected first so that xdist hands them out
-#: first (scripts/test passes --no-loadscope-reorder, which keeps this order; xdist would
-#: otherwise start the files with the most tests first): started last, one of them alone
-#: would set the suite's end.
+#: The longest test files, longest first (wall time in the parallel part of a full run,
+#: 2026-11-30, under its load), collected in this order so that xdist hands them out first
+#: (scripts/test passes --no-loadscope-reorder, which keeps it; xdist would otherwise start
+#: the files with the most tests first): started last, one of them alone would set the
+#: suite's end while the other workers sit idle.
 LONGEST_FIRST = (
-    "integration/test_sizes.py",
-    "integration/test_callbacks.py",
-    "integration/test_engine_child.py",
-    "integration/test_lifecycle.py",
-    "integration/test_batching.py",
-    "engine/test_engine_batching.py",
-    "integration/test_metrics.py",
-    "integration/test_fleet.py",
-    "integration/test_openapi.py",
-    "integration/test_output_formats.py",
-    "unit/test_types.py",
-    "unit/test_no_server_errors.py",
+    "integration/test_callbacks.py",  # 231 s
+    "engine/test_engine_batching.py",  # 113 s
+    "integration/test_fleet.py",  # 101 s
+    "integration/test_lifecycle.py",  # 97 s
+    "integration/test_openapi.py",  # 88 s
+    "acceptance/test_cli.py",  # 78 s
+    "integration/test_metrics.py",  # 65 s
+    "integration/test_accounts.py",  # 63 s
+    "integration/test_batching.py",  # 59 s
+    "integration/test_generation.py",  # 58 s
+    "integration/test_sizes.py",  # 48 s
+    "integration/test_task_events.py",  # 47 s
+    "integration/test_api_contract.py",  # 46 s
+    "integration/test_engine_child.py",  # 39 s
+    "engine/test_engine.py",  # 36 s
+    "unit/test_worker_loop.py",  # 34 s
+    "engine/test_tokenizer_files.py",  # 32 s
+    "integration/test_s3_storage.py",  # 31 s
+    "acceptance/test_cli_errors.py",  # 30 s
+    "acceptance/test_account_page.py",  # 28 s
+    "unit/test_types.py",  # 27 s
+    "integration/test_s3_service.py",  # 26 s
+    "acceptance/test_playground.py",  # 26 s
+    "integration/test_openai_clients.py",  # 21 s
+    "integration/test_sealed_files.py",  # 19 s
+    "integration/test_client_sdk.py",  # 18 s
 )
 
 
