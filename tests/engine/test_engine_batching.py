@@ -304,6 +304,7 @@ def compiled(weights_cache: Path) -> Engine:
 
 
 # Inductor itself still calls `torch.jit.script_method` while compiling (torch 2.13).
+@pytest.mark.background
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compile_compiles_the_repeated_blocks_and_keeps_the_images(
     compiled: Engine, trimmed: Engine
