@@ -28,8 +28,9 @@ class EngineSettings(BaseSettings):
     worker_idle_poll_max_seconds: float = Field(
         default=1.0,
         gt=0,
-        description="Ceiling of the idle poll interval, which doubles after each empty poll "
-        "(SQLite; new work in the same process wakes the loop at once).",
+        description="Ceiling of the idle poll interval, which doubles after each empty poll; "
+        "new work wakes the loop at once (in the same process, and on PostgreSQL from other "
+        "processes through LISTEN/NOTIFY, without which the poll keeps its base interval).",
     )
     lease_seconds: float = Field(
         default=30.0,

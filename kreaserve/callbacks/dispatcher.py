@@ -51,8 +51,8 @@ class CallbackDispatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         # PostgreSQL: deliveries come from other processes too, and wake it through LISTEN.
-        remote = pg_listen.source(db.engine) if db.is_postgres else None
         ceiling = settings.worker_idle_poll_max_seconds
+        remote = pg_listen.source(db)
         self._idle = wakeups.Idle(wakeups.CALLBACKS, poll_seconds, ceiling, remote=remote)
         self._thread: threading.Thread | None = None
 

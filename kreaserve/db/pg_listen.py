@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.conninfo import make_conninfo
-from sqlalchemy import Engine
 
 from kreaserve import wakeups
+
+if TYPE_CHECKING:
+    from kreaserve.db.session import Database
 
 log = logging.getLogger("kreaserve.db")
 
@@ -40,9 +43,12 @@ _lock = threading.Lock()
 _listeners: dict[str, tuple[Listener, set[int]]] = {}
 
 
-def source(engine: Engine) -> str:
-    """The key that waiters and the listener of one database share: its conninfo."""
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+def source(db: Database) -> str | None:
+    """The key that waiters and the listener of one database share: its conninfo; None on
+    SQLite, whose writers share one process and its in-process wake-ups."""
+    if not db.is_postgres:
+        return None
+    return db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def acquire(key: str | None, owner: object) -> None:

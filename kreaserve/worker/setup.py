@@ -89,6 +89,5 @@ def idle_wait(settings: Settings, db: Database) -> wakeups.Idle:
     """The idle poll's wait. On PostgreSQL, tasks created by other processes wake it
     through LISTEN (`kreaserve.db.pg_listen`), and its ceiling applies only while that
     connection is up."""
-    remote = pg_listen.source(db.engine) if db.is_postgres else None
     base, ceiling = settings.worker_poll_seconds, settings.worker_idle_poll_max_seconds
-    return wakeups.Idle(wakeups.TASKS, base, ceiling, remote=remote)
+    return wakeups.Idle(wakeups.TASKS, base, ceiling, remote=pg_listen.source(db))

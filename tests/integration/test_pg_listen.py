@@ -79,7 +79,7 @@ def insert_elsewhere(url: str, template: str) -> str:
 @pytest.fixture
 def listening(db: Database) -> Iterator[pg_listen.Listener]:
     """This process's listener of the test database, connected."""
-    key, owner = pg_listen.source(db.engine), object()
+    key, owner = pg_listen.source(db), object()
     pg_listen.acquire(key, owner)
     listener = pg_listen._listeners[key][0]
     wait_for(listener.connected.is_set, 10, "the listener to connect")
