@@ -78,6 +78,7 @@ def test_a_compiling_engine_warms_every_size_and_the_batched_shapes(
         ({"KREASERVE_BATCH_SIZE": "0"}, "batch_size"),
         ({"KREASERVE_OVERLAP_DECODE": "always"}, "overlap_decode"),
         ({"KREASERVE_ENGINE_MEMORY_LIMIT_MB": "-5"}, "engine_memory_limit_mb"),
+        ({"KREASERVE_WORKER_IDLE_POLL_MAX_SECONDS": "0"}, "worker_idle_poll_max_seconds"),
     ],
 )
 def test_bad_engine_settings_are_refused_with_their_name(
