@@ -246,6 +246,15 @@ class Settings(EngineSettings):
         "about a key: a key revoked (or an account changed) through another process stops "
         "working here within this many seconds; through this process, at once.",
     )
+    create_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Creates one API process moderates and inserts at once; the "
+        "rest wait their turn in arrival order. Few threads, not one per request: the "
+        "prompt classifier and the insert are CPU work, and more threads only contend "
+        "for the GIL and the database, which lengthens the slowest answers.",
+    )
     openai_wait_seconds: float = Field(
         default=120.0,
         gt=0,

@@ -108,6 +108,8 @@ def create_app(
             for item in reversed(background):
                 await run_in_threadpool(item.stop)
             services.threads.shutdown(wait=False)
+            if services.create_threads is not None:
+                services.create_threads.shutdown(wait=False)
             await services.task_read.aclose()
 
     app = FastAPI(

@@ -45,6 +45,15 @@ class Services:
     threads: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(40, thread_name_prefix="kreaserve-api")
     )
+    #: the threads of `in_create_thread`: `settings.create_concurrency` of them, in
+    #: arrival order (a ThreadPoolExecutor's queue is first in, first out)
+    create_threads: ThreadPoolExecutor | None = None
+
+    def __post_init__(self) -> None:
+        if self.create_threads is None:
+            self.create_threads = ThreadPoolExecutor(
+                self.settings.create_concurrency, thread_name_prefix="kreaserve-create"
+            )
 
 
 T = TypeVar("T")
@@ -59,6 +68,20 @@ async def in_thread(services: Services, call: Callable[[], T]) -> T:
     context = contextvars.copy_context()
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(services.threads, functools.partial(context.run, call))
+
+
+async def in_create_thread(services: Services, call: Callable[[], T]) -> T:
+    """`call()` (a create's moderation and insert) in one of the few create threads.
+
+    With one thread per waiting request (anyio's 40), 16 clients' creates contended for
+    the GIL and the database at once and the slowest answer took twice the median;
+    measured with wrk on 2 cores, a few threads in arrival order gave the same creates
+    per second with a p99 of 59-68 ms instead of 94-105 on SQLite, and 93-134 instead
+    of 295-309 on PostgreSQL (BENCHMARKS.md)."""
+    assert services.create_threads is not None
+    context = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(services.create_threads, functools.partial(context.run, call))
 
 
 def services_of(request: Request) -> Services:

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kreaserve import idempotency, images, schemas, task_queue, tracing
 from kreaserve.api import creating
-from kreaserve.api.deps import PrincipalDep, ServicesDep, read_json_body
+from kreaserve.api.deps import PrincipalDep, ServicesDep, in_create_thread, read_json_body
 from kreaserve.api.errors import APIError
 from kreaserve.api.presenters import task_answer
 
@@ -65,7 +65,7 @@ async def create_generation(
     price = creating.price_of(services, principal, params)
 
     def moderate_and_create() -> dict[str, Any]:
-        """One thread for the classifier and the transaction (each hop costs)."""
+        """One create thread for the classifier and the transaction (each hop costs)."""
         creating.moderate(services, params)
         try:
             task = creating.enqueue(services, principal, params, price, key)
@@ -74,6 +74,6 @@ async def create_generation(
             return task_answer(services, replay.task)
         return task_answer(services, task)
 
-    created = await run_in_threadpool(moderate_and_create)
+    created = await in_create_thread(services, moderate_and_create)
     request.state.task_id = created["id"]  # for the access log
     return created

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kreaserve import accounts, contract, images, openai_compat, schemas, task_queue, tracing
 from kreaserve.api import creating
-from kreaserve.api.deps import PrincipalDep, Services, ServicesDep, read_json_body
+from kreaserve.api.deps import PrincipalDep, Services, ServicesDep, in_create_thread, read_json_body
 from kreaserve.api.errors import APIError
 from kreaserve.db.models import Task
 
@@ -81,7 +81,9 @@ async def generate_images(
         output_format=parsed.output_format or images.DEFAULT_FORMAT,
         output_quality=parsed.output_quality or images.DEFAULT_QUALITY,
     )
-    tasks = await run_in_threadpool(create_tasks, services, principal, params, body.n)
+    tasks = await in_create_thread(
+        services, lambda: create_tasks(services, principal, params, body.n)
+    )
     ids = [task.id for task in tasks]
     request.state.task_id = ids[0]  # for the access log
     ended = await wait_for(request, services, principal.account_id, ids)
