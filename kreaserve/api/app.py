@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from kreaserve import auth, limits
+from kreaserve import auth, heap, limits
 from kreaserve.api import errors, openapi
 from kreaserve.api.deps import Services
 from kreaserve.api.direct import DirectRoute
@@ -94,6 +94,7 @@ def create_app(
         await run_in_threadpool(services.moderator.warm)
         for item in background:
             await run_in_threadpool(item.start)
+        heap.freeze_startup_heap()  # after the loads: full collections skip what they made
         flusher = asyncio.create_task(flush_last_used(services.keys))
         try:
             yield
