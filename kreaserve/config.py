@@ -251,9 +251,10 @@ class Settings(EngineSettings):
         ge=1,
         le=64,
         description="Creates one API process moderates and inserts at once; the "
-        "rest wait their turn in arrival order. Few threads, not one per request: the "
-        "prompt classifier and the insert are CPU work, and more threads only contend "
-        "for the GIL and the database, which lengthens the slowest answers.",
+        "rest wait their turn in arrival order. The classifier is CPU work, and on a small "
+        "machine more threads only contend for the GIL and the database, which lengthens "
+        "the slowest answers; raise it for a database far away (each create waits for "
+        "about five round trips) or a machine with more cores.",
     )
     openai_wait_seconds: float = Field(
         default=120.0,

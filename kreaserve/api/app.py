@@ -109,8 +109,8 @@ def create_app(
             for item in reversed(background):
                 await run_in_threadpool(item.stop)
             services.threads.shutdown(wait=False)
-            if services.create_threads is not None:
-                services.create_threads.shutdown(wait=False)
+            # Creates still queued are dropped, not started after the shutdown.
+            services.create_threads.shutdown(wait=False, cancel_futures=True)
             await services.task_read.aclose()
 
     app = FastAPI(

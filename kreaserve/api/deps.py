@@ -45,15 +45,14 @@ class Services:
     threads: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(40, thread_name_prefix="kreaserve-api")
     )
-    #: the threads of `in_create_thread`: `settings.create_concurrency` of them, in
-    #: arrival order (a ThreadPoolExecutor's queue is first in, first out)
-    create_threads: ThreadPoolExecutor | None = None
+    #: the threads of `in_create_thread`: `settings.create_concurrency` of them, taking
+    #: work in arrival order (a ThreadPoolExecutor's queue is first in, first out)
+    create_threads: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.create_threads is None:
-            self.create_threads = ThreadPoolExecutor(
-                self.settings.create_concurrency, thread_name_prefix="kreaserve-create"
-            )
+        self.create_threads = ThreadPoolExecutor(
+            self.settings.create_concurrency, thread_name_prefix="kreaserve-create"
+        )
 
 
 T = TypeVar("T")
@@ -77,8 +76,12 @@ async def in_create_thread(services: Services, call: Callable[[], T]) -> T:
     the GIL and the database at once and the slowest answer took twice the median;
     measured with wrk on 2 cores, a few threads in arrival order gave the same creates
     per second with a p99 of 59-68 ms instead of 94-105 on SQLite, and 93-134 instead
-    of 295-309 on PostgreSQL (BENCHMARKS.md)."""
-    assert services.create_threads is not None
+    of 295-309 on PostgreSQL (BENCHMARKS.md).
+
+    Cancelling the awaiting request (a server shutting down; a client that goes away does
+    not cancel it) drops a create that still waits for a thread, so nothing is made for
+    it; one already running finishes, and its task is created and reserved although the
+    request returns at once (anyio's pool made the request wait for the thread)."""
     context = contextvars.copy_context()
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(services.create_threads, functools.partial(context.run, call))

@@ -13,7 +13,7 @@ SHAPE = re.compile(r"task-unified-1756817821-[a-z0-9]{8}")
 
 
 def test_ids_have_the_contracts_shape_and_do_not_repeat() -> None:
-    ids = [new_task_id(1756817821) for _ in range(20000)]
+    ids = [new_task_id(1756817821) for _ in range(2000)]
     assert all(SHAPE.fullmatch(task_id) for task_id in ids)
     assert all(task_id.startswith(TASK_ID_PREFIX) for task_id in ids)
     assert len(set(ids)) == len(ids)
