@@ -28,18 +28,12 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
-def pg_url(postgres_server: str) -> Iterator[str]:
+def database_url(postgres_server: str) -> Iterator[str]:
+    """One PostgreSQL database for the module (conftest's `db` opens it per test)."""
     url, drop = make_postgres_database(postgres_server)
     upgrade(url)
     yield url
     drop()
-
-
-@pytest.fixture
-def db(pg_url: str) -> Iterator[Database]:
-    database = Database(pg_url)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture
@@ -100,23 +94,23 @@ def woken_within(idle: wakeups.Idle, insert: object) -> float:
 
 
 def test_a_task_inserted_by_another_connection_wakes_the_waiter(
-    pg_url: str, db: Database, template: str, listening: pg_listen.Listener
+    database_url: str, db: Database, template: str, listening: pg_listen.Listener
 ) -> None:
     idle = wakeups.Idle(wakeups.TASKS, 0.05, 5.0, remote=listening.conninfo)
     assert idle.ceiling == 5.0  # the listener is up: the ceiling applies
-    assert woken_within(idle, lambda: insert_elsewhere(pg_url, template)) < 2.5
+    assert woken_within(idle, lambda: insert_elsewhere(database_url, template)) < 2.5
 
 
 def test_a_task_back_to_pending_wakes_the_waiter_and_a_claim_does_not(
-    pg_url: str, db: Database, template: str, listening: pg_listen.Listener
+    database_url: str, db: Database, template: str, listening: pg_listen.Listener
 ) -> None:
     idle = wakeups.Idle(wakeups.TASKS, 0.05, 5.0, remote=listening.conninfo)
-    task_id = insert_elsewhere(pg_url, template)
+    task_id = insert_elsewhere(database_url, template)
     time.sleep(0.5)
     idle._event.clear()  # the insert's own wake-up
 
     def set_status(status: str) -> None:
-        with psycopg.connect(pg_url, autocommit=True) as connection:
+        with psycopg.connect(database_url, autocommit=True) as connection:
             connection.execute("UPDATE tasks SET status = %s WHERE id = %s", (status, task_id))
 
     set_status(contract.PROCESSING)  # a claim: no wake-up
@@ -126,12 +120,12 @@ def test_a_task_back_to_pending_wakes_the_waiter_and_a_claim_does_not(
 
 
 def test_a_callback_delivery_inserted_by_another_connection_wakes_the_sender(
-    pg_url: str, db: Database, template: str, listening: pg_listen.Listener
+    database_url: str, db: Database, template: str, listening: pg_listen.Listener
 ) -> None:
     idle = wakeups.Idle(wakeups.CALLBACKS, 0.05, 5.0, remote=listening.conninfo)
 
     def enqueue() -> None:
-        with psycopg.connect(pg_url, autocommit=True) as connection:
+        with psycopg.connect(database_url, autocommit=True) as connection:
             connection.execute(
                 "INSERT INTO callback_deliveries (task_id, account_id, url, webhook_id, status,"
                 " attempts, next_attempt_at, created_at) SELECT id, account_id, "
@@ -143,7 +137,7 @@ def test_a_callback_delivery_inserted_by_another_connection_wakes_the_sender(
 
 
 def test_a_killed_listener_connection_falls_back_to_the_base_and_reconnects(
-    pg_url: str,
+    database_url: str,
     db: Database,
     template: str,
     listening: pg_listen.Listener,
@@ -161,7 +155,7 @@ def test_a_killed_listener_connection_falls_back_to_the_base_and_reconnects(
     monkeypatch.setattr(wakeups, "set_remote", recording)
     caplog.set_level(logging.WARNING, "kreaserve.db")
     for outage in (1, 2):  # two outages: one line each, and it comes back from both
-        with psycopg.connect(pg_url, autocommit=True) as connection:
+        with psycopg.connect(database_url, autocommit=True) as connection:
             killed = connection.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND query LIKE 'LISTEN%%'"
@@ -171,7 +165,7 @@ def test_a_killed_listener_connection_falls_back_to_the_base_and_reconnects(
     assert seen == [(False, 0.05), (True, 5.0)] * 2  # while down, the wait is the base
     lost = [r for r in caplog.records if "has no database connection" in r.getMessage()]
     assert len(lost) == 2
-    assert woken_within(idle, lambda: insert_elsewhere(pg_url, template)) < 2.5
+    assert woken_within(idle, lambda: insert_elsewhere(database_url, template)) < 2.5
 
 
 def test_the_listener_retries_quietly_while_the_database_is_unreachable(
@@ -191,7 +185,7 @@ def test_the_listener_retries_quietly_while_the_database_is_unreachable(
 
 
 def test_an_idle_worker_on_postgres_polls_rarely_and_wakes_on_a_remote_task(
-    pg_url: str,
+    database_url: str,
     db: Database,
     template: str,
     tmp_path: Path,
@@ -208,7 +202,7 @@ def test_an_idle_worker_on_postgres_polls_rarely_and_wakes_on_a_remote_task(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(task_queue, "claim_batch", counting)
-    with psycopg.connect(pg_url, autocommit=True) as connection:  # only the new task waits
+    with psycopg.connect(database_url, autocommit=True) as connection:  # only the new task waits
         connection.execute("UPDATE tasks SET status = 'cancelled' WHERE status = 'pending'")
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
@@ -226,7 +220,7 @@ def test_an_idle_worker_on_postgres_polls_rarely_and_wakes_on_a_remote_task(
         idle_claims = len(calls)
         assert 2 <= idle_claims <= 9, f"{idle_claims} claims in 4 idle seconds"
         created = time.monotonic()
-        task_id = insert_elsewhere(pg_url, template)
+        task_id = insert_elsewhere(database_url, template)
         wait_for(lambda: status(db, task_id) != contract.PENDING, 10, "the claim")
         assert time.monotonic() - created < 1.5
     finally:
