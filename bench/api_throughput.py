@@ -42,6 +42,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import insert, update
 
+import kreaserve
 from kreaserve import accounts, contract, ledger
 from kreaserve.db import Database, upgrade
 from kreaserve.db.models import Account, Task
@@ -234,10 +235,21 @@ def cancel_bench_tasks(url: str, account_id: int, keep: str) -> None:
         db.dispose()
 
 
+#: The tree whose kreaserve this bench imported: servers start there. `python -m` puts the
+#: working folder first on sys.path, so a server started elsewhere (say, in main while
+#: PYTHONPATH names a worktree to compare) would run that folder's kreaserve instead.
+TREE = Path(kreaserve.__file__).resolve().parents[1]
+
+
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("ab") as handle:
         return subprocess.Popen(
-            args, env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            args,
+            env=env,
+            cwd=TREE,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
 
 
