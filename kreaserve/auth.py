@@ -6,6 +6,10 @@ a poll. Each process keeps what it read about a key (or that no such key exists)
 group changed there, takes effect here within `ttl` seconds; through this process, at
 once (`forget_key`, `forget_account`). Only SHA-256 digests of keys are held.
 
+An entry past half its `ttl` is due: the API reads it again in the background while it
+still answers from it (`kreaserve.api.key_reads`), so a busy key is never found expired and
+its requests do not all wait for the database at once.
+
 `last_used_at` is recorded in memory and written by `flush_last_used` (the app calls it
 every LAST_USED_RESOLUTION / 2 seconds), so a request writes nothing.
 """
@@ -27,6 +31,8 @@ from kreaserve.db.models import Account, ApiKey
 LAST_USED_RESOLUTION = 60.0
 #: A cache entry saying "no such key".
 UNKNOWN: Final = None
+#: An entry this far into its time is due to be read again (in the background).
+REFRESH_AFTER: Final = 0.5
 
 
 class KeyCache:
@@ -37,19 +43,44 @@ class KeyCache:
         self._entries: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._used: dict[int, float] = {}
+        #: counts `_forget` calls: a read that saw it change does not cache its answer
+        self._generation = 0
 
     def cached(self, digest: str) -> tuple[bool, Principal | None]:
         """(found, principal): found is False when the database must be asked."""
+        found, principal, _due = self.entry(digest)
+        return found, principal
+
+    def entry(self, digest: str) -> tuple[bool, Principal | None, bool]:
+        """(found, principal, due): found is False when the database must be asked; due
+        when the entry is past REFRESH_AFTER of its time and should be read again."""
         with self._lock:
             entry = self._entries.get(digest)
-            if entry is None or time.monotonic() - entry[1] >= self.ttl:
-                return False, None
+            if entry is None:
+                return False, None, False
+            age = time.monotonic() - entry[1]
+            if age >= self.ttl:
+                return False, None, False
             self._entries.move_to_end(digest)
-            return True, entry[0]
+            return True, entry[0], age >= self.ttl * REFRESH_AFTER
 
     def lookup(self, digest: str) -> Principal | None:
-        """Read the key from the database (one statement) and cache the answer."""
+        """Read the key from the database (one statement) and cache the answer, unless this
+        process forgot a key or an account while it read (a revocation the read may not
+        have seen must not be cached over)."""
         read_at = time.monotonic()
+        with self._lock:
+            generation = self._generation
+        principal = self._read(digest)
+        with self._lock:
+            if generation == self._generation:
+                self._entries[digest] = (principal, read_at)
+                self._entries.move_to_end(digest)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+        return principal
+
+    def _read(self, digest: str) -> Principal | None:
         with self.db.read() as session:
             row = session.execute(
                 select(
@@ -63,21 +94,15 @@ class KeyCache:
                 .join(Account, Account.id == ApiKey.account_id)
                 .where(ApiKey.key_hash == digest)
             ).one_or_none()
-        principal = None
-        if row is not None and row.revoked_at is None:
-            principal = Principal(
-                account_id=row.account_id,
-                key_id=row.id,
-                user_group=row.user_group,
-                requests_per_minute=row.requests_per_minute,
-                max_tasks_in_flight=row.max_tasks_in_flight,
-            )
-        with self._lock:
-            self._entries[digest] = (principal, read_at)
-            self._entries.move_to_end(digest)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        return principal
+        if row is None or row.revoked_at is not None:
+            return UNKNOWN
+        return Principal(
+            account_id=row.account_id,
+            key_id=row.id,
+            user_group=row.user_group,
+            requests_per_minute=row.requests_per_minute,
+            max_tasks_in_flight=row.max_tasks_in_flight,
+        )
 
     def authenticate(self, raw_key: str) -> Principal | None:
         """The principal of a key (cached or read), or None when unknown or revoked."""
@@ -95,6 +120,7 @@ class KeyCache:
 
     def _forget(self, matches) -> None:  # type: ignore[no-untyped-def]
         with self._lock:
+            self._generation += 1
             for digest in [d for d, (p, _) in self._entries.items() if p and matches(p)]:
                 del self._entries[digest]
 

@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from kreaserve import accounts, limits
 from kreaserve.api.errors import APIError
+from kreaserve.api.key_reads import KeyReads
 from kreaserve.auth import KeyCache
 from kreaserve.config import Settings
 from kreaserve.db import Database
@@ -48,11 +49,14 @@ class Services:
     #: the threads of `in_create_thread`: `settings.create_concurrency` of them, taking
     #: work in arrival order (a ThreadPoolExecutor's queue is first in, first out)
     create_threads: ThreadPoolExecutor = field(init=False)
+    #: `keys` with one read per key at a time, started before an entry expires
+    key_reads: KeyReads = field(init=False)
 
     def __post_init__(self) -> None:
         self.create_threads = ThreadPoolExecutor(
             self.settings.create_concurrency, thread_name_prefix="kreaserve-create"
         )
+        self.key_reads = KeyReads(self.keys, functools.partial(_run_in, self.threads))
 
 
 T = TypeVar("T")
@@ -123,10 +127,7 @@ async def get_principal(request: Request) -> accounts.Principal:
         )
 
     # The key and the account's quota are usually in memory: no database, no thread.
-    digest = accounts.hash_key(key)
-    found, principal = services.keys.cached(digest)
-    if not found:
-        principal = await run_in_threadpool(services.keys.lookup, digest)
+    principal = await services.key_reads.principal(accounts.hash_key(key))
     if principal is None:
         raise APIError(401, "invalid_api_key", "The API key is not valid or has been revoked.")
     request.state.account_id = principal.account_id  # for the access log

@@ -1,0 +1,272 @@
+"""One read of a key at a time, started before its entry expires (kreaserve/api/key_reads.py),
+on a real SQLite file: the requests of a key whose entry ran out share one read instead
+of one each; an entry past half its time answers at once and is read again in the
+background; a revocation made while a read runs is not cached over; a failed read
+reaches its waiters and the next request reads again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
+
+from kreaserve import accounts
+from kreaserve.api.app import create_app
+from kreaserve.api.key_reads import KeyReads
+from kreaserve.auth import KeyCache
+from kreaserve.config import Settings
+from kreaserve.db import Database, upgrade
+from kreaserve.storage import LocalStorage
+from tests.conftest import new_account
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    upgrade(url)
+    database = Database(url)
+    yield database
+    database.dispose()
+
+
+async def in_thread(call: Callable[[], Any]) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
+class GatedCache(KeyCache):
+    """A KeyCache whose database reads are counted and held until `gate` opens."""
+
+    def __init__(self, db: Database, ttl: float) -> None:
+        super().__init__(db, ttl)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.reads = 0
+        self.fail_next = False
+        self.after_read: Callable[[], None] | None = None
+
+    def _read(self, digest: str) -> accounts.Principal | None:
+        self.reads += 1
+        if not self.gate.wait(10):
+            raise TimeoutError("the test never opened the gate")
+        if self.fail_next:
+            self.fail_next = False
+            raise OperationalError("SELECT", {}, Exception("database is down"))
+        principal = super()._read(digest)
+        if self.after_read is not None:
+            self.after_read()
+        return principal
+
+
+def test_the_requests_of_an_expired_key_share_one_read(sqlite_db: Database) -> None:
+    account_id, secret = new_account(sqlite_db)
+    keys = GatedCache(sqlite_db, ttl=30)
+    reads = KeyReads(keys, in_thread)
+    digest = accounts.hash_key(secret)
+
+    async def scenario() -> list[accounts.Principal | None]:
+        keys.gate.clear()
+        waiting = [asyncio.create_task(reads.principal(digest)) for _ in range(64)]
+        await asyncio.sleep(0.2)  # every request is waiting now
+        assert reads.reads_in_flight() == 1
+        keys.gate.set()
+        return await asyncio.gather(*waiting)
+
+    found = asyncio.run(scenario())
+    assert keys.reads == 1  # one read each before: 64
+    assert {p.account_id for p in found if p is not None} == {account_id}
+    assert all(p is not None for p in found)
+    assert keys.cached(digest) == (True, found[0])
+
+
+def test_an_entry_past_half_its_time_answers_at_once_and_is_read_again(
+    sqlite_db: Database,
+) -> None:
+    _, secret = new_account(sqlite_db)
+    keys = GatedCache(sqlite_db, ttl=0.6)
+    reads = KeyReads(keys, in_thread)
+    digest = accounts.hash_key(secret)
+
+    async def scenario() -> None:
+        first = await reads.principal(digest)
+        assert keys.reads == 1
+        await asyncio.sleep(0.1)  # young: no read
+        assert await reads.principal(digest) == first
+        assert keys.reads == 1
+        await asyncio.sleep(0.3)  # past half of 0.6 s
+        keys.gate.clear()  # the read cannot finish: the answer must not wait for it
+        began = time.monotonic()
+        answers = await asyncio.gather(*(reads.principal(digest) for _ in range(10)))
+        assert time.monotonic() - began < 0.1
+        assert answers == [first] * 10
+        await asyncio.sleep(0.05)
+        assert keys.reads == 2  # one read in the background, for all ten
+        keys.gate.set()
+        while reads.reads_in_flight():
+            await asyncio.sleep(0.01)
+        _, _, due = keys.entry(digest)
+        assert not due  # read again: a fresh entry
+        await asyncio.sleep(0.4)  # the first read's time (0.6 s) is over; the entry lives
+        assert keys.entry(digest)[0]
+        assert keys.reads == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_key_revoked_while_its_read_runs_is_not_cached(sqlite_db: Database) -> None:
+    account_id, secret = new_account(sqlite_db)
+    keys = GatedCache(sqlite_db, ttl=30)
+    digest = accounts.hash_key(secret)
+    principal = keys.lookup(digest)
+    assert principal is not None
+    keys.forget_key(principal.key_id)
+    # The revocation lands (and this process forgets the key) after the read saw the key
+    # valid: the read answers its own request, but nothing is cached.
+    keys.after_read = lambda: keys.forget_key(principal.key_id)
+    assert keys.lookup(digest) == principal
+    assert keys.cached(digest) == (False, None)
+    keys.after_read = None
+    assert keys.lookup(digest) == principal
+    assert keys.cached(digest) == (True, principal)
+    # An account changed through this process while a read runs: the same.
+    keys.forget_account(account_id)
+    keys.after_read = lambda: keys.forget_account(account_id)
+    keys.lookup(digest)
+    assert keys.cached(digest) == (False, None)
+
+
+def test_a_failed_read_reaches_its_waiters_and_the_next_request_reads_again(
+    sqlite_db: Database,
+) -> None:
+    _, secret = new_account(sqlite_db)
+    keys = GatedCache(sqlite_db, ttl=30)
+    reads = KeyReads(keys, in_thread)
+    digest = accounts.hash_key(secret)
+
+    async def scenario() -> None:
+        keys.fail_next = True
+        keys.gate.clear()
+        waiting = [asyncio.create_task(reads.principal(digest)) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        keys.gate.set()
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(r, OperationalError) for r in results)
+        assert keys.reads == 1
+        assert reads.reads_in_flight() == 0
+        assert await reads.principal(digest) is not None
+        assert keys.reads == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_background_read_is_logged_and_the_entry_serves_until_it_expires(
+    sqlite_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, secret = new_account(sqlite_db)
+    keys = GatedCache(sqlite_db, ttl=0.4)
+    reads = KeyReads(keys, in_thread)
+    digest = accounts.hash_key(secret)
+
+    async def scenario() -> None:
+        first = await reads.principal(digest)
+        await asyncio.sleep(0.25)
+        keys.fail_next = True
+        with caplog.at_level(logging.WARNING, "kreaserve.api"):
+            assert await reads.principal(digest) == first  # due: read in the background
+            while reads.reads_in_flight():
+                await asyncio.sleep(0.01)
+        assert "reading an API key failed" in caplog.text
+        assert await reads.principal(digest) == first  # still within its 0.4 s
+        await asyncio.sleep(0.2)
+        assert await reads.principal(digest) == first  # expired: read again, and waited for
+        assert keys.reads >= 3
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_waiter_does_not_cancel_the_read_others_wait_for(
+    sqlite_db: Database,
+) -> None:
+    _, secret = new_account(sqlite_db)
+    keys = GatedCache(sqlite_db, ttl=30)
+    reads = KeyReads(keys, in_thread)
+    digest = accounts.hash_key(secret)
+
+    async def scenario() -> None:
+        keys.gate.clear()
+        leaving = asyncio.create_task(reads.principal(digest))
+        staying = asyncio.create_task(reads.principal(digest))
+        await asyncio.sleep(0.1)
+        leaving.cancel()
+        await asyncio.sleep(0.05)
+        assert reads.reads_in_flight() == 1
+        keys.gate.set()
+        assert await staying is not None
+        assert leaving.cancelled()
+        assert keys.reads == 1
+
+    asyncio.run(scenario())
+
+
+def test_with_no_trust_every_request_reads_for_itself(sqlite_db: Database) -> None:
+    """auth_cache_seconds = 0: not even a read that began before the request is shared."""
+    _, secret = new_account(sqlite_db)
+    keys = GatedCache(sqlite_db, ttl=0)
+    reads = KeyReads(keys, in_thread)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(reads.principal(accounts.hash_key(secret)) for _ in range(5)))
+
+    asyncio.run(scenario())
+    assert keys.reads == 5
+
+
+def test_polls_through_the_app_read_an_expired_key_once(tmp_path: Path) -> None:
+    """64 polls at once, in-process, of a key this process holds no entry for (as when its
+    entry expired): one read of the key, not 64."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    upgrade(url)
+    settings = Settings(data_dir=tmp_path, database_url=url, secret_key="keys")
+    db = Database(url)
+    app = create_app(settings, db=db, storage=LocalStorage(settings.images_dir))
+    services = app.state.services
+    services.keys = services.key_reads.keys = KeyCache(db, ttl=30)
+    _, secret = new_account(db)
+    key_reads = []
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if "FROM api_keys" in statement:
+            key_reads.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+
+    async def polls() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {secret}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://kreaserve") as client:
+            return [
+                r.status_code
+                for r in await asyncio.gather(
+                    *(
+                        client.get("/v1/tasks/task-unified-0-nothing0", headers=headers)
+                        for _ in range(64)
+                    )
+                )
+            ]
+
+    try:
+        assert asyncio.run(polls()) == [404] * 64
+        assert len(key_reads) == 1
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+        services.threads.shutdown(wait=False)
+        services.create_threads.shutdown(wait=False)
+        db.dispose()
