@@ -147,7 +147,7 @@ class QuotaLeases:
         self, account_id: int, bucket: str, limit: int, now: float | None = None
     ) -> Refusal | None | Literal[False]:
         """Spend one from this process's lease: None when admitted, a Refusal when the
-        minute is used up, False when a new lease is needed (`take`, which may block)."""
+        minute is used up, False when a new lease is needed (`take` or `renew`, which block)."""
         now = time.time() if now is None else now
         slot = (account_id, bucket, window_of(now))
         with self._lock:
@@ -168,6 +168,17 @@ class QuotaLeases:
         local = self.take_local(account_id, bucket, limit, now)
         if local is not False:
             return local
+        return self._lease_more(account_id, bucket, limit, now, spend=1)
+
+    def renew(self, account_id: int, bucket: str, limit: int, now: float | None = None) -> None:
+        """Lease more of the minute without spending any: afterwards `take_local` admits or
+        refuses, unless other requests spent the new lease first. For the API, whose
+        requests waiting for a lease share one (kreaserve/api/single_flight.py)."""
+        self._lease_more(account_id, bucket, limit, time.time() if now is None else now, spend=0)
+
+    def _lease_more(
+        self, account_id: int, bucket: str, limit: int, now: float, spend: int
+    ) -> Refusal | None:
         slot = (account_id, bucket, window_of(now))
         with self._lock:
             left, leased_under = self._left.pop(slot, (0, limit))
@@ -184,7 +195,7 @@ class QuotaLeases:
             if mine == 0:
                 self._spent[slot] = limit
                 return too_many(bucket, limit, now)
-            self._left[slot] = (mine - 1, limit)
+            self._left[slot] = (mine - spend, limit)
         return None
 
     def _forget_before(self, window: int) -> None:

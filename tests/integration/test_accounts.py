@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from sqlalchemy import update
+from sqlalchemy.engine import make_url
 
 from kreaserve import accounts, ledger, task_queue
 from kreaserve.config import Settings
@@ -558,6 +564,65 @@ def test_requests_per_minute_hold_within_ten_percent_across_two_processes(
             client.close()
         assert set(codes) == {200, 429}, codes
         assert 180 <= codes[200] <= 200, codes
+    finally:
+        other.stop()
+
+
+@contextlib.contextmanager
+def rate_windows_locked(server: Server) -> Iterator[None]:
+    """The rate windows table locked against writes (SQLite's write lock, or PostgreSQL's
+    EXCLUSIVE table lock) until the block ends: every lease taken meanwhile waits."""
+    url = make_url(server.database_url)
+    if url.get_backend_name() == "sqlite":
+        connection = sqlite3.connect(url.database, isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")
+    else:
+        connection = psycopg.connect(server.database_url.replace("+psycopg", ""))
+        connection.execute("LOCK TABLE rate_windows IN EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        connection.commit()
+        connection.close()
+
+
+def test_requests_waiting_for_a_lease_do_not_hold_the_minute_from_the_other_process(
+    api_server: Server, tmp_path: Path
+) -> None:
+    """Limit 3,000 a minute (a lease is 60): 64 requests at once on one process find its
+    lease spent while the database is slow to grant one (its rate table locked for a
+    second); then the other process admits the rest of the minute, all but what the first
+    still holds of its one lease (under 60). When each waiting request took a lease of its
+    own, the first process held the whole minute and the other refused at once."""
+    other = second_api(api_server, tmp_path)
+    try:
+        account_id, key = api_server.account()
+        set_limits(api_server, account_id, requests_per_minute=3000)
+        wait_for_fresh_minute(margin=30)
+
+        async def burst() -> Counter[int]:
+            limits = httpx.Limits(max_connections=64)
+            async with httpx.AsyncClient(
+                base_url=api_server.url,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=30,
+                limits=limits,
+            ) as client:
+                with rate_windows_locked(api_server):
+                    sent = [asyncio.create_task(client.get("/v1/credits")) for _ in range(64)]
+                    await asyncio.sleep(1.5)  # every request is waiting for a lease
+                return Counter(answer.status_code for answer in await asyncio.gather(*sent))
+
+        assert asyncio.run(burst()) == {200: 64}
+        admitted = 0
+        with other.client(key) as client:
+            while admitted <= 3000:
+                status = client.get("/v1/credits").status_code
+                if status == 429:
+                    break
+                assert status == 200
+                admitted += 1
+        assert 3000 - 60 < 64 + admitted <= 3000, admitted
     finally:
         other.stop()
 
