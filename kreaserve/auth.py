@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final, cast
 
 from sqlalchemy import Table, bindparam, or_, select, update
@@ -38,8 +39,15 @@ REFRESH_AFTER: Final = 0.5
 class KeyCache:
     """key digest -> (principal or None, read at); bounded, least recently used out."""
 
-    def __init__(self, db: Database, ttl: float, max_entries: int = 100_000) -> None:
+    def __init__(
+        self,
+        db: Database,
+        ttl: float,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.db, self.ttl, self.max_entries = db, ttl, max_entries
+        self._clock = clock
         self._entries: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._used: dict[int, float] = {}
@@ -58,7 +66,7 @@ class KeyCache:
             entry = self._entries.get(digest)
             if entry is None:
                 return False, None, False
-            age = time.monotonic() - entry[1]
+            age = self._clock() - entry[1]
             if age >= self.ttl:
                 return False, None, False
             self._entries.move_to_end(digest)
@@ -68,7 +76,7 @@ class KeyCache:
         """Read the key from the database (one statement) and cache the answer, unless this
         process forgot a key or an account while it read (a revocation the read may not
         have seen must not be cached over)."""
-        read_at = time.monotonic()
+        read_at = self._clock()
         with self._lock:
             generation = self._generation
         principal = self._read(digest)
@@ -79,6 +87,13 @@ class KeyCache:
                 while len(self._entries) > self.max_entries:
                     self._entries.popitem(last=False)
         return principal
+
+    @property
+    def generation(self) -> int:
+        """How many times this process forgot keys or accounts: a read started under an
+        older generation may have missed a revocation (kreaserve/api/key_reads.py)."""
+        with self._lock:
+            return self._generation
 
     def _read(self, digest: str) -> Principal | None:
         with self.db.read() as session:
@@ -105,7 +120,8 @@ class KeyCache:
         )
 
     def authenticate(self, raw_key: str) -> Principal | None:
-        """The principal of a key (cached or read), or None when unknown or revoked."""
+        """The principal of a key (cached or read), or None when unknown or revoked. For
+        tools and tests: the API reads keys through kreaserve/api/key_reads.py."""
         digest = hash_key(raw_key)
         found, principal = self.cached(digest)
         return principal if found else self.lookup(digest)

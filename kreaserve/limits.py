@@ -163,7 +163,8 @@ class QuotaLeases:
         self, account_id: int, bucket: str, limit: int, now: float | None = None
     ) -> Refusal | None:
         """Spend one, leasing more from the database when this process has none left (and
-        giving back what it leased under another limit, when the limit changed)."""
+        giving back what it leased under another limit, when the limit changed). The API
+        shares its leases instead (`renew`, kreaserve/api/deps.py `spend_request`)."""
         now = time.time() if now is None else now
         local = self.take_local(account_id, bucket, limit, now)
         if local is not False:

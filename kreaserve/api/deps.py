@@ -49,7 +49,7 @@ class Services:
     #: the threads of `in_create_thread`: `settings.create_concurrency` of them, taking
     #: work in arrival order (a ThreadPoolExecutor's queue is first in, first out)
     create_threads: ThreadPoolExecutor = field(init=False)
-    #: `keys` with one read per key at a time, started before an entry expires
+    #: the reads of `keys`: one per key at a time, started before an entry expires
     key_reads: KeyReads = field(init=False)
     #: one lease of an account's request limit at a time (`spend_request`)
     request_leases: SingleFlight = field(init=False)
@@ -59,7 +59,7 @@ class Services:
             self.settings.create_concurrency, thread_name_prefix="kreaserve-create"
         )
         run = functools.partial(_run_in, self.threads)
-        self.key_reads = KeyReads(self.keys, run)
+        self.key_reads = KeyReads(run)
         self.request_leases = SingleFlight(run, "leasing an account's requests")
 
 
@@ -131,7 +131,7 @@ async def get_principal(request: Request) -> accounts.Principal:
         )
 
     # The key and the account's quota are usually in memory: no database, no thread.
-    principal = await services.key_reads.principal(accounts.hash_key(key))
+    principal = await services.key_reads.principal(services.keys, accounts.hash_key(key))
     if principal is None:
         raise APIError(401, "invalid_api_key", "The API key is not valid or has been revoked.")
     request.state.account_id = principal.account_id  # for the access log
@@ -147,7 +147,9 @@ async def spend_request(services: Services, account_id: int, limit: int) -> limi
     """One of the account's requests this minute, from this process's lease; when it is
     spent, the requests waiting share one new lease (`QuotaLeases.renew`) rather than
     each taking its own: under load a process held two to three times what it used, away
-    from the account's other processes (BENCHMARKS.md)."""
+    from the account's other processes (BENCHMARKS.md). Requests arriving meanwhile may
+    spend the new lease before a waiter wakes; it then waits for the next one. Each round
+    is one write for every waiter, and the minute's limit ends it (a refusal)."""
     quotas = services.quotas
     while (refusal := quotas.take_local(account_id, limits.REQUESTS, limit)) is False:
         await services.request_leases.wait(

@@ -8,8 +8,8 @@ When that ran out, every request of the key in flight read it again. Now:
 * a request with no entry, or an expired one, waits for the read of that key already in
   flight, or starts it (kreaserve/api/single_flight.py).
 
-A read does not store what it saw across a revocation made through this process meanwhile
-(KeyCache.lookup).
+A revocation through this process (KeyCache.forget_key) holds at once: a read that began
+before it is neither cached (KeyCache.lookup) nor joined by the requests after it.
 """
 
 from __future__ import annotations
@@ -22,26 +22,32 @@ from kreaserve.auth import KeyCache
 
 
 class KeyReads:
-    """`principal(digest)`: the caller of a key digest, from KeyCache or one shared read."""
+    """`principal(keys, digest)`: the caller of a key digest, from the KeyCache or one
+    shared read of it."""
 
-    def __init__(self, keys: KeyCache, run: Runner) -> None:
-        self.keys = keys
+    def __init__(self, run: Runner) -> None:
         self._run = run
         self._reads = SingleFlight(run, "reading an API key")
 
-    async def principal(self, digest: str) -> Principal | None:
-        found, principal, due = self.keys.entry(digest)
+    async def principal(self, keys: KeyCache, digest: str) -> Principal | None:
+        found, principal, due = keys.entry(digest)
+        read = functools.partial(keys.lookup, digest)
         if found:
             if due:  # in the background; this request goes on at once
-                self._reads.start(digest, functools.partial(self.keys.lookup, digest))
+                self._reads.start(self._flight(keys, digest), read)
             return principal
-        if self.keys.ttl <= 0:
+        if keys.ttl <= 0:
             # Nothing is trusted: not even a read that started before this request did.
-            return await self._run(functools.partial(self.keys.lookup, digest))
-        result: Principal | None = await self._reads.wait(
-            digest, functools.partial(self.keys.lookup, digest)
-        )
+            return await self._run(read)
+        result: Principal | None = await self._reads.wait(self._flight(keys, digest), read)
         return result
+
+    @staticmethod
+    def _flight(keys: KeyCache, digest: str) -> tuple[KeyCache, str, int]:
+        """A read is shared only within one generation of `keys`: a request that comes
+        after a revocation through this process (`forget_key`) starts a read of its own
+        rather than joining one that began before it and may have seen the key valid."""
+        return keys, digest, keys.generation
 
     def reads_in_flight(self) -> int:
         return self._reads.in_flight()

@@ -4,8 +4,8 @@ the same moment wait for one call instead of each making its own.
 The API reads a key again when its cached entry runs out, and leases more of an account's
 per-minute request limit when its lease is spent; both used to happen to every request of
 that key or account in flight, each in a thread of its own. Under wrk at 64 connections the
-slowest polls took 45-98 ms instead of 17-23 (p99), and a process leased 2.3-2.8 times the
-requests it admitted, holding that part of the account's minute away from its other
+poll's p99 was 46-124 ms instead of 17-25, and a process leased 2.3-2.8 units of the
+account's minute per request it admitted, holding the rest away from the account's other
 processes (BENCHMARKS.md, issue 12, seventh pass).
 
 Written here (a few lines on asyncio) rather than taken from a caching library: what is
@@ -40,8 +40,8 @@ class SingleFlight:
         return await asyncio.shield(self.start(key, call))
 
     def start(self, key: Hashable, call: Callable[[], Any]) -> asyncio.Task[Any]:
-        """The call for `key` in flight on this loop, or `call` started now (its failure,
-        when nobody waits for it, is logged)."""
+        """The call for `key` in flight on this loop, or `call` started now. Its failure is
+        logged once, and raised to every caller waiting for it."""
         loop = asyncio.get_running_loop()
         task = self._calls.get(key)
         # Another loop's call (a test client's, say) cannot be awaited here.

@@ -589,16 +589,18 @@ def rate_windows_locked(server: Server) -> Iterator[None]:
 def test_requests_waiting_for_a_lease_do_not_hold_the_minute_from_the_other_process(
     api_server: Server, tmp_path: Path
 ) -> None:
-    """Limit 3,000 a minute (a lease is 60): 64 requests at once on one process find its
-    lease spent while the database is slow to grant one (its rate table locked for a
-    second); then the other process admits the rest of the minute, all but what the first
-    still holds of its one lease (under 60). When each waiting request took a lease of its
-    own, the first process held the whole minute and the other refused at once."""
+    """Limit 600 a minute (a lease is 12): 64 requests at once on one process find its
+    lease spent while the database is slow to grant one (its rate table locked for 1.5 s);
+    then the other process admits the rest of the minute, all but what the first still
+    holds of its last lease (under 12). When each waiting request took a lease of its own,
+    the first process held far more than its 64 and the other refused early: 184 of the 600
+    admitted over both, on SQLite and on PostgreSQL."""
     other = second_api(api_server, tmp_path)
     try:
         account_id, key = api_server.account()
-        set_limits(api_server, account_id, requests_per_minute=3000)
+        set_limits(api_server, account_id, requests_per_minute=600)
         wait_for_fresh_minute(margin=30)
+        window = int(time.time() // 60)
 
         async def burst() -> Counter[int]:
             limits = httpx.Limits(max_connections=64)
@@ -616,13 +618,14 @@ def test_requests_waiting_for_a_lease_do_not_hold_the_minute_from_the_other_proc
         assert asyncio.run(burst()) == {200: 64}
         admitted = 0
         with other.client(key) as client:
-            while admitted <= 3000:
+            while admitted <= 600:
                 status = client.get("/v1/credits").status_code
                 if status == 429:
                     break
                 assert status == 200
                 admitted += 1
-        assert 3000 - 60 < 64 + admitted <= 3000, admitted
+        assert int(time.time() // 60) == window, "the minute rolled over: no verdict"
+        assert 600 - 12 < 64 + admitted <= 600, admitted
     finally:
         other.stop()
 

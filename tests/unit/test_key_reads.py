@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,25 +41,41 @@ async def in_thread(call: Callable[[], Any]) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, call)
 
 
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class GatedCache(KeyCache):
-    """A KeyCache whose database reads are counted and held until `gate` opens."""
+    """A KeyCache on a hand-moved clock whose database reads are counted and held until
+    `gate` opens."""
 
     def __init__(self, db: Database, ttl: float) -> None:
-        super().__init__(db, ttl)
+        self.clock = Clock()
+        super().__init__(db, ttl, clock=self.clock)
         self.gate = threading.Event()
         self.gate.set()
         self.reads = 0
         self.fail_next = False
+        self.read_first = False
         self.after_read: Callable[[], None] | None = None
 
     def _read(self, digest: str) -> accounts.Principal | None:
         self.reads += 1
+        # With read_first, the database is read before the gate (a read that saw the key
+        # and has not returned yet); otherwise after it.
+        early = super()._read(digest) if self.read_first else None
         if not self.gate.wait(10):
             raise TimeoutError("the test never opened the gate")
         if self.fail_next:
             self.fail_next = False
             raise OperationalError("SELECT", {}, Exception("database is down"))
-        principal = super()._read(digest)
+        principal = early if self.read_first else super()._read(digest)
         if self.after_read is not None:
             self.after_read()
         return principal
@@ -69,12 +84,12 @@ class GatedCache(KeyCache):
 def test_the_requests_of_an_expired_key_share_one_read(sqlite_db: Database) -> None:
     account_id, secret = new_account(sqlite_db)
     keys = GatedCache(sqlite_db, ttl=30)
-    reads = KeyReads(keys, in_thread)
+    reads = KeyReads(in_thread)
     digest = accounts.hash_key(secret)
 
     async def scenario() -> list[accounts.Principal | None]:
         keys.gate.clear()
-        waiting = [asyncio.create_task(reads.principal(digest)) for _ in range(64)]
+        waiting = [asyncio.create_task(reads.principal(keys, digest)) for _ in range(64)]
         await asyncio.sleep(0.2)  # every request is waiting now
         assert reads.reads_in_flight() == 1
         keys.gate.set()
@@ -87,36 +102,81 @@ def test_the_requests_of_an_expired_key_share_one_read(sqlite_db: Database) -> N
     assert keys.cached(digest) == (True, found[0])
 
 
+async def settled(reads: KeyReads, keys: GatedCache, count: int) -> None:
+    """Until `count` reads have begun and none is in flight (5 s at most)."""
+    for _ in range(500):
+        if keys.reads >= count and not reads.reads_in_flight():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{keys.reads} reads began, {reads.reads_in_flight()} in flight")
+
+
 def test_an_entry_past_half_its_time_answers_at_once_and_is_read_again(
     sqlite_db: Database,
 ) -> None:
     _, secret = new_account(sqlite_db)
-    keys = GatedCache(sqlite_db, ttl=0.6)
-    reads = KeyReads(keys, in_thread)
+    keys = GatedCache(sqlite_db, ttl=2)
+    reads = KeyReads(in_thread)
     digest = accounts.hash_key(secret)
 
     async def scenario() -> None:
-        first = await reads.principal(digest)
+        first = await reads.principal(keys, digest)
         assert keys.reads == 1
-        await asyncio.sleep(0.1)  # young: no read
-        assert await reads.principal(digest) == first
+        keys.clock.now += 0.9  # young: no read
+        assert await reads.principal(keys, digest) == first
         assert keys.reads == 1
-        await asyncio.sleep(0.3)  # past half of 0.6 s
-        keys.gate.clear()  # the read cannot finish: the answer must not wait for it
-        began = time.monotonic()
-        answers = await asyncio.gather(*(reads.principal(digest) for _ in range(10)))
-        assert time.monotonic() - began < 0.1
+        keys.clock.now += 0.2  # past half of 2 s
+        keys.gate.clear()  # the read cannot finish: the answers must not wait for it
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(reads.principal(keys, digest) for _ in range(10))), 5
+        )
         assert answers == [first] * 10
-        await asyncio.sleep(0.05)
-        assert keys.reads == 2  # one read in the background, for all ten
+        assert reads.reads_in_flight() == 1  # one read in the background, for all ten
         keys.gate.set()
-        while reads.reads_in_flight():
-            await asyncio.sleep(0.01)
-        _, _, due = keys.entry(digest)
-        assert not due  # read again: a fresh entry
-        await asyncio.sleep(0.4)  # the first read's time (0.6 s) is over; the entry lives
-        assert keys.entry(digest)[0]
+        await settled(reads, keys, 2)
         assert keys.reads == 2
+        assert keys.entry(digest) == (True, first, False)  # read again: a fresh entry
+        keys.clock.now += 1.5  # the first read's time is over; the entry read at 1.1 s lives
+        assert keys.entry(digest)[0]
+        keys.clock.now += 0.6  # and past its own 2 s it is gone: read again, waited for
+        assert keys.entry(digest) == (False, None, False)
+        assert await reads.principal(keys, digest) == first
+        assert keys.reads == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_request_after_a_revocation_does_not_join_a_read_that_began_before_it(
+    sqlite_db: Database,
+) -> None:
+    """A read in flight (a background refresh, say) saw the key valid; the key is revoked
+    through this process meanwhile. A request after that reads again and is refused."""
+    _, secret = new_account(sqlite_db)
+    keys = GatedCache(sqlite_db, ttl=2)
+    reads = KeyReads(in_thread)
+    digest = accounts.hash_key(secret)
+
+    async def scenario() -> None:
+        principal = await reads.principal(keys, digest)
+        assert principal is not None
+        keys.clock.now += 2.5  # expired
+        keys.read_first = True
+        keys.gate.clear()
+        before = asyncio.create_task(reads.principal(keys, digest))
+        await asyncio.sleep(0.1)
+        assert reads.reads_in_flight() == 1
+        with sqlite_db.transaction() as session:
+            assert accounts.revoke_key(session, str(principal.key_id))
+        keys.forget_key(principal.key_id)
+        after = asyncio.create_task(reads.principal(keys, digest))
+        await asyncio.sleep(0.1)
+        assert reads.reads_in_flight() == 2
+        keys.gate.set()
+        assert await after is None
+        # The request that came before the revocation got what its read saw; that is not
+        # cached, so nothing after the revocation sees the key valid.
+        assert await before == principal
+        assert keys.cached(digest) == (True, None)
 
     asyncio.run(scenario())
 
@@ -148,20 +208,20 @@ def test_a_failed_read_reaches_its_waiters_and_the_next_request_reads_again(
 ) -> None:
     _, secret = new_account(sqlite_db)
     keys = GatedCache(sqlite_db, ttl=30)
-    reads = KeyReads(keys, in_thread)
+    reads = KeyReads(in_thread)
     digest = accounts.hash_key(secret)
 
     async def scenario() -> None:
         keys.fail_next = True
         keys.gate.clear()
-        waiting = [asyncio.create_task(reads.principal(digest)) for _ in range(5)]
+        waiting = [asyncio.create_task(reads.principal(keys, digest)) for _ in range(5)]
         await asyncio.sleep(0.1)
         keys.gate.set()
         results = await asyncio.gather(*waiting, return_exceptions=True)
         assert all(isinstance(r, OperationalError) for r in results)
         assert keys.reads == 1
         assert reads.reads_in_flight() == 0
-        assert await reads.principal(digest) is not None
+        assert await reads.principal(keys, digest) is not None
         assert keys.reads == 2
 
     asyncio.run(scenario())
@@ -171,23 +231,26 @@ def test_a_failed_background_read_is_logged_and_the_entry_serves_until_it_expire
     sqlite_db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, secret = new_account(sqlite_db)
-    keys = GatedCache(sqlite_db, ttl=0.4)
-    reads = KeyReads(keys, in_thread)
+    keys = GatedCache(sqlite_db, ttl=2)
+    reads = KeyReads(in_thread)
     digest = accounts.hash_key(secret)
 
     async def scenario() -> None:
-        first = await reads.principal(digest)
-        await asyncio.sleep(0.25)
+        first = await reads.principal(keys, digest)
+        keys.clock.now += 1.2
         keys.fail_next = True
         with caplog.at_level(logging.WARNING, "kreaserve.api"):
-            assert await reads.principal(digest) == first  # due: read in the background
-            while reads.reads_in_flight():
-                await asyncio.sleep(0.01)
+            assert await reads.principal(keys, digest) == first  # due: read in the background
+            await settled(reads, keys, 2)
         assert "reading an API key failed" in caplog.text
-        assert await reads.principal(digest) == first  # still within its 0.4 s
-        await asyncio.sleep(0.2)
-        assert await reads.principal(digest) == first  # expired: read again, and waited for
-        assert keys.reads >= 3
+        assert await reads.principal(keys, digest) == first  # still within its 2 s
+        await settled(reads, keys, 3)  # still due: read again in the background, and it worked
+        assert keys.reads == 3
+        keys.clock.now += 1.9  # past the first read's 2 s, within the third's
+        assert await reads.principal(keys, digest) == first
+        keys.clock.now += 2.1
+        assert await reads.principal(keys, digest) == first  # expired: read, waited for
+        assert keys.reads >= 4
 
     asyncio.run(scenario())
 
@@ -197,13 +260,13 @@ def test_a_cancelled_waiter_does_not_cancel_the_read_others_wait_for(
 ) -> None:
     _, secret = new_account(sqlite_db)
     keys = GatedCache(sqlite_db, ttl=30)
-    reads = KeyReads(keys, in_thread)
+    reads = KeyReads(in_thread)
     digest = accounts.hash_key(secret)
 
     async def scenario() -> None:
         keys.gate.clear()
-        leaving = asyncio.create_task(reads.principal(digest))
-        staying = asyncio.create_task(reads.principal(digest))
+        leaving = asyncio.create_task(reads.principal(keys, digest))
+        staying = asyncio.create_task(reads.principal(keys, digest))
         await asyncio.sleep(0.1)
         leaving.cancel()
         await asyncio.sleep(0.05)
@@ -220,10 +283,10 @@ def test_with_no_trust_every_request_reads_for_itself(sqlite_db: Database) -> No
     """auth_cache_seconds = 0: not even a read that began before the request is shared."""
     _, secret = new_account(sqlite_db)
     keys = GatedCache(sqlite_db, ttl=0)
-    reads = KeyReads(keys, in_thread)
+    reads = KeyReads(in_thread)
 
     async def scenario() -> None:
-        await asyncio.gather(*(reads.principal(accounts.hash_key(secret)) for _ in range(5)))
+        await asyncio.gather(*(reads.principal(keys, accounts.hash_key(secret)) for _ in range(5)))
 
     asyncio.run(scenario())
     assert keys.reads == 5

@@ -154,8 +154,7 @@ def measure(settings: Settings, db: Database) -> dict[str, Cost]:
     clock = [0.0]
     app.state.services.estimates = QueueEstimates(db, clock=lambda: clock[0])
     # Keys are read again every auth_cache_seconds (one statement); not within this test.
-    services = app.state.services
-    services.keys = services.key_reads.keys = KeyCache(db, ttl=3600)
+    app.state.services.keys = KeyCache(db, ttl=3600)
     _, key = new_account(db, credits=1000)
     counter = Counter(db)
 

@@ -39,8 +39,7 @@ def app_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[An
     db = Database(url)
     app = create_app(settings, db=db, storage=LocalStorage(settings.images_dir))
     app.state.services.moderator = AllowAll()
-    services = app.state.services
-    services.keys = services.key_reads.keys = KeyCache(db, ttl=3600)
+    app.state.services.keys = KeyCache(db, ttl=3600)
     yield app, db
     db.dispose()
 
