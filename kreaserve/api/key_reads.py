@@ -31,10 +31,11 @@ class KeyReads:
 
     async def principal(self, keys: KeyCache, digest: str) -> Principal | None:
         found, principal, due = keys.entry(digest)
+        if found and not due:  # most requests: nothing more to do
+            return principal
         read = functools.partial(keys.lookup, digest)
-        if found:
-            if due:  # in the background; this request goes on at once
-                self._reads.start(self._flight(keys, digest), read)
+        if found:  # due: read again in the background; this request goes on at once
+            self._reads.start(self._flight(keys, digest), read)
             return principal
         if keys.ttl <= 0:
             # Nothing is trusted: not even a read that started before this request did.
