@@ -1,12 +1,15 @@
-"""Fixtures of the moderation tests: the real models, exported once per test run."""
+"""Fixtures of the unit tests: a migrated SQLite file; the moderation tests' real models,
+exported once per test run."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kreaserve.db import Database, upgrade
 from kreaserve.moderation import ModerationConfig, PromptModerator, encoder
 from tests.conftest import shared_dir
 
@@ -27,3 +30,14 @@ def moderator(cache_dir: Path) -> PromptModerator:
     m = PromptModerator(ModerationConfig(cache_dir=cache_dir))
     m.warm()
     return m
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    """A migrated, empty SQLite file of this test's own (unit tests do not take the
+    backend-parametrised `db`)."""
+    url = f"sqlite:///{tmp_path / 'unit.db'}"
+    upgrade(url)
+    database = Database(url)
+    yield database
+    database.dispose()

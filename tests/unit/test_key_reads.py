@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,9 @@ from kreaserve.api.app import create_app
 from kreaserve.api.key_reads import KeyReads
 from kreaserve.auth import KeyCache
 from kreaserve.config import Settings
-from kreaserve.db import Database, upgrade
+from kreaserve.db import Database
 from kreaserve.storage import LocalStorage
 from tests.conftest import new_account
-
-
-@pytest.fixture
-def sqlite_db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'keys.db'}"
-    upgrade(url)
-    database = Database(url)
-    yield database
-    database.dispose()
 
 
 async def in_thread(call: Callable[[], Any]) -> Any:
@@ -81,11 +72,14 @@ class GatedCache(KeyCache):
         return principal
 
 
+def a_key(db: Database, ttl: float) -> tuple[int, GatedCache, KeyReads, str]:
+    """A new account's key: (account id, a gated cache of `ttl`, shared reads, its digest)."""
+    account_id, secret = new_account(db)
+    return account_id, GatedCache(db, ttl), KeyReads(in_thread), accounts.hash_key(secret)
+
+
 def test_the_requests_of_an_expired_key_share_one_read(sqlite_db: Database) -> None:
-    account_id, secret = new_account(sqlite_db)
-    keys = GatedCache(sqlite_db, ttl=30)
-    reads = KeyReads(in_thread)
-    digest = accounts.hash_key(secret)
+    account_id, keys, reads, digest = a_key(sqlite_db, ttl=30)
 
     async def scenario() -> list[accounts.Principal | None]:
         keys.gate.clear()
@@ -114,10 +108,7 @@ async def settled(reads: KeyReads, keys: GatedCache, count: int) -> None:
 def test_an_entry_past_half_its_time_answers_at_once_and_is_read_again(
     sqlite_db: Database,
 ) -> None:
-    _, secret = new_account(sqlite_db)
-    keys = GatedCache(sqlite_db, ttl=2)
-    reads = KeyReads(in_thread)
-    digest = accounts.hash_key(secret)
+    _, keys, reads, digest = a_key(sqlite_db, ttl=2)
 
     async def scenario() -> None:
         first = await reads.principal(keys, digest)
@@ -151,10 +142,7 @@ def test_a_request_after_a_revocation_does_not_join_a_read_that_began_before_it(
 ) -> None:
     """A read in flight (a background refresh, say) saw the key valid; the key is revoked
     through this process meanwhile. A request after that reads again and is refused."""
-    _, secret = new_account(sqlite_db)
-    keys = GatedCache(sqlite_db, ttl=2)
-    reads = KeyReads(in_thread)
-    digest = accounts.hash_key(secret)
+    _, keys, reads, digest = a_key(sqlite_db, ttl=2)
 
     async def scenario() -> None:
         principal = await reads.principal(keys, digest)
@@ -182,9 +170,7 @@ def test_a_request_after_a_revocation_does_not_join_a_read_that_began_before_it(
 
 
 def test_a_key_revoked_while_its_read_runs_is_not_cached(sqlite_db: Database) -> None:
-    account_id, secret = new_account(sqlite_db)
-    keys = GatedCache(sqlite_db, ttl=30)
-    digest = accounts.hash_key(secret)
+    account_id, keys, _, digest = a_key(sqlite_db, ttl=30)
     principal = keys.lookup(digest)
     assert principal is not None
     keys.forget_key(principal.key_id)
@@ -206,10 +192,7 @@ def test_a_key_revoked_while_its_read_runs_is_not_cached(sqlite_db: Database) ->
 def test_a_failed_read_reaches_its_waiters_and_the_next_request_reads_again(
     sqlite_db: Database,
 ) -> None:
-    _, secret = new_account(sqlite_db)
-    keys = GatedCache(sqlite_db, ttl=30)
-    reads = KeyReads(in_thread)
-    digest = accounts.hash_key(secret)
+    _, keys, reads, digest = a_key(sqlite_db, ttl=30)
 
     async def scenario() -> None:
         keys.fail_next = True
@@ -230,10 +213,7 @@ def test_a_failed_read_reaches_its_waiters_and_the_next_request_reads_again(
 def test_a_failed_background_read_is_logged_and_the_entry_serves_until_it_expires(
     sqlite_db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, secret = new_account(sqlite_db)
-    keys = GatedCache(sqlite_db, ttl=2)
-    reads = KeyReads(in_thread)
-    digest = accounts.hash_key(secret)
+    _, keys, reads, digest = a_key(sqlite_db, ttl=2)
 
     async def scenario() -> None:
         first = await reads.principal(keys, digest)
@@ -258,10 +238,7 @@ def test_a_failed_background_read_is_logged_and_the_entry_serves_until_it_expire
 def test_a_cancelled_waiter_does_not_cancel_the_read_others_wait_for(
     sqlite_db: Database,
 ) -> None:
-    _, secret = new_account(sqlite_db)
-    keys = GatedCache(sqlite_db, ttl=30)
-    reads = KeyReads(in_thread)
-    digest = accounts.hash_key(secret)
+    _, keys, reads, digest = a_key(sqlite_db, ttl=30)
 
     async def scenario() -> None:
         keys.gate.clear()
@@ -281,27 +258,25 @@ def test_a_cancelled_waiter_does_not_cancel_the_read_others_wait_for(
 
 def test_with_no_trust_every_request_reads_for_itself(sqlite_db: Database) -> None:
     """auth_cache_seconds = 0: not even a read that began before the request is shared."""
-    _, secret = new_account(sqlite_db)
-    keys = GatedCache(sqlite_db, ttl=0)
-    reads = KeyReads(in_thread)
+    _, keys, reads, digest = a_key(sqlite_db, ttl=0)
 
     async def scenario() -> None:
-        await asyncio.gather(*(reads.principal(keys, accounts.hash_key(secret)) for _ in range(5)))
+        await asyncio.gather(*(reads.principal(keys, digest) for _ in range(5)))
 
     asyncio.run(scenario())
     assert keys.reads == 5
 
 
-def test_polls_through_the_app_read_an_expired_key_once(tmp_path: Path) -> None:
+def test_polls_through_the_app_read_an_expired_key_once(
+    tmp_path: Path, sqlite_db: Database
+) -> None:
     """64 polls at once, in-process, of a key this process holds no entry for (as when its
     entry expired): one read of the key, not 64."""
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    upgrade(url)
-    settings = Settings(data_dir=tmp_path, database_url=url, secret_key="keys")
-    db = Database(url)
+    db = sqlite_db
+    settings = Settings(data_dir=tmp_path, database_url=db.url, secret_key="keys")
     app = create_app(settings, db=db, storage=LocalStorage(settings.images_dir))
     services = app.state.services
-    services.keys = services.key_reads.keys = KeyCache(db, ttl=30)
+    services.keys = KeyCache(db, ttl=30)
     _, secret = new_account(db)
     key_reads = []
 
@@ -332,4 +307,3 @@ def test_polls_through_the_app_read_an_expired_key_once(tmp_path: Path) -> None:
         event.remove(db.engine, "before_cursor_execute", count)
         services.threads.shutdown(wait=False)
         services.create_threads.shutdown(wait=False)
-        db.dispose()

@@ -8,29 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import event, func, select
 
 from kreaserve import limits
 from kreaserve.api.app import create_app
 from kreaserve.config import Settings
-from kreaserve.db import Database, upgrade
+from kreaserve.db import Database
 from kreaserve.db.models import RateWindow
 from kreaserve.storage import LocalStorage
 from tests.conftest import new_account
-
-
-@pytest.fixture
-def sqlite_db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'leases.db'}"
-    upgrade(url)
-    database = Database(url)
-    yield database
-    database.dispose()
 
 
 def early_in_a_minute() -> None:
