@@ -23,12 +23,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from api_throughput import (  # noqa: E402 - a sibling script, not a package
-    free_port,
     lua_script,
     rss_mb,
     run_wrk,
     seed_database,
-    start,
+    serve,
     stop,
     wait_up,
 )
@@ -41,19 +40,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kreaserve-api-rss-"))
     url = f"sqlite:///{work / 'rss.db'}"
     _, key = seed_database(url, 0)
-    port = free_port()
-    env = {
-        **os.environ,
-        "KREASERVE_DATA_DIR": str(work / "data"),
-        "KREASERVE_DATABASE_URL": url,
-        "KREASERVE_PORT": str(port),
-        "KREASERVE_HOST": "127.0.0.1",
-        "KREASERVE_SECRET_KEY": "bench",
-    }
-    server = start(
-        [sys.executable, "-m", "kreaserve.cli", "serve", "--no-worker"], env, work / "k.log"
-    )
-    base = f"http://127.0.0.1:{port}"
+    server, base = serve(url, work / "data", work / "k.log")
     headers = {"Authorization": f"Bearer {key}"}
     steps: list[tuple[str, float]] = []
     try:

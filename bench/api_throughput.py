@@ -241,16 +241,46 @@ def cancel_bench_tasks(url: str, account_id: int, keep: str) -> None:
 TREE = Path(kreaserve.__file__).resolve().parents[1]
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def start(args: list[str], env: dict[str, str], log: Path, cwd: Path = TREE) -> subprocess.Popen:
     with log.open("ab") as handle:
         return subprocess.Popen(
             args,
             env=env,
-            cwd=TREE,
+            cwd=cwd,
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """This environment with `tree`'s kreaserve first (for a process started in `tree`)."""
+    return {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def run_in_tree(tree: Path, args: list[str]) -> str:
+    """The output of `args` run with `tree`'s kreaserve (say, seeding its database)."""
+    return subprocess.run(
+        args, env=tree_env(tree), cwd=tree, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def serve(
+    url: str, data: Path, log: Path, tree: Path = TREE, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`kreaserve serve --no-worker` of `tree`, started there, on the database `url`:
+    (the process, its base URL)."""
+    port = free_port()
+    env = {
+        **(os.environ if env is None else env),
+        "KREASERVE_DATA_DIR": str(data),
+        "KREASERVE_DATABASE_URL": url,
+        "KREASERVE_PORT": str(port),
+        "KREASERVE_HOST": "127.0.0.1",
+        "KREASERVE_SECRET_KEY": "bench",
+    }
+    command = [sys.executable, "-m", "kreaserve.cli", "serve", "--no-worker"]
+    return start(command, env, log, cwd=tree), f"http://127.0.0.1:{port}"
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -277,20 +307,8 @@ def bench_backend(
 ) -> None:
     account_id, key = seed_database(url, depth)
     data = work / f"data-{name}-{depth}"
-    ks_port, bare_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "KREASERVE_DATA_DIR": str(data),
-        "KREASERVE_DATABASE_URL": url,
-        "KREASERVE_PORT": str(ks_port),
-        "KREASERVE_HOST": "127.0.0.1",
-        "KREASERVE_SECRET_KEY": "bench",
-    }
-    kreaserve = start(
-        [sys.executable, "-m", "kreaserve.cli", "serve", "--no-worker"],
-        env,
-        work / f"kreaserve-{name}-{depth}.log",
-    )
+    kreaserve, ks_url = serve(url, data, work / f"kreaserve-{name}-{depth}.log")
+    bare_port = free_port()
     bare = start(
         [
             sys.executable,
@@ -308,7 +326,7 @@ def bench_backend(
         os.environ.copy(),
         work / f"bare-{name}-{depth}.log",
     )
-    ks_url, bare_url = f"http://127.0.0.1:{ks_port}", f"http://127.0.0.1:{bare_port}"
+    bare_url = f"http://127.0.0.1:{bare_port}"
     try:
         wait_up(ks_url, kreaserve)
         wait_up(bare_url, bare)

@@ -13,7 +13,6 @@ then the requests wrk made and the units the process leased (the minute's rate w
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -27,7 +26,15 @@ from sqlalchemy import create_engine, text
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from api_throughput import free_port, lua_script, seed_database, stop, wait_up  # noqa: E402
+from api_throughput import (  # noqa: E402
+    lua_script,
+    run_in_tree,
+    seed_database,
+    serve,
+    stop,
+    tree_env,
+    wait_up,
+)
 
 
 def seed(url: str, limit: int) -> None:
@@ -50,35 +57,10 @@ def seed(url: str, limit: int) -> None:
 def one_run(tree: Path, limit: int, connections: int, seconds: int) -> str:
     work = Path(tempfile.mkdtemp(prefix="lease-use-"))
     url = f"sqlite:///{work}/bench.db"
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    seeded = subprocess.run(
-        [sys.executable, __file__, "--seed", url, "--limit", str(limit)],
-        env=env,
-        cwd=tree,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    account, key = seeded.stdout.split()
-    port = free_port()
-    env |= {
-        "KREASERVE_DATA_DIR": str(work),
-        "KREASERVE_DATABASE_URL": url,
-        "KREASERVE_PORT": str(port),
-        "KREASERVE_HOST": "127.0.0.1",
-        "KREASERVE_SECRET_KEY": "bench",
-    }
-    with (work / "server.log").open("ab") as log:
-        server = subprocess.Popen(  # in its own tree: `python -m` reads the working folder first
-            [sys.executable, "-m", "kreaserve.cli", "serve", "--no-worker"],
-            env=env,
-            cwd=tree,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    seeded = run_in_tree(tree, [sys.executable, __file__, "--seed", url, "--limit", str(limit)])
+    account, key = seeded.split()
+    server, base = serve(url, work, work / "server.log", tree, tree_env(tree))
     try:
-        base = f"http://127.0.0.1:{port}"
         wait_up(base, server)
         if 60 - time.time() % 60 < seconds + 3:  # one minute's window
             time.sleep(60 - time.time() % 60 + 0.2)

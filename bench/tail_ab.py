@@ -29,7 +29,15 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from api_throughput import PG_ADMIN, free_port, lua_script, stop, wait_up  # noqa: E402
+from api_throughput import (  # noqa: E402
+    PG_ADMIN,
+    lua_script,
+    run_in_tree,
+    serve,
+    stop,
+    tree_env,
+    wait_up,
+)
 
 #: PostgreSQL databases this run made (dropped at the end)
 DATABASES: list[str] = []
@@ -49,35 +57,9 @@ def start(tree: Path, backend: str, work: Path) -> tuple[subprocess.Popen, str, 
             admin.execute(f'CREATE DATABASE "{name}"')
         DATABASES.append(name)
         url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    seeded = subprocess.run(
-        [sys.executable, "-c", SEED.format(bench=str(HERE), url=url)],
-        env=env,
-        cwd=tree,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    _account, key = seeded.stdout.split()
-    port = free_port()
-    env |= {
-        "KREASERVE_DATA_DIR": str(work),
-        "KREASERVE_DATABASE_URL": url,
-        "KREASERVE_PORT": str(port),
-        "KREASERVE_HOST": "127.0.0.1",
-        "KREASERVE_SECRET_KEY": "bench",
-    }
-    with (work / "server.log").open("ab") as log:
-        # In its own tree: `python -m` puts the working folder first on sys.path.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kreaserve.cli", "serve", "--no-worker"],
-            env=env,
-            cwd=tree,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    base = f"http://127.0.0.1:{port}"
+    seeded = run_in_tree(tree, [sys.executable, "-c", SEED.format(bench=str(HERE), url=url)])
+    _account, key = seeded.split()
+    proc, base = serve(url, work, work / "server.log", tree, tree_env(tree))
     wait_up(base, proc)
     return proc, base, key
 
